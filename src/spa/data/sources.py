@@ -1,0 +1,281 @@
+"""Readers of each data set's official on-disk format, the image-folder layout, and downloads.
+
+A reader returns :class:`RawSplits`: class names and ``(item, label)`` lists, where an item is a
+file path or an HWC uint8 array (CIFAR). Nothing here applies transforms or subsets.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+Sample = tuple[Any, int]
+
+
+@dataclass
+class RawSplits:
+    classes: list[str]
+    train: list[Sample]
+    test: list[Sample]
+    layout: str                     # "image_folder" or the official format's name
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data is neither on disk nor downloadable; the message names the fix."""
+
+
+def not_found(display: str, root: Path, expected: str, cause: str | None = None) -> DatasetNotFoundError:
+    msg = (
+        f"{display} not found under {root} (looked for {expected}, or an image-folder layout "
+        f"train/<class>/*, test/<class>/*). Fix one of: run with dataset.download=true (needs internet); "
+        f"put the data there; or point dataset.root=PATH or the SPA_DATA_DIR environment variable at it."
+    )
+    if cause:
+        msg += f" The download failed: {cause}"
+    return DatasetNotFoundError(msg)
+
+
+# ----------------------------------------------------------------------------- image folder
+def has_image_folder_layout(root: Path) -> bool:
+    """True when ``root/train`` and ``root/test`` exist and hold one sub-folder per class."""
+    return all((root / split).is_dir() and any(p.is_dir() for p in (root / split).iterdir())
+               for split in ("train", "test"))
+
+
+def _folder_samples(split_dir: Path, class_index: dict[str, int]) -> list[Sample]:
+    samples: list[Sample] = []
+    for name, label in class_index.items():
+        folder = split_dir / name
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        samples.extend((str(p), label) for p in files)
+    return samples
+
+
+def read_image_folder(root: Path) -> RawSplits:
+    """``root/{train,test}/<class>/<image>``; classes = sorted folder names under ``train``."""
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    unknown = sorted({p.name for p in (root / "test").iterdir() if p.is_dir()} - set(classes))
+    if unknown:
+        raise ValueError(f"{root}/test has classes that train lacks: {unknown}")
+    index = {name: i for i, name in enumerate(classes)}
+    train, test = _folder_samples(root / "train", index), _folder_samples(root / "test", index)
+    if not train or not test:
+        raise ValueError(f"image folder {root} has no images in train/ or test/ ({len(train)}, {len(test)})")
+    return RawSplits(classes, train, test, layout="image_folder")
+
+
+# ----------------------------------------------------------------------------- CIFAR
+CIFAR_ARCHIVES = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a", "cifar-10-batches-py"),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                 "eb9058c3a382ffc7106e4002c42a8d85", "cifar-100-python"),
+}
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        return pickle.load(handle, encoding="latin1")
+
+
+def _cifar_arrays(batch: dict, label_key: str) -> list[Sample]:
+    images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return [(img, int(lbl)) for img, lbl in zip(images, batch[label_key])]
+
+
+def read_cifar(root: Path, variant: str) -> RawSplits:
+    """The official python pickles: ``cifar-10-batches-py`` or ``cifar-100-python`` under root."""
+    folder = root / CIFAR_ARCHIVES[variant][2]
+    if variant == "cifar10":
+        meta = _unpickle(folder / "batches.meta")
+        train = [s for i in range(1, 6) for s in _cifar_arrays(_unpickle(folder / f"data_batch_{i}"), "labels")]
+        test = _cifar_arrays(_unpickle(folder / "test_batch"), "labels")
+        classes = list(meta["label_names"])
+    else:
+        meta = _unpickle(folder / "meta")
+        train = _cifar_arrays(_unpickle(folder / "train"), "fine_labels")
+        test = _cifar_arrays(_unpickle(folder / "test"), "fine_labels")
+        classes = list(meta["fine_label_names"])
+    return RawSplits(classes, train, test, layout=variant)
+
+
+def cifar_present(root: Path, variant: str) -> bool:
+    folder = root / CIFAR_ARCHIVES[variant][2]
+    needed = (["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]
+              if variant == "cifar10" else ["meta", "train", "test"])
+    return all((folder / name).is_file() for name in needed)
+
+
+def download_cifar(root: Path, variant: str) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+    url, md5, _ = CIFAR_ARCHIVES[variant]
+    download_and_extract_archive(url, str(root), md5=md5)
+
+
+# ----------------------------------------------------------------------------- Flowers 102
+FLOWERS_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+FLOWERS_FILES = {"102flowers.tgz": "52808999861908f626f3c1f4e79d11fa",
+                 "imagelabels.mat": "e0620be6f572b9609742df49c70aed4d",
+                 "setid.mat": "a5357ecc9cb78c4bef273ce3793fc85c"}
+
+
+def flowers_present(root: Path) -> bool:
+    base = root / "flowers-102"
+    return (base / "jpg").is_dir() and (base / "imagelabels.mat").is_file() and (base / "setid.mat").is_file()
+
+
+def read_flowers102(root: Path) -> RawSplits:
+    """Official layout ``flowers-102/{jpg/, imagelabels.mat, setid.mat}``; train = trn + val (2,040)."""
+    from scipy.io import loadmat
+    base = root / "flowers-102"
+    labels = loadmat(base / "imagelabels.mat")["labels"].reshape(-1)
+    setid = loadmat(base / "setid.mat")
+
+    def pick(key: str) -> list[Sample]:
+        ids = np.asarray(setid[key]).reshape(-1)
+        return [(str(base / "jpg" / f"image_{i:05d}.jpg"), int(labels[i - 1]) - 1) for i in sorted(ids)]
+
+    classes = [f"{i:03d}" for i in range(1, int(labels.max()) + 1)]
+    return RawSplits(classes, pick("trnid") + pick("valid"), pick("tstid"), layout="flowers102")
+
+
+def download_flowers102(root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive, download_url
+    base = root / "flowers-102"
+    download_and_extract_archive(FLOWERS_URL + "102flowers.tgz", str(base), md5=FLOWERS_FILES["102flowers.tgz"])
+    for name in ("imagelabels.mat", "setid.mat"):
+        download_url(FLOWERS_URL + name, str(base), md5=FLOWERS_FILES[name])
+
+
+# ----------------------------------------------------------------------------- Cats & Dogs
+PETIMAGES_URL = ("https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/"
+                 "kagglecatsanddogs_5340.zip")
+PET_CLASSES = ("Cat", "Dog")
+INDEX_NAME = ".spa_index.json"
+
+
+def petimages_present(root: Path) -> bool:
+    return all((root / "PetImages" / c).is_dir() for c in PET_CLASSES)
+
+
+def _check_image(path: Path) -> str:
+    """'ok', 'converted' (readable but not RGB) or 'unreadable'."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return "ok" if img.mode == "RGB" else "converted"
+    except Exception:  # PIL raises many types for broken files
+        return "unreadable"
+
+
+def index_petimages(root: Path) -> dict[str, Any]:
+    """Scan PetImages once, dropping unreadable files; cached in ``PetImages/.spa_index.json``."""
+    base = root / "PetImages"
+    cache = base / INDEX_NAME
+    files = sorted((str(p.relative_to(base)) for c in PET_CLASSES for p in (base / c).iterdir()
+                    if p.suffix.lower() in IMG_EXTENSIONS), key=_pet_sort_key)
+    if cache.is_file():
+        index = json.loads(cache.read_text())
+        if index.get("files_seen") == len(files):
+            return index
+    status = {rel: _check_image(base / rel) for rel in files}
+    index = {
+        "files_seen": len(files),
+        "samples": [[rel, PET_CLASSES.index(rel.split("/")[0])] for rel in files if status[rel] != "unreadable"],
+        "unreadable": sorted(r for r, s in status.items() if s == "unreadable"),
+        "converted_to_rgb": sum(s == "converted" for s in status.values()),
+    }
+    try:
+        from spa.utils import atomic_write_json
+        atomic_write_json(cache, index)
+    except OSError:  # read-only data folder: keep the index in memory only
+        pass
+    return index
+
+
+def _pet_sort_key(rel: str) -> tuple[str, int, str]:
+    cls, name = rel.split("/", 1)
+    stem = Path(name).stem
+    return (cls, int(stem) if stem.isdigit() else -1, name)
+
+
+def read_petimages(root: Path, split_seed: int, train_fraction: float = 0.7,
+                   train_size: int | None = 8005, test_size: int | None = 2023) -> RawSplits:
+    """Microsoft PetImages: seeded shuffle, 70/30 split, truncated to 8,005 / 2,023 as the paper."""
+    index = index_petimages(root)
+    samples = [(str(root / "PetImages" / rel), label) for rel, label in index["samples"]]
+    random.Random(split_seed).shuffle(samples)
+    cut = int(round(train_fraction * len(samples)))
+    train, test = samples[:cut], samples[cut:]
+    train, test = train[:train_size] if train_size else train, test[:test_size] if test_size else test
+    stats = {"unreadable_removed": len(index["unreadable"]), "converted_to_rgb": index["converted_to_rgb"]}
+    if stats["unreadable_removed"] or stats["converted_to_rgb"]:
+        log.info("PetImages: removed %d unreadable images, %d non-RGB images are converted on load",
+                 stats["unreadable_removed"], stats["converted_to_rgb"])
+    return RawSplits([c.lower() for c in PET_CLASSES], train, test, layout="petimages", stats=stats)
+
+
+def download_petimages(root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+    download_and_extract_archive(PETIMAGES_URL, str(root))
+
+
+# ----------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Source:
+    display: str
+    expected: str                                     # what the official layout looks like
+    present: Callable[[Path], bool] | None
+    read: Callable[..., RawSplits] | None
+    download: Callable[[Path], None] | None
+
+
+SOURCES: dict[str, Source] = {
+    "cifar10": Source("CIFAR-10", "cifar-10-batches-py/", lambda r: cifar_present(r, "cifar10"),
+                      lambda r, **_: read_cifar(r, "cifar10"), lambda r: download_cifar(r, "cifar10")),
+    "cifar100": Source("CIFAR-100", "cifar-100-python/", lambda r: cifar_present(r, "cifar100"),
+                       lambda r, **_: read_cifar(r, "cifar100"), lambda r: download_cifar(r, "cifar100")),
+    "flowers102": Source("Oxford Flowers 102", "flowers-102/{jpg/,imagelabels.mat,setid.mat}", flowers_present,
+                         lambda r, **_: read_flowers102(r), download_flowers102),
+    "cats_vs_dogs": Source("Cats & Dogs (PetImages)", "PetImages/{Cat,Dog}/", petimages_present,
+                           read_petimages, download_petimages),
+    "image_folder": Source("Image folder", "train/<class>/*, test/<class>/*", None, None, None),
+}
+
+
+def load_source(source: str, root: str | Path, download: bool, **options: Any) -> RawSplits:
+    """Read ``source`` from ``root``: image-folder layout if present, else the official format,
+    downloading it first when allowed. Raises :class:`DatasetNotFoundError` naming the fix."""
+    if source not in SOURCES:
+        raise ValueError(f"dataset.source={source!r} is unknown; use one of {sorted(SOURCES)}")
+    spec, root = SOURCES[source], Path(root).expanduser()
+    if root.is_dir() and has_image_folder_layout(root):
+        return read_image_folder(root)
+    if spec.present is None:  # the generic image folder has no official format
+        raise not_found(spec.display, root, spec.expected)
+    if not spec.present(root):
+        if not download:
+            raise not_found(spec.display, root, spec.expected)
+        log.info("downloading %s to %s", spec.display, root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            spec.download(root)
+        except Exception as err:  # network, HTTP, checksum, disk
+            raise not_found(spec.display, root, spec.expected, cause=f"{type(err).__name__}: {err}") from err
+        if not spec.present(root):
+            raise not_found(spec.display, root, spec.expected, cause="the archive did not contain the expected files")
+    return spec.read(root, **options)

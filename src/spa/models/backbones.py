@@ -1,0 +1,158 @@
+"""``create_backbone``: a timm model with a head for the task's classes and base weights that are
+(a) timm's pretrained weights, (b) a ``model.pt`` saved by one of our runs, or (c) none."""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spa.utils import atomic_torch_save, sha256_file
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "spa.model/1"
+
+
+@dataclass
+class WeightsInfo:
+    """Where a model's starting weights came from (recorded in ``summary.json``)."""
+    source: str                 # "pretrained" | "file" | "none"
+    name: str | None = None     # timm tag, e.g. resnet50.tv_in1k
+    path: str | None = None
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def apply_cifar_stem(model: nn.Module) -> nn.Module:
+    """The paper's "miniaturised" ResNet stem for 32-px inputs, in place.
+
+    A 7×7/2 ``conv1`` becomes a 3×3/1 conv (padding 1) whose weights are the 7×7 weights
+    average-pooled by 2 (7 → 3 taps); a deep stem (timm ``stem_type='deep'``, a Sequential of 3×3
+    convs) keeps its weights and gets stride 1 in its first conv. The stem max-pool is removed.
+    """
+    if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+        raise ValueError(f"backbone.cifar_stem=true needs a ResNet (conv1 + maxpool); {type(model).__name__} has none")
+    conv = model.conv1
+    if isinstance(conv, nn.Conv2d):
+        if conv.kernel_size != (7, 7):
+            raise ValueError(f"CIFAR stem expects a 7x7 conv1, got {conv.kernel_size}")
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1, padding=1,
+                        bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(F.avg_pool2d(conv.weight, kernel_size=2))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        model.conv1 = new
+    elif isinstance(conv, nn.Sequential) and isinstance(conv[0], nn.Conv2d):
+        conv[0].stride = (1, 1)
+    else:
+        raise ValueError(f"unsupported ResNet stem {type(conv).__name__}")
+    model.maxpool = nn.Identity()
+    return model
+
+
+def classifier_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the classifier head (timm's ``pretrained_cfg['classifier']``)."""
+    head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    heads = head if isinstance(head, (list, tuple)) else [head]
+    return [k for k in model.state_dict() if any(k == f"{h}.weight" or k == f"{h}.bias" for h in heads)]
+
+
+def _timm_model(timm_name: str, num_classes: int, pretrained_tag: str | None, pretrained: bool,
+                kwargs: dict[str, Any]) -> nn.Module:
+    name = f"{timm_name}.{pretrained_tag}" if pretrained and pretrained_tag else timm_name
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
+    except Exception as err:  # offline hub, missing file, HTTP errors
+        raise RuntimeError(
+            f"could not fetch the pretrained weights {name} ({type(err).__name__}: {err}). Fix one of: "
+            f"connect to the internet once (timm caches the weights), set backbone.weights=PATH to a model.pt "
+            f"saved by one of our runs, or backbone.weights=none to train from random weights."
+        ) from err
+
+
+def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", pretrained_tag: str | None = None,
+                    cifar_stem: bool = False, kwargs: dict[str, Any] | None = None,
+                    load_head: bool = False) -> tuple[nn.Module, WeightsInfo]:
+    """Build ``timm_name`` with a fresh ``num_classes`` head.
+
+    ``weights``: ``"pretrained"`` (timm hub, ``<timm_name>.<pretrained_tag>``), ``"none"``, or a path
+    to a ``model.pt`` written by :func:`save_model_file` (or a plain state dict). From a file, the head
+    is re-initialised unless ``load_head`` (and the class count matches).
+    """
+    kwargs = dict(kwargs or {})
+    if weights == "pretrained":
+        model = _timm_model(timm_name, num_classes, pretrained_tag, True, kwargs)
+        info = WeightsInfo("pretrained", name=f"{timm_name}.{pretrained_tag}" if pretrained_tag else timm_name)
+    else:
+        model = _timm_model(timm_name, num_classes, None, False, kwargs)
+        info = WeightsInfo("none")
+    if cifar_stem:
+        apply_cifar_stem(model)
+    if weights not in ("pretrained", "none", None, ""):
+        info = load_weights_file(model, weights, load_head=load_head, expect_cifar_stem=cifar_stem)
+    return model, info
+
+
+def save_model_file(model: nn.Module, path: str | Path, *, timm_name: str, cifar_stem: bool,
+                    kwargs: dict[str, Any] | None, classes: list[str]) -> Path:
+    """Write a model reusable as ``backbone.weights=PATH`` (loads with the safe ``torch.load``)."""
+    payload = {
+        "format": MODEL_FORMAT,
+        "backbone": {"timm_name": timm_name, "cifar_stem": bool(cifar_stem), "kwargs": dict(kwargs or {})},
+        "classes": list(classes),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def load_model_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``model.pt``; a plain state dict is wrapped as ``{"state_dict": ...}``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"backbone.weights={path} does not exist. Point it at the model.pt of a finished run "
+            f"(results/runs/.../model.pt) or use backbone.weights=pretrained or none.")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
+        return payload
+    if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return {"state_dict": payload}
+    raise ValueError(f"{path} is neither a model.pt written by spa nor a state dict")
+
+
+def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = False,
+                      expect_cifar_stem: bool | None = None) -> WeightsInfo:
+    payload = load_model_file(path)
+    saved = payload.get("backbone", {})
+    if expect_cifar_stem is not None and "cifar_stem" in saved and saved["cifar_stem"] != expect_cifar_stem:
+        raise ValueError(f"the weights in {path} were saved with backbone.cifar_stem={str(saved['cifar_stem']).lower()}; "
+                         f"run with backbone.cifar_stem={str(saved['cifar_stem']).lower()}")
+    state = dict(payload["state_dict"])
+    head = set(classifier_keys(model))
+    own = model.state_dict()
+    if not load_head or any(k in state and state[k].shape != own[k].shape for k in head):
+        state = {k: v for k, v in state.items() if k not in head}
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = sorted(set(own) - set(state) - head)
+    unexpected = sorted(set(state) - set(own))
+    if mismatched or missing or unexpected:
+        raise ValueError(
+            f"the weights in {path} do not fit backbone {saved.get('timm_name', '?')} as configured: "
+            f"shape mismatch {mismatched[:4]}, missing {missing[:4]}, unexpected {unexpected[:4]}. "
+            f"Use the same backbone (and backbone.kwargs / cifar_stem) that saved them: {saved}")
+    model.load_state_dict(state, strict=False)
+    log.info("loaded base weights from %s (%d tensors, head %s)", path, len(state),
+             "loaded" if head <= set(state) else "new")
+    return WeightsInfo("file", name=saved.get("timm_name"), path=str(Path(path).resolve()), sha256=sha256_file(path))

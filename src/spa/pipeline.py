@@ -1,0 +1,145 @@
+"""The only module that reads the Hydra config: it builds the parts, runs the stages and writes
+the records. Everything it calls takes plain arguments.
+
+A config may carry a ``base`` section: a pretraining run (full training, no pruning) that is run
+first, once, and whose ``model.pt`` becomes this run's ``backbone.weights``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from spa import repo_root
+from spa.adapters import apply_adapter
+from spa.data import build_datasets, make_loader
+from spa.metrics import count_parameters
+from spa.models import create_backbone, save_model_file
+from spa.pruning import check_pruning
+from spa.records import MODEL, RunDir, RunSummary, config_hash
+from spa.training import build_scheduler, fit
+from spa.utils import device_description, git_state, package_versions, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+FINETUNE = {"name": "finetune", "kind": "finetune", "options": {}}
+NO_PRUNING = {"name": "none"}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run the base stage (if any) and then this run; return this run's summary (a dict)."""
+    base_dir = None
+    if cfg.get("base"):
+        base_cfg = base_config(cfg)
+        base_summary = run_single(base_cfg)
+        base_dir = base_summary["run_dir"]
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.backbone.weights = str(Path(base_dir) / MODEL)
+            cfg.backbone.allow_random = False
+    summary = run_single(cfg, base_run=base_dir)
+    if cfg.get("report"):
+        from spa.reporting import experiment_report
+        outputs = experiment_report(Path(cfg.paths.runs_dir) / cfg.exp_name, Path(cfg.paths.results_dir), cfg.exp_name)
+        for kind, path in outputs.items():
+            log.info("%s: %s", kind, path)
+    return summary
+
+
+def base_config(cfg: DictConfig) -> DictConfig:
+    """The pretraining stage of ``cfg``: ``cfg`` with ``cfg.base`` merged in, fine-tuning, no pruning."""
+    main = OmegaConf.to_container(cfg, resolve=False)
+    overrides = main.pop("base")
+    main.pop("report", None)
+    merged = OmegaConf.merge(OmegaConf.create(main), OmegaConf.create(overrides))
+    merged.adapter, merged.pruning = dict(FINETUNE), dict(NO_PRUNING)
+    merged.save_model = True
+    return merged
+
+
+def run_single(cfg: DictConfig, base_run: str | None = None) -> dict[str, Any]:
+    """One run: skip if finished with this config, refuse a changed config, else train and record."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    rundir = RunDir(cfg.paths.run_dir)
+    with rundir.lock():
+        done = rundir.prepare(resolved, overwrite=bool(cfg.get("overwrite", False)))
+        if done is not None:
+            log.info("skipping %s: finished with the same config (test top-1 %.2f%%)",
+                     rundir.path, done["metrics"]["test_top1"])
+            return done
+        with rundir.logging_to_file():
+            summary = _execute(cfg, resolved, rundir, base_run)
+    return summary.to_dict()
+
+
+def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None) -> RunSummary:
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    log.info("run %s", rundir.path)
+    check_pruning(cfg.pruning.name)
+    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
+    device = resolve_device(cfg.device)
+    warnings: list[str] = []
+
+    d = cfg.dataset
+    data = build_datasets(d.source, d.root, download=d.download, image_size=d.image_size, transform=d.transform,
+                          classes=OmegaConf.to_container(d.classes) if d.classes is not None else None,
+                          train_fraction=d.train_fraction, max_per_class=d.max_per_class,
+                          test_max_per_class=d.test_max_per_class, val_fraction=d.val_fraction,
+                          split_seed=d.split_seed, source_options=OmegaConf.to_container(d.options))
+    log.info("data %s (%s layout): %s, %d classes", d.name, data.layout, data.sizes(), data.num_classes)
+
+    b = cfg.backbone
+    kwargs = OmegaConf.to_container(b.kwargs)
+    model, weights = create_backbone(b.timm_name, data.num_classes, weights=str(b.weights), pretrained_tag=b.pretrained_tag,
+                                     cifar_stem=b.cifar_stem, kwargs=kwargs)
+    if weights.source == "none" and not b.allow_random:
+        msg = ("this run starts from random weights (backbone.weights=none): transfer results will not be comparable "
+               "with the paper; use backbone.weights=pretrained or PATH, or backbone.allow_random=true to silence this")
+        log.warning(msg)
+        warnings.append(msg)
+    model = apply_adapter(model, cfg.adapter.kind, **OmegaConf.to_container(cfg.adapter.options))
+    channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    params = count_parameters(model)
+    log.info("parameters: %d total, %d trainable (%s)", params.total, params.trainable, cfg.adapter.name)
+
+    t = cfg.train
+    workers = None if t.num_workers == "auto" else int(t.num_workers)
+    seed = int(cfg.seed)
+    train_loader = make_loader(data.train, t.batch_size, train=True, device=device, seed=seed, num_workers=workers)
+    test_loader = make_loader(data.test, t.eval_batch_size, train=False, device=device, seed=seed, num_workers=workers)
+    val_loader = (make_loader(data.val, t.eval_batch_size, train=False, device=device, seed=seed, num_workers=workers)
+                  if data.val is not None else None)
+    optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
+    steps = len(train_loader) if t.max_steps_per_epoch is None else min(len(train_loader), t.max_steps_per_epoch)
+    schedule = build_scheduler(t.scheduler, optimizer, t.epochs, steps, gamma=t.gamma)
+    result = fit(model, train_loader, optimizer, schedule, t.epochs, device, test_loader=test_loader,
+                 val_loader=val_loader, amp=bool(t.amp), channels_last=channels_last, eval_every=t.eval_every,
+                 select=t.select, max_steps=t.max_steps_per_epoch, on_epoch=rundir.append_epoch)
+    final = next(r for r in result.history if r.epoch == result.selected_epoch)
+
+    if cfg.save_model:
+        save_model_file(model, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem, kwargs=kwargs,
+                        classes=data.classes)
+    summary = RunSummary(
+        run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
+        pruning=cfg.pruning.name, seed=seed, config_hash=config_hash(resolved), git=git_state(repo_root()),
+        versions=package_versions(), device=str(device), device_name=device_description(device),
+        data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
+              "root": str(Path(d.root).expanduser().resolve()), **data.stats},
+        weights=weights.to_dict(), params={"total": params.total, "trainable": params.trainable},
+        epochs=int(t.epochs), selection=result.selection, selected_epoch=result.selected_epoch,
+        metrics={"test_top1": final.test_top1, "test_top5": final.test_top5, "test_loss": final.test_loss,
+                 "val_top1": final.val_top1, "train_loss": final.train_loss, "train_top1": final.train_top1},
+        wall_time_s=round(time.perf_counter() - t0, 2), started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), base_run=base_run, warnings=warnings)
+    rundir.write_summary(summary)
+    log.info("finished %s: test top-1 %.2f%%, top-5 %.2f%% (epoch %d, %s) in %.0fs", rundir.path, final.test_top1,
+             final.test_top5, result.selected_epoch, result.selection, summary.wall_time_s)
+    return summary

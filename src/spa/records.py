@@ -1,0 +1,191 @@
+"""What one run leaves behind, and the rules that make a sweep trustworthy.
+
+``config.yaml`` (resolved), ``run.log``, ``epochs.jsonl`` and ``summary.json``, written last: its
+presence marks the run finished. A finished run with the same config is skipped; a different
+config in the same directory is refused unless ``overwrite=true``.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from spa.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Keys that say where or how fast a run goes, not what it computes: left out of the config hash.
+VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "train.num_workers")
+CONFIG, LOG, EPOCHS, SUMMARY, MODEL, LOCK = "config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt", ".lock"
+
+
+class ConfigChangedError(RuntimeError):
+    """A run directory holds a run with another config."""
+
+
+def _drop(cfg: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
+def hashable_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    cfg = json.loads(json.dumps(cfg, default=str))
+    for key in VOLATILE_KEYS:
+        _drop(cfg, key)
+    return cfg
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """SHA-256 (16 hex digits) of the resolved config without :data:`VOLATILE_KEYS`."""
+    blob = json.dumps(hashable_config(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(cfg, dict):
+        out: dict[str, Any] = {}
+        for key, value in cfg.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: cfg}
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    a, b = flatten(hashable_config(old)), flatten(hashable_config(new))
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+@dataclass
+class RunSummary:
+    """``summary.json``: everything needed to trust and tabulate one run."""
+    run_dir: str
+    exp_name: str
+    dataset: str
+    backbone: str
+    adapter: str
+    pruning: str
+    seed: int
+    config_hash: str
+    git: dict[str, Any]
+    versions: dict[str, Any]
+    device: str
+    device_name: str
+    data: dict[str, Any]
+    weights: dict[str, Any]
+    params: dict[str, int]
+    epochs: int
+    selection: str
+    selected_epoch: int
+    metrics: dict[str, float | None]
+    wall_time_s: float
+    started_at: str
+    finished_at: str
+    base_run: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    status: str = "finished"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RunDir:
+    """One run's directory and its records."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def finished(self) -> bool:
+        return self.file(SUMMARY).is_file()
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.file(SUMMARY).read_text())
+
+    def read_config(self) -> dict[str, Any] | None:
+        path = self.file(CONFIG)
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+    def read_epochs(self) -> list[dict[str, Any]]:
+        path = self.file(EPOCHS)
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the run (a second process waits, then sees the finished run)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.file(LOCK), "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def prepare(self, cfg: dict[str, Any], overwrite: bool = False) -> dict[str, Any] | None:
+        """Return the stored summary if this exact run is finished; otherwise make the directory
+        ready for a fresh run. Refuses (:class:`ConfigChangedError`) a different stored config
+        unless ``overwrite``."""
+        old = self.read_config()
+        if old is not None and config_hash(old) != config_hash(cfg):
+            if not overwrite:
+                changes = config_diff(old, cfg)
+                raise ConfigChangedError(
+                    f"{self.path} already holds a {'finished' if self.finished else 'started'} run with another "
+                    f"config ({len(changes)} change(s): {'; '.join(changes[:6])}). Fix: pass overwrite=true to replace "
+                    f"it, or exp_name=NEW to keep both.")
+            log.warning("overwrite=true: replacing the run in %s (%s)", self.path, "; ".join(config_diff(old, cfg)[:6]))
+            self.clear()
+        elif old is not None and self.finished:
+            return self.read_summary()
+        elif old is not None:
+            log.info("%s holds an unfinished run with this config: starting it again", self.path)
+            self.clear()
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.file(CONFIG), yaml.safe_dump(cfg, sort_keys=False))
+        return None
+
+    def clear(self) -> None:
+        for child in self.path.iterdir():
+            if child.name == LOCK:
+                continue
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+    def append_epoch(self, record: Any) -> None:
+        row = asdict(record) if not isinstance(record, dict) else record
+        with open(self.file(EPOCHS), "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def write_summary(self, summary: RunSummary) -> None:
+        atomic_write_json(self.file(SUMMARY), summary.to_dict())
+
+    @contextmanager
+    def logging_to_file(self) -> Iterator[None]:
+        """Mirror the root logger into ``run.log`` for the duration of the run."""
+        handler = logging.FileHandler(self.file(LOG), mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()

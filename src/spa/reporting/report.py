@@ -1,0 +1,94 @@
+"""Tables and figures of one experiment. Pretty labels live here, and only here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from spa.reporting.collect import collect_epochs, collect_runs  # noqa: E402
+from spa.utils import atomic_write_text  # noqa: E402
+
+LABELS = {
+    "finetune": "Fine-tuning", "splora": "SPLoRA", "sppara": "SPPaRA", "lora": "LoRA",
+    "none": "—", "pretrained": "pretrained", "file": "our base run", "random": "random init",
+    "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
+    "cifar10_first5": "CIFAR-10 classes 0–4 (base)", "cifar10_last5": "CIFAR-10 classes 5–9 (transfer)",
+}
+GROUP = ["dataset", "backbone", "adapter", "pruning", "weights"]
+
+
+def label(value: object) -> str:
+    return LABELS.get(str(value), str(value))
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds (with the seed count) per (dataset, backbone, adapter, pruning, weights)."""
+    if runs.empty:
+        return pd.DataFrame()
+    grouped = runs.groupby(GROUP, sort=False, dropna=False)
+    out = grouped.agg(seeds=("seed", "nunique"), epochs=("epochs", "first"),
+                      test_top1=("test_top1", "mean"), test_top1_std=("test_top1", "std"),
+                      test_top5=("test_top5", "mean"), test_top5_std=("test_top5", "std"),
+                      params_trainable=("params_trainable", "first"), params_total=("params_total", "first"),
+                      wall_time_s=("wall_time_s", "mean")).reset_index()
+    return out.fillna({"test_top1_std": 0.0, "test_top5_std": 0.0})
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    rows = pd.DataFrame({
+        "data": summary["dataset"].map(label), "backbone": summary["backbone"],
+        "learning": summary["adapter"].map(label), "start": summary["weights"].map(label),
+        "epochs": summary["epochs"],
+        "top-1 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top1, summary.test_top1_std, summary.seeds)],
+        "top-5 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top5, summary.test_top5_std, summary.seeds)],
+        "seeds": summary["seeds"],
+        "learned params": summary["params_trainable"].map("{:,}".format),
+        "time (s)": summary["wall_time_s"].map("{:.0f}".format),
+    })
+    return rows.to_markdown(index=False) + "\n"
+
+
+def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
+    """Test top-1 per epoch, one line per run, one panel per dataset; PNG and PDF."""
+    datasets = list(dict.fromkeys(epochs["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        part = epochs[(epochs["dataset"] == dataset) & epochs["test_top1"].notna()]
+        for (adapter, seed), run in part.groupby(["adapter", "seed"], sort=False):
+            ax.plot(run["epoch"], run["test_top1"], marker="o", ms=3, label=f"{label(adapter)} (seed {seed})")
+        ax.set_title(label(dataset), fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str) -> dict[str, Path]:
+    """Write ``tables/<name>.{csv,md}`` (mean ± std over seeds), ``tables/<name>_runs.csv`` (one row
+    per run) and ``figures/<name>_curves.{png,pdf}`` from the finished runs under ``exp_dir``."""
+    results_dir = Path(results_dir)
+    runs = collect_runs(exp_dir)
+    if runs.empty:
+        raise FileNotFoundError(f"no finished runs under {exp_dir}")
+    summary = summarise(runs)
+    tables = results_dir / "tables"
+    atomic_write_text(tables / f"{name}_runs.csv", runs.drop(columns=["run_dir"]).to_csv(index=False))
+    atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(tables / f"{name}.md", markdown_table(summary))
+    figure = learning_curves(collect_epochs(exp_dir), results_dir / "figures" / f"{name}_curves")
+    return {"table": tables / f"{name}.md", "figure": figure[0]}

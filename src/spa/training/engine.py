@@ -1,0 +1,161 @@
+"""One epoch of training, evaluation, and ``fit`` (epochs with per-epoch records and selection)."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spa.metrics.accuracy import topk_correct
+from spa.training.schedulers import Schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochRecord:
+    """One line of ``epochs.jsonl``. Accuracies in percent, times in seconds."""
+    phase: str
+    epoch: int
+    epochs: int
+    lr: float
+    train_loss: float
+    train_top1: float
+    test_loss: float | None = None
+    test_top1: float | None = None
+    test_top5: float | None = None
+    val_loss: float | None = None
+    val_top1: float | None = None
+    val_top5: float | None = None
+    time_s: float = 0.0
+
+
+@dataclass
+class FitResult:
+    history: list[EpochRecord] = field(default_factory=list)
+    selected_epoch: int = 0           # the epoch whose weights the model holds at the end
+    selection: str = "last"
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return nullcontext()
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
+    x = x.to(device, non_blocking=True)
+    if channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
+                    schedule: Schedule | None = None, amp: bool = False, channels_last: bool = False,
+                    scaler: torch.amp.GradScaler | None = None, max_steps: int | None = None,
+                    desc: str = "train") -> tuple[float, float]:
+    """Train for one pass over ``loader``; returns (mean loss, top-1 %) over the seen samples."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
+        if max_steps is not None and step >= max_steps:
+            break
+        x, y = _to_device(x, y, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower optim.lr")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if schedule is not None:
+            schedule.step_batch()
+        loss_sum += loss.item() * y.numel()
+        correct += topk_correct(logits.detach().float(), y, (1,))[0]
+        seen += y.numel()
+    return loss_sum / max(1, seen), 100.0 * correct / max(1, seen)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
+             channels_last: bool = False, desc: str = "eval") -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (%) of ``model`` in eval mode over ``loader``."""
+    model.eval()
+    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
+        x, y = _to_device(x, y, device, channels_last)
+        with _autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        c1, c5 = topk_correct(logits, y, (1, 5))
+        top1, top5, seen = top1 + c1, top5 + c5, seen + y.numel()
+    if seen == 0:
+        raise ValueError("evaluation loader is empty")
+    return {"loss": loss_sum / seen, "top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen}
+
+
+def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimizer, schedule: Schedule,
+        epochs: int, device: torch.device, *, test_loader: Iterable | None = None,
+        val_loader: Iterable | None = None, amp: bool = False, channels_last: bool = False,
+        eval_every: int = 1, select: str = "last", phase: str = "train", max_steps: int | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None) -> FitResult:
+    """Train ``epochs`` epochs, evaluating every ``eval_every`` epochs and after the last.
+
+    ``select="best_val"`` restores the weights of the epoch with the best validation top-1 at the
+    end (needs ``val_loader``); ``"last"`` keeps the final weights. The test set never selects.
+    """
+    if select not in ("last", "best_val"):
+        raise ValueError(f"train.select={select!r} is unknown; use last or best_val")
+    if select == "best_val" and val_loader is None:
+        raise ValueError("train.select=best_val needs a validation split: set dataset.val_fraction > 0")
+    use_scaler = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    result = FitResult(selection=select)
+    best_val, best_state = -1.0, None
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        loss, acc = train_one_epoch(model, train_loader, optimizer, device, schedule, amp, channels_last, scaler,
+                                    max_steps, desc=f"{phase} {epoch}/{epochs}")
+        schedule.step_epoch()
+        record = EpochRecord(phase, epoch, epochs, lr, loss, acc)
+        if epoch % eval_every == 0 or epoch == epochs:
+            if val_loader is not None:
+                v = evaluate(model, val_loader, device, amp, channels_last, desc="val")
+                record.val_loss, record.val_top1, record.val_top5 = v["loss"], v["top1"], v["top5"]
+                if select == "best_val" and v["top1"] > best_val:
+                    best_val, result.selected_epoch = v["top1"], epoch
+                    best_state = copy.deepcopy(model.state_dict())
+            if test_loader is not None:
+                t = evaluate(model, test_loader, device, amp, channels_last, desc="test")
+                record.test_loss, record.test_top1, record.test_top5 = t["loss"], t["top1"], t["top5"]
+        record.time_s = time.perf_counter() - start
+        result.history.append(record)
+        log.info("%s epoch %d/%d | loss %.4f top1 %.2f%%%s%s | lr %.3g | %.1fs", phase, epoch, epochs, loss, acc,
+                 "" if record.val_top1 is None else f" | val top1 {record.val_top1:.2f}%",
+                 "" if record.test_top1 is None else f" | test top1 {record.test_top1:.2f}% top5 {record.test_top5:.2f}%",
+                 lr, record.time_s)
+        if on_epoch is not None:
+            on_epoch(record)
+    if select == "last":
+        result.selected_epoch = epochs
+    elif best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("restored the weights of epoch %d (best validation top-1 %.2f%%)", result.selected_epoch, best_val)
+    return result

@@ -1,0 +1,41 @@
+"""Shared fixtures: fake data in every format, and configs composed through Hydra's compose API."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from spa import config_dir
+from spa.data import fake
+
+CLASSES = ["ant", "bee", "cat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """4 classes, 12 train and 4 test 32-px PNGs per class, in image-folder layout."""
+    return fake.write_image_folder(tmp_path_factory.mktemp("folder"), CLASSES, n_train=12, n_test=4)
+
+
+@pytest.fixture
+def compose_cfg(tmp_path, image_folder) -> Callable[..., DictConfig]:
+    """compose_cfg(*overrides): the run config with results in tmp_path and tiny, fast defaults."""
+    def _compose(*overrides: str, tiny: bool = True) -> DictConfig:
+        base = [f"paths.results_dir={tmp_path / 'results'}"]
+        if tiny:
+            base += ["dataset=image_folder", f"dataset.root={image_folder}", "dataset.image_size=32",
+                     "dataset.transform=cifar", "backbone=test_resnet", "train.epochs=2", "train.batch_size=8",
+                     "train.eval_batch_size=32", "device=cpu", "exp_name=test"]
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+            return compose("config", overrides=base + list(overrides))
+    return _compose
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+    yield

@@ -1,0 +1,118 @@
+"""A run writes all its records; a finished run is skipped; a changed config is refused; the base
+stage runs once and feeds the transfer run; the command line works, sweeps included."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from spa import pipeline, repo_root
+from spa.data import DatasetNotFoundError
+from spa.models import create_backbone
+from spa.records import ConfigChangedError, config_hash
+
+RECORDS = ["config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt"]
+
+
+def test_smoke_run_writes_all_records(compose_cfg):
+    cfg = compose_cfg("train.max_steps_per_epoch=3")
+    summary = pipeline.run(cfg)
+    run_dir = Path(summary["run_dir"])
+    assert run_dir == Path(cfg.paths.results_dir) / "runs/test/image_folder/test_resnet/none/finetune/seed=1"
+    for name in RECORDS:
+        assert (run_dir / name).is_file(), name
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(e["test_top1"] is not None for e in epochs)
+    stored = json.loads((run_dir / "summary.json").read_text())
+    assert stored == summary
+    assert stored["metrics"]["test_top1"] == epochs[-1]["test_top1"]
+    assert stored["data"]["train"] == 48 and stored["data"]["test"] == 16 and stored["data"]["num_classes"] == 4
+    assert stored["config_hash"] == config_hash(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    assert stored["git"]["sha"] is None or len(stored["git"]["sha"]) == 40
+    assert stored["versions"]["torch"] == torch.__version__.split("+")[0] or stored["versions"]["torch"]
+    assert stored["params"]["trainable"] == stored["params"]["total"] > 0
+    assert stored["weights"]["source"] == "none" and stored["wall_time_s"] > 0
+    log = (run_dir / "run.log").read_text()
+    assert "epoch 2/2" in log and "finished" in log
+    # the saved model is a base for another run, with the same features
+    model, _ = create_backbone("test_resnet", 4, weights=str(run_dir / "model.pt"), load_head=True)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_second_launch_skips_and_changed_config_is_refused(compose_cfg, caplog):
+    first = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1"))
+    summary_file = Path(first["run_dir"]) / "summary.json"
+    mtime = summary_file.stat().st_mtime_ns
+    caplog.set_level("INFO")
+    again = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1", "device=auto"))
+    assert again == first and summary_file.stat().st_mtime_ns == mtime
+    assert "skipping" in caplog.text
+    with pytest.raises(ConfigChangedError) as err:
+        pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1", "optim.lr=0.5"))
+    assert "optim.lr: 0.0025 -> 0.5" in str(err.value) and "overwrite=true" in str(err.value)
+    assert json.loads(summary_file.read_text()) == first                     # finished work untouched
+    replaced = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1", "optim.lr=0.5",
+                                        "overwrite=true"))
+    assert replaced["config_hash"] != first["config_hash"]
+    assert yaml.safe_load((Path(first["run_dir"]) / "config.yaml").read_text())["optim"]["lr"] == 0.5
+
+
+def test_unfinished_run_is_started_again(compose_cfg):
+    cfg = compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1")
+    run_dir = Path(cfg.paths.run_dir)
+    run_dir.mkdir(parents=True)
+    from omegaconf import OmegaConf
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(OmegaConf.to_container(cfg, resolve=True)))
+    (run_dir / "epochs.jsonl").write_text('{"epoch": 1, "stale": true}\n')
+    summary = pipeline.run(cfg)
+    lines = (run_dir / "epochs.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and "stale" not in lines[0] and summary["epochs"] == 1
+
+
+def test_base_stage_runs_once_and_feeds_the_transfer_run(compose_cfg):
+    overrides = ["train.epochs=1", "train.max_steps_per_epoch=2", "dataset.classes=[2,3]", "dataset.name=last2",
+                 "+base.dataset.classes=[0,1]", "+base.dataset.name=first2", "+base.seed=1", "report=true"]
+    summary = pipeline.run(compose_cfg(*overrides))
+    base_dir = Path(summary["base_run"])
+    assert base_dir.parts[-5] == "first2" and (base_dir / "model.pt").is_file()
+    assert summary["weights"]["source"] == "file" and summary["weights"]["path"] == str(base_dir / "model.pt")
+    assert json.loads((base_dir / "summary.json").read_text())["data"]["classes"] == ["ant", "bee"]
+    assert summary["data"]["classes"] == ["cat", "dog"] and not summary["warnings"]
+    base_mtime = (base_dir / "summary.json").stat().st_mtime_ns
+    second = pipeline.run(compose_cfg(*overrides[:-1], "seed=2"))
+    assert second["base_run"] == str(base_dir) and (base_dir / "summary.json").stat().st_mtime_ns == base_mtime
+    results = Path(summary["run_dir"]).parents[6]
+    table = (results / "tables" / "test.md").read_text()
+    assert "first2" in table and "last2" in table
+    assert (results / "figures" / "test_curves.png").stat().st_size > 1000
+
+
+def test_random_weights_transfer_warns_and_is_recorded(compose_cfg):
+    summary = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1", "backbone.allow_random=false"))
+    assert any("random weights" in w for w in summary["warnings"])
+
+
+def test_missing_dataset_raises_the_clear_error(compose_cfg, tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="SPA_DATA_DIR"):
+        pipeline.run(compose_cfg("dataset=cifar10", f"dataset.root={tmp_path}/none", "dataset.download=false"))
+
+
+def test_command_line_run_and_sweep(tmp_path, image_folder):
+    env = {**os.environ, "SPA_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, str(repo_root() / "scripts" / "run.py"), "-m", "dataset=image_folder",
+            f"dataset.root={image_folder}", "dataset.transform=cifar", "dataset.image_size=32", "backbone=test_resnet",
+            "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "device=cpu", "exp_name=cli",
+            "seed=1,2"]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for seed in (1, 2):
+        assert (tmp_path / f"runs/cli/image_folder/test_resnet/none/finetune/seed={seed}/summary.json").is_file()
+    bad = subprocess.run(args[:2] + ["dataset=image_folder", f"dataset.root={tmp_path}/missing", "exp_name=bad"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "dataset.root=PATH" in bad.stdout + bad.stderr
