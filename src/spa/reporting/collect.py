@@ -8,7 +8,7 @@ import pandas as pd
 
 from spa.records import EPOCHS, SUMMARY
 
-RUN_COLUMNS = ["exp_name", "dataset", "backbone", "adapter", "pruning", "seed", "weights", "epochs",
+RUN_COLUMNS = ["exp_name", "dataset", "num_classes", "backbone", "adapter", "pruning", "seed", "weights", "epochs",
                "test_top1", "test_top5", "val_top1", "params_total", "params_trainable", "wall_time_s",
                "device", "config_hash", "run_dir"]
 
@@ -17,7 +17,7 @@ def _row(summary: dict) -> dict:
     return {
         **{k: summary[k] for k in ("exp_name", "dataset", "backbone", "adapter", "pruning", "seed", "epochs",
                                    "wall_time_s", "device", "config_hash", "run_dir")},
-        "weights": summary["weights"]["source"],
+        "weights": summary["weights"]["source"], "num_classes": summary["data"]["num_classes"],
         "test_top1": summary["metrics"]["test_top1"], "test_top5": summary["metrics"]["test_top5"],
         "val_top1": summary["metrics"].get("val_top1"),
         "params_total": summary["params"]["total"], "params_trainable": summary["params"]["trainable"],
@@ -41,5 +41,6 @@ def collect_epochs(root: str | Path) -> pd.DataFrame:
             continue
         for key in ("dataset", "backbone", "adapter", "pruning", "seed"):
             epochs[key] = summary[key]
+        epochs["num_classes"] = summary["data"]["num_classes"]
         frames.append(epochs)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

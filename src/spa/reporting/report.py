@@ -14,10 +14,11 @@ from spa.utils import atomic_write_text  # noqa: E402
 
 LABELS = {
     "finetune": "Fine-tuning", "splora": "SPLoRA", "sppara": "SPPaRA", "lora": "LoRA",
-    "none": "—", "pretrained": "pretrained", "file": "our base run", "random": "random init",
+    "none": "—",
     "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
     "cifar10_first5": "CIFAR-10 classes 0–4 (base)", "cifar10_last5": "CIFAR-10 classes 5–9 (transfer)",
 }
+WEIGHTS_LABELS = {"none": "random init", "pretrained": "pretrained (hub)", "file": "our base run"}
 GROUP = ["dataset", "backbone", "adapter", "pruning", "weights"]
 
 
@@ -30,7 +31,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame()
     grouped = runs.groupby(GROUP, sort=False, dropna=False)
-    out = grouped.agg(seeds=("seed", "nunique"), epochs=("epochs", "first"),
+    out = grouped.agg(seeds=("seed", "nunique"), epochs=("epochs", "first"), num_classes=("num_classes", "first"),
                       test_top1=("test_top1", "mean"), test_top1_std=("test_top1", "std"),
                       test_top5=("test_top5", "mean"), test_top5_std=("test_top5", "std"),
                       params_trainable=("params_trainable", "first"), params_total=("params_total", "first"),
@@ -43,9 +44,10 @@ def _pm(mean: float, std: float, n: int) -> str:
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
+    """The summary as Markdown; top-5 only where some data set has more than 5 classes."""
     rows = pd.DataFrame({
         "data": summary["dataset"].map(label), "backbone": summary["backbone"],
-        "learning": summary["adapter"].map(label), "start": summary["weights"].map(label),
+        "learning": summary["adapter"].map(label), "start": summary["weights"].map(WEIGHTS_LABELS),
         "epochs": summary["epochs"],
         "top-1 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top1, summary.test_top1_std, summary.seeds)],
         "top-5 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top5, summary.test_top5_std, summary.seeds)],
@@ -53,7 +55,9 @@ def markdown_table(summary: pd.DataFrame) -> str:
         "learned params": summary["params_trainable"].map("{:,}".format),
         "time (s)": summary["wall_time_s"].map("{:.0f}".format),
     })
-    return rows.to_markdown(index=False) + "\n"
+    if (summary["num_classes"] <= 5).all():
+        rows = rows.drop(columns=["top-5 (%)"])
+    return rows.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
@@ -64,6 +68,7 @@ def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
         part = epochs[(epochs["dataset"] == dataset) & epochs["test_top1"].notna()]
         for (adapter, seed), run in part.groupby(["adapter", "seed"], sort=False):
             ax.plot(run["epoch"], run["test_top1"], marker="o", ms=3, label=f"{label(adapter)} (seed {seed})")
+        ax.axhline(100.0 / part["num_classes"].iloc[0], ls="--", lw=1, color="grey", label="chance")
         ax.set_title(label(dataset), fontsize=10)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test top-1 (%)")

@@ -1,0 +1,41 @@
+# spa — make help lists the targets. Every target installs into .venv first if needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.spa-installed
+ARGS   ?=
+EXP    ?= demo
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-all report readme clean
+
+help: ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+	@echo '  ARGS="..." passes Hydra overrides, e.g. make demo ARGS="dataset.root=../shared/data/cifar10-subset"'
+
+install: $(STAMP) ## create .venv and install spa with its dependencies (once)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install ## the main job at laptop scale: pretrain a small ResNet on CIFAR-10 classes 0-4, transfer to 5-9
+	$(BIN)/python scripts/run.py -m experiment=demo $(ARGS)
+
+test: install ## run the test suite (offline, CPU, fake data)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-all: install ## every test, slow and GPU ones included (GPU tests skip without CUDA)
+	$(BIN)/python -m pytest -q
+
+report: install ## rebuild an experiment's table and figure from its runs: make report EXP=demo
+	$(BIN)/python scripts/report.py $(EXP)
+
+readme: install ## copy the generated demo table into README.md
+	$(BIN)/python scripts/update_readme.py
+
+clean: ## remove .venv and caches (results/ is kept)
+	rm -rf $(VENV) .pytest_cache src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,36 @@
+"""Copy generated tables into README.md between <!-- BEGIN name --> and <!-- END name --> markers.
+
+No number in the README is typed by hand: this script puts results/tables/<name>.md there.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from spa import repo_root
+
+TABLES = ("demo", "catsdogs64")
+
+
+def embed(readme: str, name: str, table: str) -> str:
+    pattern = re.compile(rf"(<!-- BEGIN {name} -->\n).*?(<!-- END {name} -->)", re.S)
+    if not pattern.search(readme):
+        raise ValueError(f"README.md has no <!-- BEGIN {name} --> ... <!-- END {name} --> block")
+    return pattern.sub(lambda m: m.group(1) + table + m.group(2), readme)
+
+
+def main() -> int:
+    root = repo_root()
+    readme = (root / "README.md").read_text()
+    for name in TABLES:
+        table = root / "results" / "tables" / f"{name}.md"
+        if table.is_file():
+            readme = embed(readme, name, table.read_text())
+    (root / "README.md").write_text(readme)
+    print("README.md updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

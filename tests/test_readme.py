@@ -1,0 +1,38 @@
+"""The README opens with the two set-up commands and embeds the generated tables verbatim."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from spa import repo_root
+from scripts_path import load_script  # noqa: F401  (tests/scripts_path.py)
+
+ROOT = repo_root()
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_opens_with_the_two_commands():
+    first_block = re.search(r"```bash\n(.*?)```", README, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make demo", "make test"]
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci and "make demo" in ci
+
+
+@pytest.mark.parametrize("name", ["demo", "catsdogs64"])
+def test_embedded_tables_are_the_generated_ones(name):
+    block = re.search(rf"<!-- BEGIN {name} -->\n(.*?)<!-- END {name} -->", README, re.S)
+    assert block, f"README.md lacks the {name} block"
+    table = ROOT / "results" / "tables" / f"{name}.md"
+    if not table.is_file():
+        pytest.skip(f"{table} not generated yet")
+    assert block.group(1) == table.read_text(), "run make readme"
+
+
+def test_update_readme_replaces_only_the_block():
+    update = load_script("update_readme")
+    text = "a\n<!-- BEGIN demo -->\nold\n<!-- END demo -->\nb\n"
+    assert update.embed(text, "demo", "| new |\n") == "a\n<!-- BEGIN demo -->\n| new |\n<!-- END demo -->\nb\n"
+    with pytest.raises(ValueError, match="BEGIN nope"):
+        update.embed(text, "nope", "x")
