@@ -39,3 +39,13 @@ def compose_cfg(tmp_path, image_folder) -> Callable[..., DictConfig]:
 def _few_threads():
     torch.set_num_threads(2)
     yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip (with the reason) where CUDA is missing."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -86,7 +86,7 @@ def test_run_dir_is_built_from_config_values(tmp_path):
     over = [f"paths.results_dir={tmp_path}", "dataset=cifar10", "backbone=resnet18", "seed=3", "exp_name=e"]
     a = OmegaConf.to_container(compose_with(*over), resolve=True)["paths"]["run_dir"]
     b = OmegaConf.to_container(compose_with(*over), resolve=True)["paths"]["run_dir"]
-    assert a == b == str(tmp_path / "runs/e/cifar10/resnet18/none/finetune/seed=3")
+    assert a == b == str(tmp_path / "runs/e/cifar10/resnet18/none/finetune/seed_3")
     hydra_cfg = compose_with(*over, hydra_cfg=True)
     assert OmegaConf.to_container(hydra_cfg.hydra.run, resolve=True)["dir"] == a
 

@@ -24,7 +24,7 @@ def test_smoke_run_writes_all_records(compose_cfg):
     cfg = compose_cfg("train.max_steps_per_epoch=3")
     summary = pipeline.run(cfg)
     run_dir = Path(summary["run_dir"])
-    assert run_dir == Path(cfg.paths.results_dir) / "runs/test/image_folder/test_resnet/none/finetune/seed=1"
+    assert run_dir == Path(cfg.paths.results_dir) / "runs/test/image_folder/test_resnet/none/finetune/seed_1"
     for name in RECORDS:
         assert (run_dir / name).is_file(), name
     epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
@@ -78,7 +78,11 @@ def test_unfinished_run_is_started_again(compose_cfg):
 def test_base_stage_runs_once_and_feeds_the_transfer_run(compose_cfg):
     overrides = ["train.epochs=1", "train.max_steps_per_epoch=2", "dataset.classes=[2,3]", "dataset.name=last2",
                  "+base.dataset.classes=[0,1]", "+base.dataset.name=first2", "+base.seed=1", "report=true"]
-    summary = pipeline.run(compose_cfg(*overrides))
+    cfg = compose_cfg(*overrides)
+    summary = pipeline.run(cfg)
+    assert cfg.backbone.weights == "none"                                     # the caller's config is untouched
+    stored = yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())
+    assert stored["backbone"]["weights"] == "base"                            # location-free: hash survives a move
     base_dir = Path(summary["base_run"])
     assert base_dir.parts[-5] == "first2" and (base_dir / "model.pt").is_file()
     assert summary["weights"]["source"] == "file" and summary["weights"]["path"] == str(base_dir / "model.pt")
@@ -112,7 +116,14 @@ def test_command_line_run_and_sweep(tmp_path, image_folder):
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     for seed in (1, 2):
-        assert (tmp_path / f"runs/cli/image_folder/test_resnet/none/finetune/seed={seed}/summary.json").is_file()
+        assert (tmp_path / f"runs/cli/image_folder/test_resnet/none/finetune/seed_{seed}/summary.json").is_file()
+    # a finished run's model.pt is a valid command-line value (no '=' in run paths)
+    base = tmp_path / "runs/cli/image_folder/test_resnet/none/finetune/seed_1/model.pt"
+    reuse = subprocess.run(args[:2] + args[3:-2] + ["exp_name=reuse", f"backbone.weights={base}"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert reuse.returncode == 0, reuse.stdout + reuse.stderr
+    summary = json.loads((tmp_path / "runs/reuse/image_folder/test_resnet/none/finetune/seed_1/summary.json").read_text())
+    assert summary["weights"]["path"] == str(base)
     bad = subprocess.run(args[:2] + ["dataset=image_folder", f"dataset.root={tmp_path}/missing", "exp_name=bad"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "dataset.root=PATH" in bad.stdout + bad.stderr

@@ -100,3 +100,11 @@ def test_parameter_counts():
     model[0].weight.requires_grad_(False)
     counts = count_parameters(model)
     assert (counts.total, counts.trainable) == (15 + 8, 3 + 8)
+
+
+def test_non_finite_loss_stops_training_with_the_fix():
+    model, _ = make()
+    opt = torch.optim.SGD(model.parameters(), lr=1e12)
+    loader = DataLoader(blobs(64, 0), batch_size=16)
+    with pytest.raises(FloatingPointError, match="optim.lr"):
+        fit(model, loader, opt, build_scheduler("constant", opt, 3, 4), 3, torch.device("cpu"))

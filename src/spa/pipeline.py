@@ -6,6 +6,7 @@ first, once, and whose ``model.pt`` becomes this run's ``backbone.weights``.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from datetime import datetime, timezone
@@ -30,19 +31,19 @@ log = logging.getLogger(__name__)
 
 FINETUNE = {"name": "finetune", "kind": "finetune", "options": {}}
 NO_PRUNING = {"name": "none"}
+BASE_WEIGHTS = "base"   # backbone.weights value of a run whose weights come from its base stage
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the base stage (if any) and then this run; return this run's summary (a dict)."""
     base_dir = None
     if cfg.get("base"):
-        base_cfg = base_config(cfg)
-        base_summary = run_single(base_cfg)
-        base_dir = base_summary["run_dir"]
-        cfg = cfg.copy()
+        base_dir = run_single(base_config(cfg))["run_dir"]
+        # the config says "base" (location-free, so the config hash survives moving the results);
+        # the summary records the file's path and SHA-256
+        cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
-            cfg.backbone.weights = str(Path(base_dir) / MODEL)
-            cfg.backbone.allow_random = False
+            cfg.backbone.weights = BASE_WEIGHTS
     summary = run_single(cfg, base_run=base_dir)
     if cfg.get("report"):
         from spa.reporting import experiment_report
@@ -96,7 +97,10 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
 
     b = cfg.backbone
     kwargs = OmegaConf.to_container(b.kwargs)
-    model, weights = create_backbone(b.timm_name, data.num_classes, weights=str(b.weights), pretrained_tag=b.pretrained_tag,
+    if b.weights == BASE_WEIGHTS and base_run is None:
+        raise ValueError("backbone.weights=base needs a base stage (a `base:` section in the experiment config)")
+    source = str(Path(base_run) / MODEL) if base_run is not None else str(b.weights)
+    model, weights = create_backbone(b.timm_name, data.num_classes, weights=source, pretrained_tag=b.pretrained_tag,
                                      cifar_stem=b.cifar_stem, kwargs=kwargs)
     if weights.source == "none" and not b.allow_random:
         msg = ("this run starts from random weights (backbone.weights=none): transfer results will not be comparable "

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from spa.metrics.accuracy import topk_correct
+from spa.metrics.accuracy import topk_hits
 from spa.training.schedulers import Schedule
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     schedule: Schedule | None = None, amp: bool = False, channels_last: bool = False,
                     scaler: torch.amp.GradScaler | None = None, max_steps: int | None = None,
                     desc: str = "train") -> tuple[float, float]:
-    """Train for one pass over ``loader``; returns (mean loss, top-1 %) over the seen samples."""
+    """Train for one pass over ``loader``; returns (mean loss, top-1 %) over the seen samples.
+
+    Sums stay on the device (one host sync per epoch); a non-finite loss stops training.
+    """
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
     for step, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
         if max_steps is not None and step >= max_steps:
             break
@@ -73,8 +78,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         with _autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {step}; lower optim.lr")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -85,10 +88,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             optimizer.step()
         if schedule is not None:
             schedule.step_batch()
-        loss_sum += loss.item() * y.numel()
-        correct += topk_correct(logits.detach().float(), y, (1,))[0]
+        loss_sum += loss.detach().float() * y.numel()
+        correct += topk_hits(logits.detach(), y, (1,))[0]
         seen += y.numel()
-    return loss_sum / max(1, seen), 100.0 * correct / max(1, seen)
+    mean_loss = loss_sum.item() / max(1, seen)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"training loss became {mean_loss} during '{desc}'; lower optim.lr")
+    return mean_loss, 100.0 * correct.item() / max(1, seen)
 
 
 @torch.no_grad()
@@ -96,18 +102,21 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
              channels_last: bool = False, desc: str = "eval") -> dict[str, float]:
     """Mean loss, top-1 and top-5 accuracy (%) of ``model`` in eval mode over ``loader``."""
     model.eval()
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    loss_sum = torch.zeros((), device=device)
+    hits = torch.zeros(2, device=device, dtype=torch.long)
+    seen = 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
         x, y = _to_device(x, y, device, channels_last)
         with _autocast(device, amp):
             logits = model(x)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        c1, c5 = topk_correct(logits, y, (1, 5))
-        top1, top5, seen = top1 + c1, top5 + c5, seen + y.numel()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        hits += topk_hits(logits, y, (1, 5))
+        seen += y.numel()
     if seen == 0:
         raise ValueError("evaluation loader is empty")
-    return {"loss": loss_sum / seen, "top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen}
+    top1, top5 = hits.tolist()
+    return {"loss": loss_sum.item() / seen, "top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen}
 
 
 def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimizer, schedule: Schedule,
