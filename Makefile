@@ -7,7 +7,7 @@ ARGS   ?=
 EXP    ?= demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all report readme clean
+.PHONY: help install demo test test-all report params readme clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test-all: install ## every test, slow and GPU ones included (GPU tests skip with
 
 report: install ## rebuild an experiment's table and figure from its runs: make report EXP=demo
 	$(BIN)/python scripts/report.py $(EXP)
+
+params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)
+	$(BIN)/python scripts/params.py
 
 readme: install ## copy the generated demo table into README.md
 	$(BIN)/python scripts/update_readme.py

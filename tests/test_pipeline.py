@@ -97,6 +97,11 @@ def test_base_stage_runs_once_and_feeds_the_transfer_run(compose_cfg):
     assert (results / "figures" / "test_curves.png").stat().st_size > 1000
 
 
+def test_a_typo_in_the_base_section_is_refused(compose_cfg):
+    with pytest.raises(ValueError, match="base.train.epochz"):
+        pipeline.base_config(compose_cfg("+base.train.epochz=3"))
+
+
 def test_random_weights_transfer_warns_and_is_recorded(compose_cfg):
     summary = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1", "backbone.allow_random=false"))
     assert any("random weights" in w for w in summary["warnings"])

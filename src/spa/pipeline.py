@@ -16,20 +16,21 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError
 
 from spa import repo_root
-from spa.adapters import apply_adapter
+from spa.adapters import adapter_layers, apply_adapter, fuse, save_task
 from spa.data import build_datasets, make_loader
 from spa.metrics import count_parameters
 from spa.models import create_backbone, save_model_file
 from spa.pruning import check_pruning
-from spa.records import MODEL, RunDir, RunSummary, config_hash
+from spa.records import MODEL, TASK, RunDir, RunSummary, config_hash
 from spa.training import build_scheduler, fit
 from spa.utils import device_description, git_state, package_versions, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-FINETUNE = {"name": "finetune", "kind": "finetune", "options": {}}
+FINETUNE = {"name": "finetune", "kind": "finetune", "prunable": True, "options": {}}
 NO_PRUNING = {"name": "none"}
 BASE_WEIGHTS = "base"   # backbone.weights value of a run whose weights come from its base stage
 
@@ -58,7 +59,12 @@ def base_config(cfg: DictConfig) -> DictConfig:
     main = OmegaConf.to_container(cfg, resolve=False)
     overrides = main.pop("base")
     main.pop("report", None)
-    merged = OmegaConf.merge(OmegaConf.create(main), OmegaConf.create(overrides))
+    main_cfg = OmegaConf.create(main)
+    OmegaConf.set_struct(main_cfg, True)  # a key the run config lacks is a typo, not a new setting
+    try:
+        merged = OmegaConf.merge(main_cfg, OmegaConf.create(overrides))
+    except ConfigKeyError as err:
+        raise ValueError(f"the base section sets base.{err.full_key}, which is not a config key: {err.msg}") from err
     merged.adapter, merged.pruning = dict(FINETUNE), dict(NO_PRUNING)
     merged.save_model = True
     return merged
@@ -83,6 +89,9 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     log.info("run %s", rundir.path)
     check_pruning(cfg.pruning.name)
+    if cfg.pruning.name != "none" and not cfg.adapter.get("prunable", True):
+        raise ValueError(f"adapter={cfg.adapter.name} is the unpruned baseline (prunable: false); to prune with "
+                         f"this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}")
     seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
     device = resolve_device(cfg.device)
     warnings: list[str] = []
@@ -107,11 +116,13 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
                "with the paper; use backbone.weights=pretrained or PATH, or backbone.allow_random=true to silence this")
         log.warning(msg)
         warnings.append(msg)
-    model = apply_adapter(model, cfg.adapter.kind, **OmegaConf.to_container(cfg.adapter.options))
+    adapter_options = OmegaConf.to_container(cfg.adapter.options)
+    model = apply_adapter(model, cfg.adapter.kind, **adapter_options)
     channels_last = bool(cfg.train.channels_last) and device.type == "cuda"
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     params = count_parameters(model)
-    log.info("parameters: %d total, %d trainable (%s)", params.total, params.trainable, cfg.adapter.name)
+    log.info("parameters: %d learned (trainable), %d total, %d deployable after fusing (%s)", params.trainable,
+             params.total, params.deployable, cfg.adapter.name)
 
     t = cfg.train
     workers = None if t.num_workers == "auto" else int(t.num_workers)
@@ -128,16 +139,25 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
                  select=t.select, max_steps=t.max_steps_per_epoch, on_epoch=rundir.append_epoch)
     final = next(r for r in result.history if r.epoch == result.selected_epoch)
 
+    files: dict[str, int] = {}
     if cfg.save_model:
-        save_model_file(model, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem, kwargs=kwargs,
-                        classes=data.classes)
+        # model.pt: the fused, plain model (reusable as backbone.weights); task.pt: what the task learned
+        deployable = fuse(model) if adapter_layers(model) else model
+        save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
+                        kwargs=kwargs, classes=data.classes)
+        files[MODEL] = rundir.file(MODEL).stat().st_size
+        if cfg.adapter.kind != "finetune":
+            save_task(model, rundir.file(TASK), adapter={"kind": cfg.adapter.kind, "options": adapter_options},
+                      classes=data.classes)
+            files[TASK] = rundir.file(TASK).stat().st_size
     summary = RunSummary(
         run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
         pruning=cfg.pruning.name, seed=seed, config_hash=config_hash(resolved), git=git_state(repo_root()),
         versions=package_versions(), device=str(device), device_name=device_description(device),
         data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
               "root": str(Path(d.root).expanduser().resolve()), **data.stats},
-        weights=weights.to_dict(), params={"total": params.total, "trainable": params.trainable},
+        weights=weights.to_dict(), files=files,
+        params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
         epochs=int(t.epochs), selection=result.selection, selected_epoch=result.selected_epoch,
         metrics={"test_top1": final.test_top1, "test_top5": final.test_top5, "test_loss": final.test_loss,
                  "val_top1": final.val_top1, "train_loss": final.train_loss, "train_top1": final.train_top1},

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # Keys that say where or how fast a run goes, not what it computes: left out of the config hash.
 VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "train.num_workers")
-CONFIG, LOG, EPOCHS, SUMMARY, MODEL, LOCK = "config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt", ".lock"
+CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
+                                                    "task.pt", ".lock")
 
 
 class ConfigChangedError(RuntimeError):
@@ -87,7 +88,7 @@ class RunSummary:
     device_name: str
     data: dict[str, Any]
     weights: dict[str, Any]
-    params: dict[str, int]
+    params: dict[str, int]          # total, trainable (= learned per task), deployable (fused)
     epochs: int
     selection: str
     selected_epoch: int
@@ -96,6 +97,7 @@ class RunSummary:
     started_at: str
     finished_at: str
     base_run: str | None = None
+    files: dict[str, int] = field(default_factory=dict)   # bytes of model.pt (fused) and task.pt
     warnings: list[str] = field(default_factory=list)
     status: str = "finished"
 

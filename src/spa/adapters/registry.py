@@ -1,9 +1,14 @@
 """Registry of adapter kinds (see the package docstring)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import logging
+from typing import Any, Callable, Sequence
 
 import torch.nn as nn
+
+from spa.adapters.convert import convert, set_trainable
+
+log = logging.getLogger(__name__)
 
 AdapterFn = Callable[..., nn.Module]
 ADAPTERS: dict[str, AdapterFn] = {}
@@ -19,7 +24,7 @@ def register_adapter(kind: str) -> Callable[[AdapterFn], AdapterFn]:
 
 
 def apply_adapter(model: nn.Module, kind: str, **options: Any) -> nn.Module:
-    """Convert ``model`` for adapter ``kind`` and set its trainable parameters."""
+    """Convert ``model`` in place for adapter ``kind`` and set its trainable parameters."""
     if kind not in ADAPTERS:
         raise ValueError(f"adapter.kind={kind!r} is unknown; available: {sorted(ADAPTERS)}")
     return ADAPTERS[kind](model, **options)
@@ -33,3 +38,19 @@ def finetune(model: nn.Module, **options: Any) -> nn.Module:
     for param in model.parameters():
         param.requires_grad_(True)
     return model
+
+
+def _channel_spa(kind: str):
+    def apply(model: nn.Module, rank: int | float = 16, init_range: float = 1e-4,
+              exclude: Sequence[str] | None = None, train_norm: bool = True) -> nn.Module:
+        layers = convert(model, kind, rank=rank, init_range=init_range, exclude=exclude)
+        set_trainable(model, train_norm=train_norm)
+        log.info("%s: %d layers adapted%s; trainable: adapters, normalisation layers, biases, head",
+                 kind, len(layers), "" if kind == "sppara" else f" (rank {rank})")
+        return model
+    apply.__doc__ = f"Channel SPA ({kind}) on every eligible layer, base weights frozen."
+    return apply
+
+
+register_adapter("splora")(_channel_spa("splora"))
+register_adapter("sppara")(_channel_spa("sppara"))

@@ -1,4 +1,11 @@
-"""Parameter counts. The paper's per-task learned-parameter accounting lands with the adapters."""
+"""Parameter counts, as the paper counts them (spa.md §1).
+
+- learned: what one task learns and stores: adapter terms over kept channels (SPLoRA
+  ``r·(in + out)``, SPPaRA ``out·in``), biases, normalisation γ and β, and the full head; for
+  fine-tuning every parameter. With physical channel removal the kept channels are exact.
+- total: every parameter of the (adapted) model.
+- deployable: parameters of the fused model (``spa.adapters.fuse``): adapters folded into the weights.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,11 +15,19 @@ import torch.nn as nn
 
 @dataclass
 class ParamCounts:
-    total: int       # every parameter of the model
-    trainable: int   # parameters with requires_grad (what the optimiser updates)
+    total: int        # every parameter of the model
+    trainable: int    # parameters with requires_grad = the task's learned parameters
+    deployable: int   # parameters of the fused, plain model
+
+    @property
+    def learned(self) -> int:
+        return self.trainable
 
 
 def count_parameters(model: nn.Module) -> ParamCounts:
+    from spa.adapters.convert import adapter_layers
     params = list(model.parameters())
-    return ParamCounts(total=sum(p.numel() for p in params),
-                       trainable=sum(p.numel() for p in params if p.requires_grad))
+    adapter = sum(p.numel() for layer in adapter_layers(model).values() for p in layer.adapter_parameters())
+    total = sum(p.numel() for p in params)
+    return ParamCounts(total=total, trainable=sum(p.numel() for p in params if p.requires_grad),
+                       deployable=total - adapter)

@@ -14,6 +14,7 @@ from spa.utils import atomic_write_text  # noqa: E402
 
 LABELS = {
     "finetune": "Fine-tuning", "splora": "SPLoRA", "sppara": "SPPaRA", "lora": "LoRA",
+    "splora_r8": "SPLoRA-r8", "splora_r32": "SPLoRA-r32", "lora_r8": "LoRA-r8", "lora_r32": "LoRA-r32",
     "none": "—",
     "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
     "cifar10_first5": "CIFAR-10 classes 0–4 (base)", "cifar10_last5": "CIFAR-10 classes 5–9 (transfer)",

@@ -1,0 +1,293 @@
+"""Channel SPA layers (spa.md §1): SPLoRA (low rank) and SPPaRA (pointwise), on Linear and Conv2d.
+
+A frozen base ``weight`` W plus a learned update ΔW:
+- SPLoRA: ΔW = B·A with ``A`` (rank × in) ~ kaiming_uniform(a=√5) and ``B`` (out × rank) ~ U(±init_range);
+- SPPaRA: ΔW = P with ``P`` (out × in/groups) ~ U(±init_range).
+On a k×k conv the update sits at the kernel centre tap only, so it equals a 1×1 conv in parallel
+with the k×k conv and fuses into one plain conv.
+
+Training runs the low-memory form ``Wx + B(Ax)`` (no per-step materialised ΔW). In eval mode the
+fused weight W + ΔW is computed once and cached until a parameter changes (an optimiser step,
+``load_state_dict`` or ``.to()``), so inference (under ``torch.no_grad``/``inference_mode``) costs
+what the plain layer costs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def resolve_rank(rank: int | float, out_features: int) -> int:
+    """An int rank, or a float in (0, 1) meaning that fraction of the output features (at least 1)."""
+    if isinstance(rank, float) and not rank.is_integer():
+        if not 0 < rank < 1:
+            raise ValueError(f"adapter rank {rank} must be a positive int or a fraction in (0, 1)")
+        return max(1, round(rank * out_features))
+    if int(rank) < 1:
+        raise ValueError(f"adapter rank must be >= 1, got {rank}")
+    return int(rank)
+
+
+class _FusedCache:
+    """The fused weight of an adapter layer in eval mode, keyed by the parameters' identity and version."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.weight: torch.Tensor | None = None
+
+    def get(self, params: list[torch.Tensor], compute) -> torch.Tensor:
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        if key != self.key:
+            with torch.no_grad():
+                self.weight = compute()
+            self.key = key
+        return self.weight
+
+    def clear(self) -> None:
+        self.key, self.weight = None, None
+
+
+class AdapterLayer(nn.Module):
+    """Common behaviour: frozen base ``weight``, trainable ``bias``, fused-weight cache in eval."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache = _FusedCache()
+
+    def delta(self) -> torch.Tensor:
+        """ΔW in the base weight's shape."""
+        raise NotImplementedError
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        raise NotImplementedError
+
+    def fused_weight(self) -> torch.Tensor:
+        return self.weight + self.delta()
+
+    def _eval_weight(self) -> torch.Tensor:
+        """The fused weight: cached when no gradient can flow to the adapters (inference), else
+        computed differentiably (an eval-mode pass under autograd still trains the adapters)."""
+        adapters = self.adapter_parameters()
+        if torch.is_grad_enabled() and any(p.requires_grad for p in adapters):
+            return self.fused_weight()
+        return self._cache.get([self.weight, *adapters], self.fused_weight)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._cache.clear()  # dropped on train(); recomputed at the first eval forward
+        return super().train(mode)
+
+    def learned_parameters(self) -> int:
+        """Per-task learned parameters of this layer: adapter terms (+ bias)."""
+        return sum(p.numel() for p in self.adapter_parameters()) + (self.bias.numel() if self.bias is not None else 0)
+
+    def _init_base(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        # the frozen base shares the source layer's storage: converting a model copies no weights
+        self.weight = nn.Parameter(weight.detach(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+
+# ----------------------------------------------------------------------------- Linear
+class _LinearAdapter(AdapterLayer):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self._init_base(weight, bias)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def to_module(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with W + ΔW folded in."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(self.fused_weight())
+            if self.bias is not None:
+                layer.bias.copy_(self.bias)
+        return layer
+
+
+class SPLoRALinear(_LinearAdapter):
+    """y = (W + B·A) x + b."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int | float = 16,
+                 init_range: float = 1e-4) -> None:
+        super().__init__(weight, bias)
+        r = resolve_rank(rank, self.out_features)
+        self.A = nn.Parameter(torch.empty(r, self.in_features, device=weight.device, dtype=weight.dtype))
+        self.B = nn.Parameter(torch.empty(self.out_features, r, device=weight.device, dtype=weight.dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.uniform_(self.B, -init_range, init_range)
+
+    @classmethod
+    def from_module(cls, layer: nn.Linear, rank: int | float = 16, init_range: float = 1e-4) -> "SPLoRALinear":
+        return cls(layer.weight, layer.bias, rank=rank, init_range=init_range)
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def delta(self) -> torch.Tensor:
+        return self.B @ self.A
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [self.A, self.B]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.A), self.B)
+        return F.linear(x, self._eval_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, bias={self.bias is not None}"
+
+
+# ----------------------------------------------------------------------------- Conv2d
+class _ConvAdapter(AdapterLayer):
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        kh, kw = conv.kernel_size
+        if kh != kw or kh % 2 == 0:
+            raise ValueError(f"channel SPAs need an odd square kernel, got {conv.kernel_size}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"channel SPAs support padding_mode='zeros' only, got {conv.padding_mode!r}")
+        self._init_base(conv.weight, conv.bias)
+        self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
+        self.padding = conv.padding
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return tuple(self.weight.shape[2:])
+
+    def _center(self, pointwise: torch.Tensor) -> torch.Tensor:
+        """A (out × in/groups) matrix placed at the centre tap of a zero k×k kernel."""
+        k = self.kernel_size[0]
+        return F.pad(pointwise[:, :, None, None], (k // 2, k // 2, k // 2, k // 2))
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _centre_input(self, x: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """The input pixels the centre tap reads, so a strided 1×1 conv on them aligns with the k×k conv."""
+        if isinstance(self.padding, str):
+            raise ValueError("string padding is handled by the dense path")
+        k = self.kernel_size[0]
+        offsets = [self.dilation[i] * (k // 2) - self.padding[i] for i in range(2)]
+        if min(offsets) < 0:
+            pad = [max(0, -offsets[1])] * 2 + [max(0, -offsets[0])] * 2
+            x = F.pad(x, pad)
+            offsets = [max(0, o) for o in offsets]
+        x = x[:, :, offsets[0]:, offsets[1]:]
+        h, w = out_hw
+        return x[:, :, : (h - 1) * self.stride[0] + 1: self.stride[0], : (w - 1) * self.stride[1] + 1: self.stride[1]]
+
+    def _pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """Adapter branch on the centre-aligned input (low-memory form)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return self._conv(x, self._eval_weight())
+        if isinstance(self.padding, str):  # rare: fall back to the materialised update
+            return self._conv(x, self.fused_weight())
+        y = self._conv(x, self.weight)
+        return y + self._pointwise(self._centre_input(x, y.shape[-2:]))
+
+    def fused_weight(self) -> torch.Tensor:
+        return self.weight + self._center(self.delta())
+
+    def to_module(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with W + ΔW folded in."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.groups, bias=self.bias is not None,
+                         device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.fused_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+
+class SPLoRAConv2d(_ConvAdapter):
+    """W'[:, :, c, c] = W[:, :, c, c] + B·A, c = k // 2; grouped convs use in = in_channels / groups."""
+
+    def __init__(self, conv: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> None:
+        super().__init__(conv)
+        r = resolve_rank(rank, self.out_channels)
+        w = self.weight
+        self.A = nn.Parameter(torch.empty(r, w.shape[1], device=w.device, dtype=w.dtype))
+        self.B = nn.Parameter(torch.empty(self.out_channels, r, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.uniform_(self.B, -init_range, init_range)
+
+    @classmethod
+    def from_module(cls, layer: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> "SPLoRAConv2d":
+        return cls(layer, rank=rank, init_range=init_range)
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def delta(self) -> torch.Tensor:
+        """B·A (out × in/groups): the centre-tap update."""
+        return self.B @ self.A
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [self.A, self.B]
+
+    def _pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        # A·x within each group (rank channels per group), then B: output channel o of group g reads
+        # group g's rank channels, so the second grouped 1×1 conv's weight is B itself
+        z = F.conv2d(x, self.A.repeat(self.groups, 1)[:, :, None, None], groups=self.groups)
+        return F.conv2d(z, self.B[:, :, None, None], groups=self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, rank={self.rank}, bias={self.bias is not None}")
+
+
+class SPPaRAConv2d(_ConvAdapter):
+    """W'[:, :, c, c] = W[:, :, c, c] + P, with a full pointwise adapter P (out × in/groups)."""
+
+    def __init__(self, conv: nn.Conv2d, init_range: float = 1e-4) -> None:
+        super().__init__(conv)
+        self.P = nn.Parameter(torch.empty(self.out_channels, self.weight.shape[1], device=self.weight.device,
+                                          dtype=self.weight.dtype))
+        nn.init.uniform_(self.P, -init_range, init_range)
+
+    @classmethod
+    def from_module(cls, layer: nn.Conv2d, init_range: float = 1e-4, **_: Any) -> "SPPaRAConv2d":
+        return cls(layer, init_range=init_range)
+
+    def delta(self) -> torch.Tensor:
+        return self.P
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [self.P]
+
+    def _pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.P[:, :, None, None], groups=self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, bias={self.bias is not None}")
