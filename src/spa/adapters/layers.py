@@ -94,6 +94,32 @@ class AdapterLayer(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
 
 
+class _LowRank:
+    """SPLoRA's factors: ``A`` (rank × in) ~ kaiming_uniform(a=√5), ``B`` (out × rank) ~ U(±init_range)."""
+
+    weight: nn.Parameter
+    A: nn.Parameter
+    B: nn.Parameter
+
+    def _init_factors(self, out_features: int, in_features: int, rank: int | float, init_range: float) -> None:
+        r, w = resolve_rank(rank, out_features), self.weight
+        self.A = nn.Parameter(torch.empty(r, in_features, device=w.device, dtype=w.dtype))
+        self.B = nn.Parameter(torch.empty(out_features, r, device=w.device, dtype=w.dtype))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.uniform_(self.B, -init_range, init_range)
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def delta(self) -> torch.Tensor:
+        """B·A (out × in[/groups]); on a conv, the centre-tap update."""
+        return self.B @ self.A
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [self.A, self.B]
+
+
 # ----------------------------------------------------------------------------- Linear
 class _LinearAdapter(AdapterLayer):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -119,31 +145,17 @@ class _LinearAdapter(AdapterLayer):
         return layer
 
 
-class SPLoRALinear(_LinearAdapter):
+class SPLoRALinear(_LowRank, _LinearAdapter):
     """y = (W + B·A) x + b."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int | float = 16,
                  init_range: float = 1e-4) -> None:
         super().__init__(weight, bias)
-        r = resolve_rank(rank, self.out_features)
-        self.A = nn.Parameter(torch.empty(r, self.in_features, device=weight.device, dtype=weight.dtype))
-        self.B = nn.Parameter(torch.empty(self.out_features, r, device=weight.device, dtype=weight.dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        nn.init.uniform_(self.B, -init_range, init_range)
+        self._init_factors(self.out_features, self.in_features, rank, init_range)
 
     @classmethod
     def from_module(cls, layer: nn.Linear, rank: int | float = 16, init_range: float = 1e-4) -> "SPLoRALinear":
         return cls(layer.weight, layer.bias, rank=rank, init_range=init_range)
-
-    @property
-    def rank(self) -> int:
-        return self.A.shape[0]
-
-    def delta(self) -> torch.Tensor:
-        return self.B @ self.A
-
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        return [self.A, self.B]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -228,32 +240,16 @@ class _ConvAdapter(AdapterLayer):
         return conv
 
 
-class SPLoRAConv2d(_ConvAdapter):
+class SPLoRAConv2d(_LowRank, _ConvAdapter):
     """W'[:, :, c, c] = W[:, :, c, c] + B·A, c = k // 2; grouped convs use in = in_channels / groups."""
 
     def __init__(self, conv: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> None:
         super().__init__(conv)
-        r = resolve_rank(rank, self.out_channels)
-        w = self.weight
-        self.A = nn.Parameter(torch.empty(r, w.shape[1], device=w.device, dtype=w.dtype))
-        self.B = nn.Parameter(torch.empty(self.out_channels, r, device=w.device, dtype=w.dtype))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        nn.init.uniform_(self.B, -init_range, init_range)
+        self._init_factors(self.out_channels, self.weight.shape[1], rank, init_range)
 
     @classmethod
     def from_module(cls, layer: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> "SPLoRAConv2d":
         return cls(layer, rank=rank, init_range=init_range)
-
-    @property
-    def rank(self) -> int:
-        return self.A.shape[0]
-
-    def delta(self) -> torch.Tensor:
-        """B·A (out × in/groups): the centre-tap update."""
-        return self.B @ self.A
-
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        return [self.A, self.B]
 
     def _pointwise(self, x: torch.Tensor) -> torch.Tensor:
         # A·x within each group (rank channels per group), then B: output channel o of group g reads
