@@ -120,3 +120,36 @@ def test_transforms_produce_normalised_tensors_of_the_asked_size(style, size):
     assert abs(float(test_tf(image).mean())) < 5
     with pytest.raises(ValueError, match="dataset.transform"):
         build_transforms("bogus", 32)
+
+
+def test_download_path_fetches_checks_and_extracts_the_archive(tmp_path, monkeypatch):
+    """The real download code (torchvision's fetch + MD5 check + extraction), fed by a throwaway
+    HTTP server on 127.0.0.1 (no network leaves the machine)."""
+    import functools
+    import hashlib
+    import http.server
+    import tarfile
+    import threading
+    from spa.data import sources
+    fake.write_cifar(tmp_path / "src", "cifar10", per_batch=5)
+    (tmp_path / "www").mkdir()
+    archive = tmp_path / "www" / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    try:
+        monkeypatch.setitem(sources.CIFAR_ARCHIVES, "cifar10", (url, md5, "cifar-10-batches-py"))
+        raw = load_source("cifar10", tmp_path / "data", download=True)
+        assert (len(raw.train), len(raw.test)) == (25, 5)
+        monkeypatch.setitem(sources.CIFAR_ARCHIVES, "cifar10", (url, "0" * 32, "cifar-10-batches-py"))
+        with pytest.raises(DatasetNotFoundError, match="download failed"):   # checksum mismatch
+            load_source("cifar10", tmp_path / "other", download=True)
+    finally:
+        server.shutdown()
+        server.server_close()

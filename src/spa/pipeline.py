@@ -24,9 +24,13 @@ from spa.data import build_datasets, make_loader
 from spa.metrics import count_parameters
 from spa.models import create_backbone, save_model_file
 from spa.pruning import check_pruning
-from spa.records import MODEL, TASK, RunDir, RunSummary, config_hash
-from spa.training import build_scheduler, fit
-from spa.utils import device_description, git_state, package_versions, resolve_device, seed_everything
+from spa.pruning.importance import CRITERIA
+from spa.pruning.schedule import Plan
+from spa.pruning.session import PruningSession, count_macs
+from spa.records import CHECKPOINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
+from spa.training import build_scheduler, evaluate, fit
+from spa.utils import (atomic_torch_save, atomic_write_json, device_description, git_state, package_versions,
+                       resolve_device, seed_everything)
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +79,21 @@ def run_single(cfg: DictConfig, base_run: str | None = None) -> dict[str, Any]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     rundir = RunDir(cfg.paths.run_dir)
     with rundir.lock():
-        done = rundir.prepare(resolved, overwrite=bool(cfg.get("overwrite", False)))
-        if done is not None:
+        status, done = rundir.prepare(resolved, overwrite=bool(cfg.get("overwrite", False)))
+        if status == "done":
             log.info("skipping %s: finished with the same config (test top-1 %.2f%%)",
                      rundir.path, done["metrics"]["test_top1"])
             return done
         with rundir.logging_to_file():
-            summary = _execute(cfg, resolved, rundir, base_run)
+            summary = _execute(cfg, resolved, rundir, base_run, status)
     return summary.to_dict()
 
 
-def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None) -> RunSummary:
+def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
+             status: str = "fresh") -> RunSummary:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     log.info("run %s", rundir.path)
-    check_pruning(cfg.pruning.name)
+    check_pruning(cfg.pruning.get("criterion", cfg.pruning.name))
     if cfg.pruning.name != "none" and not cfg.adapter.get("prunable", True):
         raise ValueError(f"adapter={cfg.adapter.name} is the unpruned baseline (prunable: false); to prune with "
                          f"this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}")
@@ -131,24 +136,71 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     test_loader = make_loader(data.test, t.eval_batch_size, train=False, device=device, seed=seed, num_workers=workers)
     val_loader = (make_loader(data.val, t.eval_batch_size, train=False, device=device, seed=seed, num_workers=workers)
                   if data.val is not None else None)
-    optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
-    steps = len(train_loader) if t.max_steps_per_epoch is None else min(len(train_loader), t.max_steps_per_epoch)
-    schedule = build_scheduler(t.scheduler, optimizer, t.epochs, steps, gamma=t.gamma)
-    result = fit(model, train_loader, optimizer, schedule, t.epochs, device, test_loader=test_loader,
-                 val_loader=val_loader, amp=bool(t.amp), channels_last=channels_last, eval_every=t.eval_every,
-                 select=t.select, max_steps=t.max_steps_per_epoch, on_epoch=rundir.append_epoch)
-    final = next(r for r in result.history if r.epoch == result.selected_epoch)
+    batches = len(train_loader) if t.max_steps_per_epoch is None else min(len(train_loader), t.max_steps_per_epoch)
+
+    def train_phase(epochs: int, phase: str, step: int):
+        """A training call with a fresh optimiser and LR schedule (the paper restarts both)."""
+        optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
+        schedule = build_scheduler(t.scheduler, optimizer, epochs, batches, gamma=t.gamma)
+        result = fit(model, train_loader, optimizer, schedule, epochs, device, test_loader=test_loader,
+                     val_loader=val_loader, amp=bool(t.amp), channels_last=channels_last, eval_every=t.eval_every,
+                     select=t.select, phase=phase, step=step, max_steps=t.max_steps_per_epoch,
+                     on_epoch=rundir.append_epoch)
+        return result, next(r for r in result.history if r.epoch == result.selected_epoch)
+
+    pruning, sched = cfg.pruning, cfg.schedule
+    size = (int(d.image_size), int(d.image_size))
+    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if pruning.name != "none" else None
+    plan = Plan(session.original_filters, sched.step_fraction, sched.target_density) if session else None
+    rows: list[dict[str, Any]] = []
+    step_t0 = time.perf_counter()
+    if status == "resume":
+        checkpoint = torch.load(rundir.file(CHECKPOINT), map_location=device, weights_only=True)
+        session.replay(checkpoint["history"])
+        model.load_state_dict(checkpoint["state_dict"])
+        done_step = int(checkpoint["step"])
+        rows = [r for r in rundir.read_steps() if r["step"] <= done_step]
+        rundir.keep_epochs_until(done_step)
+        result, final = checkpoint["selection"], None
+        log.info("resuming %s after pruning step %d (density %.3f)", rundir.path, done_step, session.density)
+    else:
+        done_step = 0
+        result, final = train_phase(int(t.epochs), "train", 0)
+        rows.append(step_row(0, model, session, None, final, size, time.perf_counter() - step_t0))
+        if session is not None:
+            save_checkpoint(rundir, model, session, 0, result)
+    for step in range(done_step + 1, (plan.steps if plan else 0) + 1):
+        step_t0 = time.perf_counter()
+        seed_everything(seed * 1000 + step, bool(t.deterministic))      # a resumed run redoes a step identically
+        train_loader.generator.manual_seed(seed * 1000 + step)
+        criterion = make_criterion(pruning.criterion, seed * 1000 + step)
+        session.step(step, plan, criterion, train_loader, device, sched.score_batches, pruning.group_reduction)
+        before = evaluate(model, test_loader, device, bool(t.amp), channels_last)
+        result, final = train_phase(int(sched.recovery_epochs), "recover", step)
+        rows.append(step_row(step, model, session, before["top1"], final, size, time.perf_counter() - step_t0))
+        rundir.write_steps(rows)
+        save_checkpoint(rundir, model, session, step, result)
+    rundir.write_steps(rows)
+    params = count_parameters(model)
+    last = rows[-1]
+    selection = result if isinstance(result, dict) else {"selection": result.selection,
+                                                          "selected_epoch": result.selected_epoch}
+    metrics = {"test_top1": last["top1"], "test_top5": last["top5"], "test_loss": last["test_loss"],
+               "val_top1": last["val_top1"], "train_loss": last["train_loss"], "train_top1": last["train_top1"],
+               "density": last["density"]}
 
     files: dict[str, int] = {}
     if cfg.save_model:
         # model.pt: the fused, plain model (reusable as backbone.weights); task.pt: what the task learned
+        structure = None if session is None else {"history": session.history, "input_size": list(size),
+                                                  "original_filters": session.original_filters}
         deployable = fuse(model) if adapter_layers(model) else model
         save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
-                        kwargs=kwargs, classes=data.classes)
+                        kwargs=kwargs, classes=data.classes, structure=structure)
         files[MODEL] = rundir.file(MODEL).stat().st_size
         if cfg.adapter.kind != "finetune":
             save_task(model, rundir.file(TASK), adapter={"kind": cfg.adapter.kind, "options": adapter_options},
-                      classes=data.classes)
+                      classes=data.classes, structure=structure)
             files[TASK] = rundir.file(TASK).stat().st_size
     summary = RunSummary(
         run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
@@ -158,12 +210,44 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
               "root": str(Path(d.root).expanduser().resolve()), **data.stats},
         weights=weights.to_dict(), files=files,
         params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
-        epochs=int(t.epochs), selection=result.selection, selected_epoch=result.selected_epoch,
-        metrics={"test_top1": final.test_top1, "test_top5": final.test_top5, "test_loss": final.test_loss,
-                 "val_top1": final.val_top1, "train_loss": final.train_loss, "train_top1": final.train_top1},
+        epochs=int(t.epochs), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
+        metrics=metrics, pruning_steps=len(rows) - 1,
         wall_time_s=round(time.perf_counter() - t0, 2), started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), base_run=base_run, warnings=warnings)
     rundir.write_summary(summary)
-    log.info("finished %s: test top-1 %.2f%%, top-5 %.2f%% (epoch %d, %s) in %.0fs", rundir.path, final.test_top1,
-             final.test_top5, result.selected_epoch, result.selection, summary.wall_time_s)
+    log.info("finished %s: test top-1 %.2f%%, top-5 %.2f%% at density %.3f in %.0fs", rundir.path,
+             metrics["test_top1"], metrics["test_top5"], metrics["density"], summary.wall_time_s)
     return summary
+
+
+def make_criterion(name: str, seed: int):
+    if name not in CRITERIA:
+        raise ValueError(f"pruning.criterion={name!r} is unknown; available: {sorted(CRITERIA)}")
+    return CRITERIA[name](seed=seed) if name == "random" else CRITERIA[name]()
+
+
+def step_row(step: int, model, session, top1_before: float | None, final, size: tuple[int, int],
+             seconds: float) -> dict[str, Any]:
+    """One row of steps.csv. MACs (the paper's "FLOPs") at the run's input size and at 32 × 32."""
+    params = count_parameters(model)
+    try:
+        macs_32 = count_macs(model, (32, 32))
+    except Exception:  # e.g. a ViT with a fixed input size
+        macs_32 = None
+    return {"step": step, "density": round(session.density, 6) if session else 1.0,
+            "kept_filters": session.kept_filters if session else None,
+            "top1_before": top1_before, "top1": final.test_top1, "top5": final.test_top5,
+            "test_loss": final.test_loss, "val_top1": final.val_top1, "train_loss": final.train_loss,
+            "train_top1": final.train_top1, "params_total": params.total, "params_learned": params.trainable,
+            "params_deployable": params.deployable, "macs": count_macs(model, size), "macs_32": macs_32,
+            "time_s": round(seconds, 2)}
+
+
+def save_checkpoint(rundir: RunDir, model, session, step: int, result) -> None:
+    """After a completed step: the state dict and the pruning history (safe to torch.load), atomically."""
+    selection = {"selection": result.selection, "selected_epoch": result.selected_epoch}
+    atomic_torch_save({"step": step, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       "history": session.history, "original_filters": session.original_filters,
+                       "selection": selection}, rundir.file(CHECKPOINT))
+    atomic_write_json(rundir.file(HISTORY), {"original_filters": session.original_filters,
+                                             "steps": session.history})

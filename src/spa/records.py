@@ -6,8 +6,10 @@ config in the same directory is refused unless ``overwrite=true``.
 """
 from __future__ import annotations
 
+import csv
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import shutil
@@ -26,6 +28,19 @@ log = logging.getLogger(__name__)
 VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "train.num_workers")
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
+STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"
+
+
+def _number(value: str) -> Any:
+    """CSV cell back to int / float / None where it was one."""
+    if value == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
 
 
 class ConfigChangedError(RuntimeError):
@@ -97,6 +112,7 @@ class RunSummary:
     started_at: str
     finished_at: str
     base_run: str | None = None
+    pruning_steps: int = 0
     files: dict[str, int] = field(default_factory=dict)   # bytes of model.pt (fused) and task.pt
     warnings: list[str] = field(default_factory=list)
     status: str = "finished"
@@ -140,9 +156,10 @@ class RunDir:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def prepare(self, cfg: dict[str, Any], overwrite: bool = False) -> dict[str, Any] | None:
-        """Return the stored summary if this exact run is finished; otherwise make the directory
-        ready for a fresh run. Refuses (:class:`ConfigChangedError`) a different stored config
+    def prepare(self, cfg: dict[str, Any], overwrite: bool = False) -> tuple[str, dict[str, Any] | None]:
+        """``("done", summary)`` if this exact run is finished; ``("resume", None)`` if it stopped
+        after a completed pruning step (``checkpoint.pt``); else ``("fresh", None)`` with the
+        directory made ready. Refuses (:class:`ConfigChangedError`) a different stored config
         unless ``overwrite``."""
         old = self.read_config()
         if old is not None and config_hash(old) != config_hash(cfg):
@@ -155,13 +172,15 @@ class RunDir:
             log.warning("overwrite=true: replacing the run in %s (%s)", self.path, "; ".join(config_diff(old, cfg)[:6]))
             self.clear()
         elif old is not None and self.finished:
-            return self.read_summary()
+            return "done", self.read_summary()
+        elif old is not None and self.file(CHECKPOINT).is_file():
+            return "resume", None
         elif old is not None:
             log.info("%s holds an unfinished run with this config: starting it again", self.path)
             self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.file(CONFIG), yaml.safe_dump(cfg, sort_keys=False))
-        return None
+        return "fresh", None
 
     def clear(self) -> None:
         for child in self.path.iterdir():
@@ -173,6 +192,28 @@ class RunDir:
         row = asdict(record) if not isinstance(record, dict) else record
         with open(self.file(EPOCHS), "a") as handle:
             handle.write(json.dumps(row) + "\n")
+
+    def keep_epochs_until(self, step: int) -> None:
+        """Drop epoch records of steps after ``step`` (a resumed run redoes them)."""
+        rows = [r for r in self.read_epochs() if r.get("step", 0) <= step]
+        atomic_write_text(self.file(EPOCHS), "".join(json.dumps(r) + "\n" for r in rows))
+
+    def write_steps(self, rows: list[dict[str, Any]]) -> None:
+        """``steps.csv``, rewritten whole (atomically) after every step."""
+        if not rows:
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.file(STEPS), buffer.getvalue())
+
+    def read_steps(self) -> list[dict[str, Any]]:
+        path = self.file(STEPS)
+        if not path.is_file():
+            return []
+        with open(path, newline="") as handle:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
     def write_summary(self, summary: RunSummary) -> None:
         atomic_write_json(self.file(SUMMARY), summary.to_dict())

@@ -69,12 +69,15 @@ def load_task(base: nn.Module, path: str | Path | dict, device: torch.device | s
     The base is not modified, and its frozen weights are shared, not copied, by the returned model.
     """
     payload = _read(path)
-    if payload["structure"] is not None:
-        raise NotImplementedError("task files with a pruning structure need spa.pruning to rebuild them")
     model = _shared_copy(base)
     if payload["num_classes"] is not None and hasattr(model, "reset_classifier"):
         model.reset_classifier(payload["num_classes"])
     apply_adapter(model, payload["adapter"]["kind"], **payload["adapter"]["options"])
+    structure = payload["structure"]
+    if structure is not None:  # a pruned task: remove the same channels, in the same order
+        from spa.pruning.session import PruningSession
+        example = torch.zeros(1, 3, *structure["input_size"])
+        PruningSession(model, example, structure["original_filters"]).replay(structure["history"])
     switch_task(model, payload)
     if device is not None:
         model.to(device)

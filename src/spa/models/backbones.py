@@ -105,12 +105,15 @@ def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", 
 
 
 def save_model_file(model: nn.Module, path: str | Path, *, timm_name: str, cifar_stem: bool,
-                    kwargs: dict[str, Any] | None, classes: list[str]) -> Path:
-    """Write a model reusable as ``backbone.weights=PATH`` (loads with the safe ``torch.load``)."""
+                    kwargs: dict[str, Any] | None, classes: list[str], structure: dict[str, Any] | None = None) -> Path:
+    """Write a model reusable as ``backbone.weights=PATH`` (loads with the safe ``torch.load``).
+    ``structure`` (a pruning history, see ``spa.pruning.session``) lets a fresh timm model take the
+    pruned shape before the weights are loaded."""
     payload = {
         "format": MODEL_FORMAT,
         "backbone": {"timm_name": timm_name, "cifar_stem": bool(cifar_stem), "kwargs": dict(kwargs or {})},
         "classes": list(classes),
+        "structure": structure,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_torch_save(payload, path)
@@ -139,6 +142,11 @@ def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = F
     if expect_cifar_stem is not None and "cifar_stem" in saved and saved["cifar_stem"] != expect_cifar_stem:
         raise ValueError(f"the weights in {path} were saved with backbone.cifar_stem={str(saved['cifar_stem']).lower()}; "
                          f"run with backbone.cifar_stem={str(saved['cifar_stem']).lower()}")
+    structure = payload.get("structure")
+    if structure:  # a pruned model: give the fresh model the same channels first
+        from spa.pruning.session import PruningSession
+        example = torch.zeros(1, 3, *structure["input_size"])
+        PruningSession(model, example, structure["original_filters"]).replay(structure["history"])
     state = dict(payload["state_dict"])
     head = set(classifier_keys(model))
     own = model.state_dict()

@@ -1,15 +1,16 @@
-"""Structured pruning: criteria, dependency groups, schedule and loop.
+"""Structured pruning: dependency groups, importance criteria (one class each), the iterative
+schedule and a replayable pruning session.
 
-``PRUNING_METHODS`` maps ``pruning.name`` to a method; ``none`` (train and evaluate only) is the
-one every run supports. Criteria register here the same way adapters register in ``spa.adapters``,
-so adapter-level pruning (Pear) or block pruning (SPLoPA) is one more entry.
+``pruning.name`` picks a method: ``none`` (train and evaluate only) or a criterion of
+:data:`spa.pruning.importance.CRITERIA`. Adapter-level pruning (Pear) or block pruning (SPLoPA)
+registers one more criterion / session kind here rather than changing the pipeline.
 """
 from __future__ import annotations
 
-PRUNING_METHODS: dict[str, object] = {"none": None}
+from spa.pruning.importance import CRITERIA
 
 
 def check_pruning(name: str) -> None:
     """Fail early, with the list of what exists, on a method this version cannot run."""
-    if name not in PRUNING_METHODS:
-        raise ValueError(f"pruning={name!r} is not available; available: {sorted(PRUNING_METHODS)}")
+    if name != "none" and name not in CRITERIA:
+        raise ValueError(f"pruning={name!r} is not available; available: {['none', *sorted(CRITERIA)]}")

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class EpochRecord:
     """One line of ``epochs.jsonl``. Accuracies in percent, times in seconds."""
     phase: str
+    step: int           # pruning step this epoch belongs to (0: the initial training)
     epoch: int
     epochs: int
     lr: float
@@ -122,7 +123,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
 def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimizer, schedule: Schedule,
         epochs: int, device: torch.device, *, test_loader: Iterable | None = None,
         val_loader: Iterable | None = None, amp: bool = False, channels_last: bool = False,
-        eval_every: int = 1, select: str = "last", phase: str = "train", max_steps: int | None = None,
+        eval_every: int = 1, select: str = "last", phase: str = "train", step: int = 0,
+        max_steps: int | None = None,
         on_epoch: Callable[[EpochRecord], None] | None = None) -> FitResult:
     """Train ``epochs`` epochs, evaluating every ``eval_every`` epochs and after the last.
 
@@ -143,7 +145,7 @@ def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimiz
         loss, acc = train_one_epoch(model, train_loader, optimizer, device, schedule, amp, channels_last, scaler,
                                     max_steps, desc=f"{phase} {epoch}/{epochs}")
         schedule.step_epoch()
-        record = EpochRecord(phase, epoch, epochs, lr, loss, acc)
+        record = EpochRecord(phase, step, epoch, epochs, lr, loss, acc)
         if epoch % eval_every == 0 or epoch == epochs:
             if val_loader is not None:
                 v = evaluate(model, val_loader, device, amp, channels_last, desc="val")

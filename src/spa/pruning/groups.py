@@ -1,0 +1,152 @@
+"""Dependency groups from Torch-Pruning's ``DependencyGraph`` (low-level graph/group API only; we
+select channels ourselves), with pruners for our adapter layers.
+
+A *channel group* is a set of coupled channels: removing channel j removes output j of every
+*producer* (each conv/linear that writes those channels: e.g. all convs feeding one residual
+addition) and the matching inputs of every consumer, BatchNorm entries included. Density counts
+producer filters, as the paper does (ResNet-50: 26,560 conv filters).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from spa.adapters.convert import head_names
+from spa.adapters.layers import AdapterLayer, SPLoRAConv2d, SPLoRALinear, SPPaRAConv2d
+
+ADAPTER_TYPES = (SPLoRAConv2d, SPPaRAConv2d, SPLoRALinear)
+PRODUCER_TYPES = (nn.Conv2d, nn.Linear, *ADAPTER_TYPES)
+
+
+def _select(param: torch.Tensor, keep: list[int], dim: int, trainable: bool) -> nn.Parameter:
+    index = torch.tensor(keep, device=param.device, dtype=torch.long)
+    return nn.Parameter(param.detach().index_select(dim, index).contiguous(), requires_grad=trainable)
+
+
+def _keep(n: int, idxs: Sequence[int]) -> list[int]:
+    return sorted(set(range(n)) - set(int(i) for i in idxs))
+
+
+class AdapterPruner(tp.pruner.function.BasePruningFunc):
+    """Output channel j: row j of W, of B (SPLoRA) or P (SPPaRA), and the bias. Input channel i:
+    column i of W, of A or P. Base weights stay frozen, adapter factors and biases trainable."""
+
+    TARGET_MODULES = ADAPTER_TYPES
+
+    def prune_out_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
+        keep = _keep(layer.weight.shape[0], idxs)
+        if getattr(layer, "groups", 1) > 1:
+            raise NotImplementedError("pruning grouped adapter convs is not supported")
+        layer.weight = _select(layer.weight, keep, 0, trainable=False)
+        if layer.bias is not None:
+            layer.bias = _select(layer.bias, keep, 0, trainable=layer.bias.requires_grad)
+        for name in ("B", "P"):
+            if hasattr(layer, name):
+                setattr(layer, name, _select(getattr(layer, name), keep, 0, trainable=True))
+        layer._cache.clear()
+        return layer
+
+    def prune_in_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
+        if getattr(layer, "groups", 1) > 1:
+            raise NotImplementedError("pruning grouped adapter convs is not supported")
+        keep = _keep(layer.weight.shape[1], idxs)
+        layer.weight = _select(layer.weight, keep, 1, trainable=False)
+        for name in ("A", "P"):
+            if hasattr(layer, name):
+                setattr(layer, name, _select(getattr(layer, name), keep, 1, trainable=True))
+        layer._cache.clear()
+        return layer
+
+    def get_out_channels(self, layer: AdapterLayer) -> int:
+        return layer.weight.shape[0]
+
+    def get_in_channels(self, layer: AdapterLayer) -> int:
+        return layer.weight.shape[1] * getattr(layer, "groups", 1)
+
+
+ADAPTER_PRUNER = AdapterPruner()
+
+
+@contextmanager
+def _all_require_grad(model: nn.Module) -> Iterator[None]:
+    """Torch-Pruning traces autograd: frozen base weights must take part while the graph is built."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    for p in flags:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """The dependency graph of ``model``. The head stays in the graph (its inputs shrink with the
+    last stage); it is only excluded as a group root, by :func:`channel_groups`."""
+    was_training = model.training
+    model.eval()
+    with _all_require_grad(model):
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_input, customized_pruners={t: ADAPTER_PRUNER for t in ADAPTER_TYPES}, verbose=False)
+    model.train(was_training)
+    return graph
+
+
+@dataclass
+class ChannelGroup:
+    """Coupled channels: ``root`` is the module whose outputs define the group's indices."""
+    root: str
+    producers: list[str]                       # modules whose output channels (filters) the group removes
+    size: int                                  # channels in the group now
+    bn_of: dict[str, str] = field(default_factory=dict)   # producer -> the BatchNorm right after it
+
+    @property
+    def filters_per_channel(self) -> int:
+        return len(self.producers)
+
+
+def _out_fn(module: nn.Module):
+    if isinstance(module, ADAPTER_TYPES):
+        return ADAPTER_PRUNER.prune_out_channels
+    return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
+
+
+def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelGroup]:
+    """Every prunable channel group of ``model`` (not the head's outputs), in a stable order."""
+    names = {module: name for name, module in model.named_modules()}
+    heads = [model.get_submodule(h) for h in head_names(model)]
+    groups: list[ChannelGroup] = []
+    for group in graph.get_all_groups(ignored_layers=heads, root_module_types=list(PRODUCER_TYPES)):
+        producers, bn_of = [], {}
+        for item in group.items:
+            dep, target = item.dep, item.dep.target.module
+            handler = getattr(dep.handler, "__name__", "")
+            if handler == "prune_out_channels" and isinstance(target, PRODUCER_TYPES) and target not in heads:
+                if names[target] not in producers:
+                    producers.append(names[target])
+            source = dep.source.module
+            if isinstance(target, nn.modules.batchnorm._BatchNorm) and isinstance(source, PRODUCER_TYPES):
+                bn_of[names[source]] = names[target]
+        if not producers:
+            continue
+        root = group.items[0].dep.target.module
+        groups.append(ChannelGroup(root=names[root], producers=producers, size=len(group.items[0].idxs),
+                                   bn_of=bn_of))
+    return sorted(groups, key=lambda g: g.root)
+
+
+def prune_group(model: nn.Module, graph: tp.DependencyGraph, root: str, idxs: Sequence[int]) -> None:
+    """Remove channels ``idxs`` (current indices) of the group rooted at ``root``, everywhere."""
+    module = model.get_submodule(root)
+    group = graph.get_pruning_group(module, _out_fn(module), idxs=sorted(int(i) for i in idxs))
+    group.prune()
+
+
+def producer_filters(model: nn.Module, groups: list[ChannelGroup]) -> int:
+    """Filters (output channels of producers) over all groups: the count density refers to."""
+    return sum(g.size * g.filters_per_channel for g in groups)

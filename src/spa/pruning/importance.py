@@ -1,0 +1,173 @@
+"""Channel importance criteria (spa.md §2), one class each.
+
+Each criterion scores the output channels of every producer layer, with hooks on the layer
+outputs (so the score does not depend on how an adapter parametrises the layer), accumulated over
+a number of batches with no optimiser step. Scores are then normalised per layer (L1: ``v / Σv``
+for weight and LRP; L2: ``|v| / ‖v‖₂`` for gradient and Taylor), combined over a group's producers
+(mean) and ranked globally by :mod:`spa.pruning.schedule`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spa.adapters.layers import AdapterLayer
+from spa.pruning.groups import ChannelGroup
+
+Scores = dict[str, torch.Tensor]     # producer name -> one score per output channel
+
+
+class Importance:
+    """Base class: ``score(model, groups, loader, device, max_batches) -> {producer: scores}``."""
+
+    name = "base"
+    normalization = "l1"
+    needs_data = True
+
+    def score(self, model: nn.Module, groups: list[ChannelGroup], loader: Iterable, device: torch.device,
+              max_batches: int | None = None) -> Scores:
+        raise NotImplementedError
+
+
+def _producers(groups: list[ChannelGroup]) -> list[str]:
+    return [p for g in groups for p in g.producers]
+
+
+def _channel_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over every dim but the channel one (dim 1 for NCHW convs, last for token Linears)."""
+    if t.dim() == 4:
+        return t.mean(dim=(0, 2, 3))
+    return t.reshape(-1, t.shape[-1]).mean(dim=0)
+
+
+class _ActivationGradient(Importance):
+    """Shared hook machinery: Σ over batches of mean(f(a, ∂L/∂a)) at each producer output."""
+
+    normalization = "l2"
+
+    def statistic(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, model, groups, loader, device, max_batches=None):
+        names = _producers(groups)
+        sums: Scores = {}
+        outputs: dict[str, torch.Tensor] = {}
+
+        def keep_output(name):
+            def hook(module, inputs, output):
+                output.retain_grad()
+                outputs[name] = output
+            return hook
+
+        handles = [model.get_submodule(n).register_forward_hook(keep_output(n)) for n in names]
+        was_training = model.training
+        model.eval()       # BN running statistics stay as trained; no dropout noise in the scores
+        try:
+            for step, (x, y) in enumerate(loader):
+                if max_batches is not None and step >= max_batches:
+                    break
+                x, y = x.to(device), y.to(device)
+                model.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                with torch.no_grad():
+                    for n in names:
+                        a = outputs[n]
+                        stat = _channel_mean(self.statistic(a.detach(), a.grad)).double().cpu()
+                        sums[n] = sums[n] + stat if n in sums else stat
+                outputs.clear()
+        finally:
+            for h in handles:
+                h.remove()
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+        return sums
+
+
+class GradientImportance(_ActivationGradient):
+    """Sun et al. 2017: Σ_batches mean_{n,h,w} ∂L/∂a (signed; absolute value at normalisation)."""
+    name = "gradient"
+
+    def statistic(self, activation, grad):
+        return grad
+
+
+class TaylorImportance(_ActivationGradient):
+    """Molchanov et al. 2017: Σ_batches mean_{n,h,w} a·∂L/∂a (signed; absolute at normalisation)."""
+    name = "taylor"
+
+    def statistic(self, activation, grad):
+        return activation * grad
+
+
+def _fused_weight(module: nn.Module) -> torch.Tensor:
+    return module.fused_weight() if isinstance(module, AdapterLayer) else module.weight
+
+
+class WeightImportance(Importance):
+    """Li et al. 2017: L1 norm of each filter after folding the following BatchNorm (and the adapter)
+    into it: Σ |W'_j| · |γ_j| / √(var_j + ε)."""
+    name = "weight"
+    normalization = "l1"
+    needs_data = False
+
+    @torch.no_grad()
+    def score(self, model, groups, loader=None, device=None, max_batches=None):
+        scores: Scores = {}
+        for g in groups:
+            for n in g.producers:
+                w = _fused_weight(model.get_submodule(n)).detach()
+                norm = w.abs().reshape(w.shape[0], -1).sum(dim=1).double().cpu()
+                if n in g.bn_of:
+                    bn = model.get_submodule(g.bn_of[n])
+                    scale = bn.weight.detach().abs() if bn.weight is not None else torch.ones_like(bn.running_var)
+                    norm = norm * (scale / torch.sqrt(bn.running_var + bn.eps)).double().cpu()
+                scores[n] = norm
+        return scores
+
+
+class RandomImportance(Importance):
+    """Uniform random scores: the sanity baseline every criterion should beat."""
+    name = "random"
+    needs_data = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def score(self, model, groups, loader=None, device=None, max_batches=None):
+        return {n: torch.rand(model.get_submodule(n).weight.shape[0], generator=self.generator, dtype=torch.float64)
+                for g in groups for n in g.producers}
+
+
+CRITERIA: dict[str, type[Importance]] = {c.name: c for c in (WeightImportance, GradientImportance,
+                                                              TaylorImportance, RandomImportance)}
+
+
+def normalize(scores: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-layer normalisation: ``l1`` = v / Σv (v ≥ 0 assumed, abs taken), ``l2`` = |v| / ‖v‖₂."""
+    v = scores.abs()
+    denom = v.sum() if kind == "l1" else v.norm(p=2)
+    if kind not in ("l1", "l2"):
+        raise ValueError(f"pruning.normalization={kind!r} is unknown; use l1 or l2")
+    return v / denom if float(denom) > 0 and math.isfinite(float(denom)) else torch.zeros_like(v)
+
+
+def group_scores(groups: list[ChannelGroup], scores: Scores, normalization: str,
+                 reduction: str = "mean") -> dict[str, torch.Tensor]:
+    """One score per channel of each group: its producers' normalised scores, combined."""
+    out = {}
+    for g in groups:
+        stacked = torch.stack([normalize(scores[p], normalization) for p in g.producers])
+        if reduction == "mean":
+            out[g.root] = stacked.mean(dim=0)
+        elif reduction == "sum":
+            out[g.root] = stacked.sum(dim=0)
+        elif reduction == "max":
+            out[g.root] = stacked.max(dim=0).values
+        else:
+            raise ValueError(f"pruning.group_reduction={reduction!r} is unknown; use mean, sum or max")
+    return out

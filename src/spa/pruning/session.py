@@ -1,0 +1,100 @@
+"""A pruning session: the dependency graph of one model, its channel groups, and the history of
+what was removed, replayable on a fresh model (checkpoints, resume, reload)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from spa.pruning.groups import build_graph, channel_groups, prune_group, producer_filters
+from spa.pruning.importance import Importance, group_scores
+from spa.pruning.schedule import Plan, removed_filters, select_channels
+
+log = logging.getLogger(__name__)
+
+History = list[dict]   # [{"step": k, "removed": {group root: [current channel indices]}}]
+
+
+@dataclass
+class StepResult:
+    step: int
+    removed_filters: int
+    kept_filters: int
+    density: float
+    selection: dict[str, list[int]] = field(default_factory=dict)
+
+
+class PruningSession:
+    """Prune ``model`` in place, step by step, through its dependency groups."""
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, original_filters: int | None = None):
+        self.model = model
+        self.example_input = example_input
+        self.graph = build_graph(model, example_input)
+        self.groups = channel_groups(model, self.graph)
+        self.original_filters = original_filters or producer_filters(model, self.groups)
+        self.history: History = []
+
+    @property
+    def kept_filters(self) -> int:
+        return producer_filters(self.model, self.groups)
+
+    @property
+    def density(self) -> float:
+        return self.kept_filters / self.original_filters
+
+    def apply(self, step: int, selection: dict[str, list[int]]) -> StepResult:
+        """Remove ``selection`` ({group root: channel indices}) and record it in the history."""
+        removed = removed_filters(self.groups, selection)
+        for root, idxs in selection.items():
+            prune_group(self.model, self.graph, root, idxs)
+        self.groups = channel_groups(self.model, self.graph)
+        self.history.append({"step": step, "removed": {k: list(map(int, v)) for k, v in selection.items()}})
+        return StepResult(step, removed, self.kept_filters, self.density, selection)
+
+    def step(self, step: int, plan: Plan, criterion: Importance, loader: Iterable | None,
+             device: torch.device, max_batches: int | None = None, reduction: str = "mean") -> StepResult:
+        """Score, select the step's budget of filters globally, remove them."""
+        scores = criterion.score(self.model, self.groups, loader, device, max_batches)
+        ranked = group_scores(self.groups, scores, criterion.normalization, reduction)
+        budget = plan.budget(step, self.kept_filters)
+        selection = select_channels(self.groups, ranked, budget)
+        result = self.apply(step, selection)
+        log.info("pruning step %d: removed %d filters (budget %d), density %.3f (%d / %d filters)", step,
+                 result.removed_filters, budget, result.density, result.kept_filters, self.original_filters)
+        return result
+
+    def replay(self, history: History) -> None:
+        """Apply a recorded history to this (unpruned) model, in order."""
+        for entry in history:
+            self.apply(int(entry["step"]), entry["removed"])
+
+
+def layer_widths(model: nn.Module) -> dict[str, list[int]]:
+    """Output and input channels of every conv/linear-like layer, for tests and records."""
+    widths = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() in (2, 4) and not isinstance(
+                module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+            widths[name] = [int(weight.shape[0]), int(weight.shape[1]) * int(getattr(module, "groups", 1))]
+    return widths
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, int], device: torch.device | None = None) -> int:
+    """Multiply-accumulates of one forward pass of a single image of ``input_size`` in eval mode
+    (``torch.utils.flop_counter`` counts 2 FLOPs per MAC; the paper's "FLOPs" are MACs)."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    x = torch.zeros(1, 3, *input_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x)
+    model.train(was_training)
+    return int(counter.get_total_flops() // 2)

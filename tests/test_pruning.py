@@ -1,0 +1,225 @@
+"""Structured pruning: dependency groups, exact per-step counts, selection by score, criteria
+against hand computation, the pipeline's steps.csv, resume after a kill, and reload."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from spa import pipeline
+from spa.adapters import apply_adapter, load_task
+from spa.models import apply_cifar_stem, create_backbone
+from spa.pruning.groups import build_graph, channel_groups, producer_filters
+from spa.pruning.importance import (GradientImportance, TaylorImportance, WeightImportance, group_scores,
+                                    normalize)
+from spa.pruning.schedule import Plan, select_channels
+from spa.pruning.session import PruningSession, count_macs, layer_widths
+from spa.utils import seed_everything
+
+
+def small_resnet(adapter: str | None = "splora") -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=3, layers=[1, 1, 1, 1], channels=[16, 32, 32, 64],
+                              zero_init_last=False)
+    apply_cifar_stem(model)
+    if adapter:
+        apply_adapter(model, adapter, **({"rank": 2} if adapter == "splora" else {}), init_range=0.05)
+    return model
+
+
+def loader(n=16, seed=0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 3, (n,), generator=g)),
+                      batch_size=8)
+
+
+def test_resnet50_groups_count_the_papers_filters():
+    model = apply_cifar_stem(timm.create_model("resnet50", num_classes=10))
+    apply_adapter(model, "splora", rank=8)
+    groups = channel_groups(model, build_graph(model, torch.zeros(1, 3, 32, 32)))
+    assert producer_filters(model, groups) == 26_560                 # spa.md §2
+    residual = sorted((g.root, g.filters_per_channel, g.size) for g in groups if g.filters_per_channel > 1)
+    assert residual == [("layer1.0.downsample.0", 4, 256), ("layer2.0.downsample.0", 5, 512),
+                        ("layer3.0.downsample.0", 7, 1024), ("layer4.0.downsample.0", 4, 2048)]
+    assert len(groups) == 37
+
+
+@pytest.mark.parametrize("adapter", ["finetune", "splora", "sppara"])
+def test_a_step_removes_exactly_its_budget_and_the_network_runs(adapter):
+    model = small_resnet(None if adapter == "finetune" else adapter)
+    session = PruningSession(model, torch.zeros(1, 3, 32, 32))
+    plan = Plan(session.original_filters, 0.1, 0.3)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    for step in (1, 2):
+        kept = session.kept_filters
+        result = session.step(step, plan, TaylorImportance(), loader(), torch.device("cpu"))
+        assert result.removed_filters == plan.budget(step, kept) == kept - plan.kept_after(step)
+        assert session.kept_filters == plan.kept_after(step)
+    widths = layer_widths(model)
+    for g in session.groups:                                           # every producer has the group's width
+        assert all(widths[p][0] == g.size >= 1 for p in g.producers)
+    assert widths["fc"][1] == next(g.size for g in session.groups if "layer4.0.downsample" in g.root)
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    assert {n for n, p in model.named_parameters() if not p.requires_grad} == frozen   # base stays frozen
+
+
+def test_kept_channels_are_those_with_the_highest_group_scores():
+    model = small_resnet()
+    session = PruningSession(model, torch.zeros(1, 3, 32, 32))
+    group = next(g for g in session.groups if g.root == "layer2.0.conv1")
+    original = model.layer2[0].conv1.weight.detach().clone()
+    scores = {g.root: torch.full((g.size,), 10.0, dtype=torch.float64) for g in session.groups}
+    scores[group.root] = torch.arange(group.size, dtype=torch.float64).flip(0)   # channel 0 is the best
+    selection = select_channels(session.groups, scores, budget=5)
+    assert selection == {"layer2.0.conv1": [27, 28, 29, 30, 31]}
+    session.apply(1, selection)
+    assert torch.equal(model.layer2[0].conv1.weight, original[:27])
+    assert model.layer2[0].conv2.weight.shape[1] == 27                 # the consumer's inputs follow
+
+
+def test_selection_never_empties_a_group_and_skips_overshooting_channels():
+    from spa.pruning.groups import ChannelGroup
+    groups = [ChannelGroup("a", ["a"], 2), ChannelGroup("res", ["r1", "r2", "r3"], 3)]
+    scores = {"a": torch.tensor([0.0, 0.1]), "res": torch.tensor([0.01, 0.02, 0.5])}
+    assert select_channels(groups, scores, budget=4) == {"a": [0], "res": [0]}   # 1 + 3 filters
+    assert select_channels(groups, scores, budget=2) == {"a": [0]}               # a residual channel would overshoot
+    assert select_channels(groups, scores, budget=100) == {"a": [0], "res": [0, 1]}
+
+
+def tiny_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([1.0, -2.0, 0.5]))
+        net[1].running_var.copy_(torch.tensor([4.0, 1.0, 0.25]))
+    return net.eval()
+
+
+def test_criteria_match_hand_computation():
+    net = tiny_net()
+    net.pretrained_cfg = {"classifier": "5"}
+    groups = channel_groups(net, build_graph(net, torch.zeros(1, 2, 5, 5)))
+    assert [g.producers for g in groups] == [["0"]]
+    data = DataLoader(TensorDataset(torch.randn(6, 2, 5, 5), torch.tensor([0, 1, 0, 1, 1, 0])),
+                                   batch_size=3)
+    # by hand: a = conv output, dL/da by autograd on the same batches, mean over (n, h, w), summed
+    grad_sum, taylor_sum = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for x, y in data:
+        a = net[0](x)
+        a.retain_grad()
+        F.cross_entropy(net[1:](a), y).backward()
+        grad_sum += a.grad.mean(dim=(0, 2, 3)).double()
+        taylor_sum += (a * a.grad).detach().mean(dim=(0, 2, 3)).double()
+        net.zero_grad()
+    dev = torch.device("cpu")
+    assert torch.allclose(GradientImportance().score(net, groups, data, dev)["0"], grad_sum, atol=1e-7)
+    assert torch.allclose(TaylorImportance().score(net, groups, data, dev)["0"], taylor_sum, atol=1e-7)
+    bn = net[1]
+    folded = net[0].weight.detach().abs().sum(dim=(1, 2, 3)) * bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)
+    assert torch.allclose(WeightImportance().score(net, groups)["0"], folded.double().detach(), atol=1e-6)
+    # normalisation per layer: L1 for weight/LRP, L2 (of |v|) for gradient/Taylor
+    v = torch.tensor([1.0, -3.0, 4.0], dtype=torch.float64)
+    assert torch.allclose(normalize(v, "l1"), torch.tensor([1, 3, 4], dtype=torch.float64) / 8)
+    assert torch.allclose(normalize(v, "l2"), torch.tensor([1, 3, 4], dtype=torch.float64) / 26 ** 0.5)
+
+
+def test_group_scores_average_the_producers_normalised_scores():
+    from spa.pruning.groups import ChannelGroup
+    g = ChannelGroup("r", ["p", "q"], 2)
+    out = group_scores([g], {"p": torch.tensor([1.0, 3.0]), "q": torch.tensor([2.0, 2.0])}, "l1")
+    assert torch.allclose(out["r"], torch.tensor([(0.25 + 0.5) / 2, (0.75 + 0.5) / 2]))
+
+
+def test_weight_criterion_uses_the_adapter_folded_filter():
+    model = small_resnet("splora")
+    groups = channel_groups(model, build_graph(model, torch.zeros(1, 3, 32, 32)))
+    layer = model.layer1[0].conv1
+    with torch.no_grad():
+        layer.B.mul_(1000)                                     # a large adapter update changes the filter norms
+    scores = WeightImportance().score(model, groups)["layer1.0.conv1"]
+    bn = model.layer1[0].bn1
+    expected = layer.fused_weight().abs().sum(dim=(1, 2, 3)) * bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)
+    assert torch.allclose(scores, expected.double().detach())
+
+
+def test_macs_fall_with_pruning():
+    model = small_resnet()
+    dense = count_macs(model, (32, 32))
+    session = PruningSession(model, torch.zeros(1, 3, 32, 32))
+    session.step(1, Plan(session.original_filters, 0.5, 0.5), WeightImportance(), None, torch.device("cpu"))
+    assert count_macs(model, (32, 32)) < 0.6 * dense
+
+
+def prune_overrides(*extra: str) -> list[str]:
+    return ["pruning=taylor", "adapter=splora_r8", "schedule.step_fraction=0.2", "schedule.target_density=0.4",
+            "schedule.recovery_epochs=1", "schedule.score_batches=2", "train.epochs=1",
+            "train.max_steps_per_epoch=3", *extra]
+
+
+def read_steps(run_dir: Path) -> list[dict]:
+    with open(run_dir / "steps.csv") as handle:
+        return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(handle)]
+
+
+def test_pruned_run_records_every_step(compose_cfg):
+    summary = pipeline.run(compose_cfg(*prune_overrides()))
+    run_dir = Path(summary["run_dir"])
+    rows = read_steps(run_dir)
+    assert [float(r["density"]) for r in rows] == [1.0, 0.8, 0.6, 0.4]
+    assert all(float(a["macs"]) > float(b["macs"]) for a, b in zip(rows, rows[1:]))
+    assert all(int(a["params_learned"]) > int(b["params_learned"]) for a, b in zip(rows, rows[1:]))
+    assert rows[0]["top1_before"] == "" and all(r["top1_before"] != "" for r in rows[1:])
+    assert summary["metrics"]["density"] == 0.4 and summary["pruning_steps"] == 3
+    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    assert [(e["phase"], e["step"]) for e in epochs] == [("train", 0), ("recover", 1), ("recover", 2), ("recover", 3)]
+    history = json.loads((run_dir / "pruning.json").read_text())
+    assert [s["step"] for s in history["steps"]] == [1, 2, 3]
+
+
+def test_killed_run_resumes_with_the_same_records(compose_cfg, monkeypatch):
+    reference = pipeline.run(compose_cfg(*prune_overrides("exp_name=uninterrupted")))
+    original_step = PruningSession.step
+
+    def killed_at_step_3(self, step, *args, **kwargs):
+        if step == 3:
+            raise KeyboardInterrupt("killed")
+        return original_step(self, step, *args, **kwargs)
+    monkeypatch.setattr(PruningSession, "step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(compose_cfg(*prune_overrides("exp_name=killed")))
+    killed_dir = Path(reference["run_dir"].replace("uninterrupted", "killed"))
+    assert not (killed_dir / "summary.json").exists() and len(read_steps(killed_dir)) == 3
+    monkeypatch.setattr(PruningSession, "step", original_step)
+    resumed = pipeline.run(compose_cfg(*prune_overrides("exp_name=killed")))
+    assert read_steps(killed_dir) == read_steps(Path(reference["run_dir"]))
+    assert resumed["metrics"] == reference["metrics"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time_s"} for r in rows]  # noqa: E731
+    epochs = lambda d: strip([json.loads(x) for x in (d / "epochs.jsonl").read_text().splitlines()])  # noqa: E731
+    assert epochs(killed_dir) == epochs(Path(reference["run_dir"]))
+
+
+def test_pruned_model_and_task_reload_with_identical_outputs(compose_cfg):
+    summary = pipeline.run(compose_cfg(*prune_overrides()))
+    run_dir = Path(summary["run_dir"])
+    trained = create_backbone("test_resnet", 4, weights=str(run_dir / "model.pt"), load_head=True)[0].eval()
+    x = torch.randn(2, 3, 32, 32)
+    seed_everything(1)                       # the run's base: test_resnet's random init under seed 1
+    base, _ = create_backbone("test_resnet", 4)                       # a fresh, unpruned timm model
+    rebuilt = load_task(base, run_dir / "task.pt").eval()             # safe torch.load inside
+    assert torch.allclose(rebuilt(x), trained(x), atol=1e-5)
+    assert not any(hasattr(m, 'adapter_parameters') for m in trained.modules())   # plain, fused layers
+    assert sum(w[0] for w in layer_widths(trained).values()) < sum(w[0] for w in layer_widths(base).values())
+    assert sum(p.numel() for p in trained.parameters()) == summary["params"]["deployable"]
+
+
+def test_lora_rows_refuse_pruning(compose_cfg):
+    with pytest.raises(ValueError, match="adapter=splora_r8"):
+        pipeline.run(compose_cfg("pruning=taylor", "adapter=lora_r8"))
