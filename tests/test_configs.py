@@ -98,8 +98,8 @@ def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 # Experiments that compare methods sweep three seeds (the paper's 1, 2, 3). Laptop-scale ones sweep
-# fewer, and say so here: the demo runs one seed to stay within 10 minutes on 2 CPU cores.
-FEWER_SEEDS = {"demo": [1]}
+# fewer, and say so here: the demo and catsdogs_mini run one seed to stay within minutes on 2 CPU cores.
+FEWER_SEEDS = {"demo": [1], "catsdogs_mini": [1]}
 
 
 @pytest.mark.parametrize("name", options("experiment"))

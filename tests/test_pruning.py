@@ -223,3 +223,126 @@ def test_pruned_model_and_task_reload_with_identical_outputs(compose_cfg):
 def test_lora_rows_refuse_pruning(compose_cfg):
     with pytest.raises(ValueError, match="adapter=splora_r8"):
         pipeline.run(compose_cfg("pruning=taylor", "adapter=lora_r8"))
+
+
+def test_criteria_share_one_unpruned_training(compose_cfg):
+    taylor = pipeline.run(compose_cfg(*prune_overrides()))
+    unpruned = Path(taylor["run_dir"]).parents[2] / "none" / "splora_r8" / "seed_1"
+    mtime = (unpruned / "summary.json").stat().st_mtime_ns
+    weight = pipeline.run(compose_cfg(*prune_overrides("pruning=weight", "schedule.recovery_epochs=2")))
+    assert (unpruned / "summary.json").stat().st_mtime_ns == mtime                  # trained once
+    first = lambda d: [json.loads(x) for x in (Path(d) / "epochs.jsonl").read_text().splitlines()][0]  # noqa: E731
+    assert first(taylor["run_dir"]) == first(weight["run_dir"]) == first(unpruned)
+    assert read_steps(Path(taylor["run_dir"]))[0] == read_steps(Path(weight["run_dir"]))[0]
+    assert json.loads((unpruned / "summary.json").read_text())["metrics"]["test_top1"] == \
+        float(read_steps(Path(weight["run_dir"]))[0]["top1"])
+
+
+def vit(adapter: str | None) -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", num_classes=3, img_size=32)
+    if adapter:
+        apply_adapter(model, adapter, rank=2, init_range=0.05)
+    return model
+
+
+def test_adapter_models_cost_the_macs_of_their_fused_model():
+    from spa.adapters import fuse
+    for model in (small_resnet("splora"), vit("splora")):
+        assert count_macs(model, (32, 32)) == count_macs(fuse(model), (32, 32))
+
+
+@pytest.mark.parametrize("adapter", [None, "splora"])
+@pytest.mark.parametrize("criterion", [TaylorImportance, WeightImportance])
+def test_vit_prunes_mlp_channels_and_whole_heads(adapter, criterion):
+    model = vit(adapter)
+    session = PruningSession(model, torch.zeros(1, 3, 32, 32))
+    assert {g.kind for g in session.groups} == {"heads", "channels"} and len(session.groups) == 12
+    plan = Plan(session.original_filters, 0.2, 0.6)
+    result = session.step(1, plan, criterion(), loader(), torch.device("cpu"))
+    assert result.removed_filters == plan.budget(1, session.original_filters)
+    # force one head out of block 0 and check timm's bookkeeping and the weights that remain
+    attn = model.blocks[0].attn
+    qkv_before, proj_before = attn.qkv.weight.detach().clone(), attn.proj.weight.detach().clone()
+    session.apply(2, {"blocks.0.attn.qkv": [0]})
+    hd, dim = attn.head_dim, 2 * attn.head_dim
+    assert attn.num_heads == 1 and attn.attn_dim == hd and attn.qkv.weight.shape[0] == 3 * hd
+    keep_rows = [s * dim + hd + j for s in range(3) for j in range(hd)]
+    assert torch.equal(attn.qkv.weight, qkv_before[keep_rows])
+    assert torch.equal(attn.proj.weight, proj_before[:, hd:])
+    if adapter:
+        assert attn.qkv.B.shape[0] == 3 * hd and attn.proj.A.shape[1] == hd and not attn.qkv.weight.requires_grad
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    fresh = vit(adapter)
+    PruningSession(fresh, torch.zeros(1, 3, 32, 32)).replay(session.history)
+    fresh.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(fresh.eval()(x), model(x))
+
+
+# ----------------------------------------------------------------------------- LRP
+def lrp_parts(model, size=32):
+    from spa.data import normalization
+    from spa.pruning.lrp import composite, input_bounds
+    groups = channel_groups(model, build_graph(model, torch.zeros(1, 3, size, size)))
+    low, high = input_bounds(*normalization("cifar"))
+    return groups, composite(groups, low.expand(4, 3, size, size), high.expand(4, 3, size, size))
+
+
+def test_lrp_conserves_relevance_on_a_bias_free_cnn():
+    from spa.pruning.lrp import relevance
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, bias=False),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3, bias=False)).eval()
+    net.pretrained_cfg = {"classifier": "6"}
+    _, comp = lrp_parts(net, size=8)
+    x = torch.rand(4, 3, 8, 8)
+    r_in, inner, start = relevance(net, x, torch.tensor([0, 1, 2, 0]), comp, ["2"])
+    positive = start > 0                      # relevance is conserved for positive true-class logits
+    ratio = r_in.sum(dim=(1, 2, 3))[positive] / start[positive]
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.01), ratio
+    assert torch.allclose(inner["2"].sum(dim=(1, 2, 3))[positive] / start[positive], torch.ones_like(ratio), atol=0.01)
+
+
+def test_lrp_conserves_relevance_through_timm_residual_blocks():
+    from spa.pruning.lrp import relevance
+    model = small_resnet(None).eval()
+    with torch.no_grad():
+        model.fc.bias.zero_()             # fresh BN merges to zero bias; the head bias would absorb relevance
+    groups, comp = lrp_parts(model)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = model(x).argmax(dim=1)            # positive true-class logits: conservation is defined
+    r_in, inner, start = relevance(model, x, y, comp, ["conv1", "layer2.0.downsample.0"])
+    assert (start > 0).all()
+    for r in (r_in, inner["conv1"]):      # all relevance passes the stem
+        ratio = r.sum(dim=(1, 2, 3)) / start
+        assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.01), ratio
+    assert "forward" not in vars(model.layer1[0])                                # canonizer removed again
+
+
+def test_lrp_scores_every_producer_and_fuses_adapters_first():
+    from spa.data import normalization
+    from spa.pruning.lrp import LRPImportance, input_bounds
+    model = small_resnet("splora")
+    groups = channel_groups(model, build_graph(model, torch.zeros(1, 3, 32, 32)))
+    scores = LRPImportance(*input_bounds(*normalization("cifar"))).score(model, groups, loader(), torch.device("cpu"))
+    widths = layer_widths(model)
+    assert set(scores) == {p for g in groups for p in g.producers}
+    assert all(s.shape == (widths[n][0],) and (s >= 0).all() and s.sum() > 0 for n, s in scores.items())
+    assert any(hasattr(m, "adapter_parameters") for m in model.modules())        # the model itself is untouched
+
+
+@pytest.mark.parametrize("criterion", ["weight", "gradient", "taylor", "lrp", "random"])
+@pytest.mark.parametrize("adapter", ["finetune", "splora_r8", "sppara"])
+def test_every_criterion_with_every_learner_on_a_resnet(compose_cfg, criterion, adapter):
+    summary = pipeline.run(compose_cfg(*prune_overrides(f"pruning={criterion}", f"adapter={adapter}",
+                                                        "schedule.target_density=0.6", "train.max_steps_per_epoch=1")))
+    assert summary["metrics"]["density"] == 0.6 and summary["pruning_steps"] == 2
+
+
+@pytest.mark.parametrize("criterion", ["weight", "taylor"])
+@pytest.mark.parametrize("adapter", ["finetune", "splora_r8"])
+def test_weight_and_taylor_with_every_learner_on_a_vit(compose_cfg, criterion, adapter):
+    summary = pipeline.run(compose_cfg(*prune_overrides(f"pruning={criterion}", f"adapter={adapter}", "backbone=test_vit",
+                                                        "schedule.target_density=0.6", "train.max_steps_per_epoch=1")))
+    assert summary["metrics"]["density"] == pytest.approx(0.6, abs=0.01)

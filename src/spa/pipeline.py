@@ -20,11 +20,12 @@ from omegaconf.errors import ConfigKeyError
 
 from spa import repo_root
 from spa.adapters import adapter_layers, apply_adapter, fuse, save_task
-from spa.data import build_datasets, make_loader
+from spa.data import build_datasets, make_loader, normalization
 from spa.metrics import count_parameters
 from spa.models import create_backbone, save_model_file
 from spa.pruning import check_pruning
 from spa.pruning.importance import CRITERIA
+from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs
 from spa.records import CHECKPOINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
@@ -49,7 +50,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.backbone.weights = BASE_WEIGHTS
-    summary = run_single(cfg, base_run=base_dir)
+    initial_dir = None
+    if cfg.pruning.name != "none" and cfg.schedule.get("reuse_unpruned", True):
+        # the unpruned training of this (dataset, learner, seed) is done once, shared by every criterion
+        initial_dir = run_single(unpruned_config(cfg), base_run=base_dir)["run_dir"]
+    summary = run_single(cfg, base_run=base_dir, initial_run=initial_dir)
     if cfg.get("report"):
         from spa.reporting import experiment_report
         outputs = experiment_report(Path(cfg.paths.runs_dir) / cfg.exp_name, Path(cfg.paths.results_dir), cfg.exp_name)
@@ -74,7 +79,16 @@ def base_config(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def run_single(cfg: DictConfig, base_run: str | None = None) -> dict[str, Any]:
+def unpruned_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` without pruning: the run whose trained state a pruned run starts from."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.pruning = dict(NO_PRUNING)
+        cfg.report = False
+    return cfg
+
+
+def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | None = None) -> dict[str, Any]:
     """One run: skip if finished with this config, refuse a changed config, else train and record."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     rundir = RunDir(cfg.paths.run_dir)
@@ -85,12 +99,12 @@ def run_single(cfg: DictConfig, base_run: str | None = None) -> dict[str, Any]:
                      rundir.path, done["metrics"]["test_top1"])
             return done
         with rundir.logging_to_file():
-            summary = _execute(cfg, resolved, rundir, base_run, status)
+            summary = _execute(cfg, resolved, rundir, base_run, status, initial_run)
     return summary.to_dict()
 
 
 def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
-             status: str = "fresh") -> RunSummary:
+             status: str = "fresh", initial_run: str | None = None) -> RunSummary:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     log.info("run %s", rundir.path)
     check_pruning(cfg.pruning.get("criterion", cfg.pruning.name))
@@ -163,17 +177,27 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
         rundir.keep_epochs_until(done_step)
         result, final = checkpoint["selection"], None
         log.info("resuming %s after pruning step %d (density %.3f)", rundir.path, done_step, session.density)
+    elif initial_run is not None:
+        done_step = 0
+        initial = RunDir(initial_run)
+        checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
+        result = checkpoint["selection"]
+        for record in initial.read_epochs():
+            rundir.append_epoch(record)
+        rows = [{**initial.read_steps()[0], "density": 1.0, "kept_filters": session.kept_filters}]
+        save_checkpoint(rundir, model, session, 0, result)
+        log.info("starting from the unpruned run %s (test top-1 %.2f%%)", initial_run, rows[0]["top1"])
     else:
         done_step = 0
         result, final = train_phase(int(t.epochs), "train", 0)
         rows.append(step_row(0, model, session, None, final, size, time.perf_counter() - step_t0))
-        if session is not None:
-            save_checkpoint(rundir, model, session, 0, result)
+        save_checkpoint(rundir, model, session, 0, result)
     for step in range(done_step + 1, (plan.steps if plan else 0) + 1):
         step_t0 = time.perf_counter()
         seed_everything(seed * 1000 + step, bool(t.deterministic))      # a resumed run redoes a step identically
         train_loader.generator.manual_seed(seed * 1000 + step)
-        criterion = make_criterion(pruning.criterion, seed * 1000 + step)
+        criterion = make_criterion(pruning.criterion, seed * 1000 + step, d.transform)
         session.step(step, plan, criterion, train_loader, device, sched.score_batches, pruning.group_reduction)
         before = evaluate(model, test_loader, device, bool(t.amp), channels_last)
         result, final = train_phase(int(sched.recovery_epochs), "recover", step)
@@ -220,10 +244,16 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     return summary
 
 
-def make_criterion(name: str, seed: int):
+def make_criterion(name: str, seed: int, transform: str):
+    """The criterion object of a step: ``random`` is seeded per step, ``lrp`` gets the input bounds
+    of the data's normalisation (for z^β at the first conv)."""
     if name not in CRITERIA:
         raise ValueError(f"pruning.criterion={name!r} is unknown; available: {sorted(CRITERIA)}")
-    return CRITERIA[name](seed=seed) if name == "random" else CRITERIA[name]()
+    if name == "random":
+        return CRITERIA[name](seed=seed)
+    if name == "lrp":
+        return CRITERIA[name](*input_bounds(*normalization(transform)))
+    return CRITERIA[name]()
 
 
 def step_row(step: int, model, session, top1_before: float | None, final, size: tuple[int, int],
@@ -244,10 +274,14 @@ def step_row(step: int, model, session, top1_before: float | None, final, size: 
 
 
 def save_checkpoint(rundir: RunDir, model, session, step: int, result) -> None:
-    """After a completed step: the state dict and the pruning history (safe to torch.load), atomically."""
-    selection = {"selection": result.selection, "selected_epoch": result.selected_epoch}
+    """After a completed step (0: the initial training): the state dict and the pruning history
+    (safe to torch.load), atomically. Pruned runs resume from it; unpruned ones are started from."""
+    selection = result if isinstance(result, dict) else {"selection": result.selection,
+                                                         "selected_epoch": result.selected_epoch}
+    history = session.history if session is not None else []
+    original = session.original_filters if session is not None else None
     atomic_torch_save({"step": step, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                       "history": session.history, "original_filters": session.original_filters,
-                       "selection": selection}, rundir.file(CHECKPOINT))
-    atomic_write_json(rundir.file(HISTORY), {"original_filters": session.original_filters,
-                                             "steps": session.history})
+                       "history": history, "original_filters": original, "selection": selection},
+                      rundir.file(CHECKPOINT))
+    if session is not None:
+        atomic_write_json(rundir.file(HISTORY), {"original_filters": original, "steps": history})

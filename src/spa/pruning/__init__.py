@@ -7,6 +7,7 @@ registers one more criterion / session kind here rather than changing the pipeli
 """
 from __future__ import annotations
 
+from spa.pruning import lrp  # noqa: F401  (registers the lrp criterion)
 from spa.pruning.importance import CRITERIA
 
 

@@ -102,12 +102,22 @@ class ChannelGroup:
     """Coupled channels: ``root`` is the module whose outputs define the group's indices."""
     root: str
     producers: list[str]                       # modules whose output channels (filters) the group removes
-    size: int                                  # channels in the group now
+    size: int                                  # channels (or heads) in the group now
     bn_of: dict[str, str] = field(default_factory=dict)   # producer -> the BatchNorm right after it
+    kind: str = "channels"                     # "channels", or "heads" (attention heads of a ViT block)
+    unit: int = 1                              # head_dim for a head group
 
     @property
     def filters_per_channel(self) -> int:
-        return len(self.producers)
+        """Producer filters (output rows) one unit of the group removes: one per producer for
+        channels, 3·head_dim qkv rows for an attention head."""
+        return 3 * self.unit if self.kind == "heads" else len(self.producers)
+
+    def unit_scores(self, row_scores: torch.Tensor) -> torch.Tensor:
+        """Per-unit scores from a producer's per-row scores (a head sums its q, k and v rows)."""
+        if self.kind == "heads":
+            return row_scores.reshape(3, self.size, self.unit).sum(dim=(0, 2))
+        return row_scores
 
 
 def _out_fn(module: nn.Module):

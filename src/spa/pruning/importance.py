@@ -109,8 +109,9 @@ def _fused_weight(module: nn.Module) -> torch.Tensor:
 
 
 class WeightImportance(Importance):
-    """Li et al. 2017: L1 norm of each filter after folding the following BatchNorm (and the adapter)
-    into it: Σ |W'_j| · |γ_j| / √(var_j + ε)."""
+    """Li et al. 2017: L1 norm of each conv filter after folding the following BatchNorm (and the
+    adapter) into it: Σ |W'_j| · |γ_j| / √(var_j + ε). Rows of Linear layers (ViT MLPs and qkv) use
+    the L2 norm, as the paper's transformer runs."""
     name = "weight"
     normalization = "l1"
     needs_data = False
@@ -121,7 +122,8 @@ class WeightImportance(Importance):
         for g in groups:
             for n in g.producers:
                 w = _fused_weight(model.get_submodule(n)).detach()
-                norm = w.abs().reshape(w.shape[0], -1).sum(dim=1).double().cpu()
+                rows = w.reshape(w.shape[0], -1).double().cpu()
+                norm = rows.abs().sum(dim=1) if w.dim() == 4 else rows.norm(p=2, dim=1)
                 if n in g.bn_of:
                     bn = model.get_submodule(g.bn_of[n])
                     scale = bn.weight.detach().abs() if bn.weight is not None else torch.ones_like(bn.running_var)
@@ -161,7 +163,7 @@ def group_scores(groups: list[ChannelGroup], scores: Scores, normalization: str,
     """One score per channel of each group: its producers' normalised scores, combined."""
     out = {}
     for g in groups:
-        stacked = torch.stack([normalize(scores[p], normalization) for p in g.producers])
+        stacked = torch.stack([g.unit_scores(normalize(scores[p], normalization)) for p in g.producers])
         if reduction == "mean":
             out[g.root] = stacked.mean(dim=0)
         elif reduction == "sum":

@@ -1,5 +1,6 @@
-"""A pruning session: the dependency graph of one model, its channel groups, and the history of
-what was removed, replayable on a fresh model (checkpoints, resume, reload)."""
+"""A pruning session: the channel groups of one model (traced dependency groups for CNNs, block
+groups for ViT/DeiT), and the history of what was removed, replayable on a fresh model
+(checkpoints, resume, reload)."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from spa.pruning.groups import build_graph, channel_groups, prune_group, producer_filters
 from spa.pruning.importance import Importance, group_scores
 from spa.pruning.schedule import Plan, removed_filters, select_channels
+from spa.pruning.transformer import is_transformer, prune_transformer_group, transformer_groups
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,14 @@ class PruningSession:
     def __init__(self, model: nn.Module, example_input: torch.Tensor, original_filters: int | None = None):
         self.model = model
         self.example_input = example_input
-        self.graph = build_graph(model, example_input)
-        self.groups = channel_groups(model, self.graph)
+        self.transformer = is_transformer(model)
+        self.graph = None if self.transformer else build_graph(model, example_input)
+        self.groups = self._groups()
         self.original_filters = original_filters or producer_filters(model, self.groups)
         self.history: History = []
+
+    def _groups(self):
+        return transformer_groups(self.model) if self.transformer else channel_groups(self.model, self.graph)
 
     @property
     def kept_filters(self) -> int:
@@ -50,9 +56,13 @@ class PruningSession:
     def apply(self, step: int, selection: dict[str, list[int]]) -> StepResult:
         """Remove ``selection`` ({group root: channel indices}) and record it in the history."""
         removed = removed_filters(self.groups, selection)
+        by_root = {g.root: g for g in self.groups}
         for root, idxs in selection.items():
-            prune_group(self.model, self.graph, root, idxs)
-        self.groups = channel_groups(self.model, self.graph)
+            if self.transformer:
+                prune_transformer_group(self.model, by_root[root], idxs)
+            else:
+                prune_group(self.model, self.graph, root, idxs)
+        self.groups = self._groups()
         self.history.append({"step": step, "removed": {k: list(map(int, v)) for k, v in selection.items()}})
         return StepResult(step, removed, self.kept_filters, self.density, selection)
 
@@ -93,6 +103,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int], device: torch.devi
     model.eval()
     device = device or next(model.parameters()).device
     x = torch.zeros(1, 3, *input_size, device=device)
+    model(x)  # warm-up: adapter layers fuse their weights once per eval(); that is not per-image work
     counter = FlopCounterMode(display=False)
     with counter:
         model(x)

@@ -9,13 +9,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from spa.reporting.collect import collect_epochs, collect_runs  # noqa: E402
+from spa.reporting.collect import collect_epochs, collect_runs, collect_steps  # noqa: E402
 from spa.utils import atomic_write_text  # noqa: E402
 
 LABELS = {
     "finetune": "Fine-tuning", "splora": "SPLoRA", "sppara": "SPPaRA", "lora": "LoRA",
     "splora_r8": "SPLoRA-r8", "splora_r32": "SPLoRA-r32", "lora_r8": "LoRA-r8", "lora_r32": "LoRA-r32",
-    "none": "—",
+    "none": "—", "taylor": "Taylor", "weight": "weight", "gradient": "gradient", "lrp": "LRP", "random": "random",
     "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
     "cifar10_first5": "CIFAR-10 classes 0–4 (base)", "cifar10_last5": "CIFAR-10 classes 5–9 (transfer)",
 }
@@ -33,6 +33,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     grouped = runs.groupby(GROUP, sort=False, dropna=False)
     out = grouped.agg(seeds=("seed", "nunique"), epochs=("epochs", "first"), num_classes=("num_classes", "first"),
+                      density=("density", "mean"),
                       test_top1=("test_top1", "mean"), test_top1_std=("test_top1", "std"),
                       test_top5=("test_top5", "mean"), test_top5_std=("test_top5", "std"),
                       params_trainable=("params_trainable", "first"), params_total=("params_total", "first"),
@@ -48,8 +49,9 @@ def markdown_table(summary: pd.DataFrame) -> str:
     """The summary as Markdown; top-5 only where some data set has more than 5 classes."""
     rows = pd.DataFrame({
         "data": summary["dataset"].map(label), "backbone": summary["backbone"],
-        "learning": summary["adapter"].map(label), "start": summary["weights"].map(WEIGHTS_LABELS),
-        "epochs": summary["epochs"],
+        "learning": summary["adapter"].map(label), "pruning": summary["pruning"].map(label),
+        "start": summary["weights"].map(WEIGHTS_LABELS), "epochs": summary["epochs"],
+        "density": summary["density"].map("{:.0%}".format),
         "top-1 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top1, summary.test_top1_std, summary.seeds)],
         "top-5 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top5, summary.test_top5_std, summary.seeds)],
         "seeds": summary["seeds"],
@@ -62,7 +64,9 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
-    """Test top-1 per epoch, one line per run, one panel per dataset; PNG and PDF."""
+    """Test top-1 per epoch of the initial training of unpruned runs (pruned runs start from them),
+    one line per run, one panel per dataset; PNG and PDF."""
+    epochs = epochs[(epochs["pruning"] == "none") & (epochs.get("phase", "train") == "train")]
     datasets = list(dict.fromkeys(epochs["dataset"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
@@ -84,9 +88,38 @@ def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
     return paths
 
 
+def density_curves(steps: pd.DataFrame, path_stem: Path) -> list[Path]:
+    """Test top-1 after recovery vs density (mean over seeds, ±std band), one panel per dataset."""
+    datasets = list(dict.fromkeys(steps["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        part = steps[steps["dataset"] == dataset]
+        for (adapter, pruning), run in part.groupby(["adapter", "pruning"], sort=False):
+            curve = run.groupby("density")["top1"].agg(["mean", "std", "count"]).sort_index(ascending=False)
+            x = 100 * curve.index.to_numpy()
+            ax.plot(x, curve["mean"], marker="o", ms=3, label=f"{label(adapter)}, {label(pruning)}")
+            if (curve["count"] > 1).any():
+                ax.fill_between(x, curve["mean"] - curve["std"].fillna(0), curve["mean"] + curve["std"].fillna(0),
+                                alpha=0.2)
+        ax.invert_xaxis()
+        ax.set_title(label(dataset), fontsize=10)
+        ax.set_xlabel("density (% of conv filters kept)")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
 def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str) -> dict[str, Path]:
     """Write ``tables/<name>.{csv,md}`` (mean ± std over seeds), ``tables/<name>_runs.csv`` (one row
-    per run) and ``figures/<name>_curves.{png,pdf}`` from the finished runs under ``exp_dir``."""
+    per run), ``figures/<name>_curves.{png,pdf}`` and, with pruned runs, ``tables/<name>_steps.csv``
+    and ``figures/<name>_density.{png,pdf}`` (accuracy vs density) from the runs under ``exp_dir``."""
     results_dir = Path(results_dir)
     runs = collect_runs(exp_dir)
     if runs.empty:
@@ -96,5 +129,13 @@ def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str) -
     atomic_write_text(tables / f"{name}_runs.csv", runs.drop(columns=["run_dir"]).to_csv(index=False))
     atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(tables / f"{name}.md", markdown_table(summary))
-    figure = learning_curves(collect_epochs(exp_dir), results_dir / "figures" / f"{name}_curves")
-    return {"table": tables / f"{name}.md", "figure": figure[0]}
+    outputs = {"table": tables / f"{name}.md"}
+    outputs["figure"] = learning_curves(collect_epochs(exp_dir), results_dir / "figures" / f"{name}_curves")[0]
+    steps = collect_steps(exp_dir)
+    if not steps.empty and (steps["pruning"] != "none").any():
+        pruned = steps[steps["pruning"] != "none"]
+        keep = ["dataset", "backbone", "adapter", "pruning", "seed", "step", "density", "top1_before", "top1",
+                "params_learned", "params_deployable", "macs", "macs_32"]
+        atomic_write_text(tables / f"{name}_steps.csv", pruned[keep].to_csv(index=False, float_format="%.4f"))
+        outputs["density figure"] = density_curves(pruned, results_dir / "figures" / f"{name}_density")[0]
+    return outputs

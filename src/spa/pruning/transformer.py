@@ -1,0 +1,66 @@
+"""Structured pruning of timm ViT / DeiT blocks: MLP hidden channels and whole attention heads.
+
+The couplings inside a transformer block are local (the residual width is not pruned), so the
+groups are built directly from timm's module layout rather than traced:
+- MLP group of block i: row j of ``mlp.fc1`` (its "filter") with column j of ``mlp.fc2``;
+- head group of block i: head h = rows ``s·attn_dim + h·head_dim + [0, head_dim)`` of ``attn.qkv``
+  for s in (q, k, v) (3·head_dim filters) with the matching ``head_dim`` columns of ``attn.proj``;
+  afterwards timm's ``num_heads`` and ``attn_dim`` are set to the new width.
+The row/column removal uses the same pruning functions as the CNN path (Torch-Pruning's Linear
+pruner, ours for adapter layers), so adapters lose the matching rows of ``B`` and columns of ``A``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn as nn
+import torch_pruning as tp
+
+from spa.pruning.groups import ADAPTER_PRUNER, ADAPTER_TYPES, ChannelGroup
+
+
+def is_transformer(model: nn.Module) -> bool:
+    blocks = getattr(model, "blocks", None)
+    return isinstance(blocks, nn.Sequential) and len(blocks) > 0 and hasattr(blocks[0], "attn") \
+        and hasattr(blocks[0].attn, "qkv") and hasattr(blocks[0], "mlp")
+
+
+def _prune_out(layer: nn.Module, idxs: Sequence[int]) -> None:
+    (ADAPTER_PRUNER.prune_out_channels if isinstance(layer, ADAPTER_TYPES) else tp.prune_linear_out_channels)(
+        layer, list(idxs))
+
+
+def _prune_in(layer: nn.Module, idxs: Sequence[int]) -> None:
+    (ADAPTER_PRUNER.prune_in_channels if isinstance(layer, ADAPTER_TYPES) else tp.prune_linear_in_channels)(
+        layer, list(idxs))
+
+
+def transformer_groups(model: nn.Module) -> list[ChannelGroup]:
+    groups = []
+    for i, block in enumerate(model.blocks):
+        attn, mlp = block.attn, block.mlp
+        if not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity):
+            raise NotImplementedError("head pruning of attention with scale_norm is not supported")
+        if getattr(attn, "gate", None) is not None:
+            raise NotImplementedError("head pruning of gated attention is not supported")
+        groups.append(ChannelGroup(root=f"blocks.{i}.attn.qkv", producers=[f"blocks.{i}.attn.qkv"],
+                                   size=attn.num_heads, kind="heads", unit=attn.head_dim))
+        groups.append(ChannelGroup(root=f"blocks.{i}.mlp.fc1", producers=[f"blocks.{i}.mlp.fc1"],
+                                   size=mlp.fc1.weight.shape[0]))
+    return groups
+
+
+def prune_transformer_group(model: nn.Module, group: ChannelGroup, idxs: Sequence[int]) -> None:
+    """Remove heads (head group) or hidden channels (MLP group) ``idxs`` of one block."""
+    block = model.get_submodule(group.root.rsplit(".", 2)[0])
+    if group.kind == "heads":
+        attn, hd = block.attn, block.attn.head_dim
+        dim = attn.num_heads * hd
+        cols = [h * hd + j for h in idxs for j in range(hd)]
+        _prune_out(attn.qkv, [s * dim + c for s in range(3) for c in cols])
+        _prune_in(attn.proj, cols)
+        attn.num_heads -= len(idxs)
+        attn.attn_dim = attn.num_heads * hd
+    else:
+        _prune_out(block.mlp.fc1, idxs)
+        _prune_in(block.mlp.fc2, idxs)
