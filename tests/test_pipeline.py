@@ -75,6 +75,16 @@ def test_unfinished_run_is_started_again(compose_cfg):
     assert len(lines) == 1 and "stale" not in lines[0] and summary["epochs"] == 1
 
 
+def test_run_killed_after_its_checkpoint_finishes_without_training_again(compose_cfg):
+    first = pipeline.run(compose_cfg("train.epochs=2", "train.max_steps_per_epoch=2"))
+    run_dir = Path(first["run_dir"])
+    epochs = (run_dir / "epochs.jsonl").read_text()
+    (run_dir / "summary.json").unlink()                      # died while writing its outputs
+    again = pipeline.run(compose_cfg("train.epochs=2", "train.max_steps_per_epoch=2"))
+    assert (run_dir / "epochs.jsonl").read_text() == epochs   # no epoch trained twice
+    assert again["metrics"] == first["metrics"]
+
+
 def test_base_stage_runs_once_and_feeds_the_transfer_run(compose_cfg):
     overrides = ["train.epochs=1", "train.max_steps_per_epoch=2", "dataset.classes=[2,3]", "dataset.name=last2",
                  "+base.dataset.classes=[0,1]", "+base.dataset.name=first2", "+base.seed=1", "report=true"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -147,68 +148,19 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     workers = None if t.num_workers == "auto" else int(t.num_workers)
     seed = int(cfg.seed)
     train_loader = make_loader(data.train, t.batch_size, train=True, device=device, seed=seed, num_workers=workers)
-    test_loader = make_loader(data.test, t.eval_batch_size, train=False, device=device, seed=seed, num_workers=workers)
-    val_loader = (make_loader(data.val, t.eval_batch_size, train=False, device=device, seed=seed, num_workers=workers)
-                  if data.val is not None else None)
-    batches = len(train_loader) if t.max_steps_per_epoch is None else min(len(train_loader), t.max_steps_per_epoch)
-
-    def train_phase(epochs: int, phase: str, step: int):
-        """A training call with a fresh optimiser and LR schedule (the paper restarts both)."""
-        optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
-        schedule = build_scheduler(t.scheduler, optimizer, epochs, batches, gamma=t.gamma)
-        result = fit(model, train_loader, optimizer, schedule, epochs, device, test_loader=test_loader,
-                     val_loader=val_loader, amp=bool(t.amp), channels_last=channels_last, eval_every=t.eval_every,
-                     select=t.select, phase=phase, step=step, max_steps=t.max_steps_per_epoch,
-                     on_epoch=rundir.append_epoch)
-        return result, next(r for r in result.history if r.epoch == result.selected_epoch)
-
-    pruning, sched = cfg.pruning, cfg.schedule
-    size = (int(d.image_size), int(d.image_size))
-    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if pruning.name != "none" else None
-    plan = Plan(session.original_filters, sched.step_fraction, sched.target_density) if session else None
-    rows: list[dict[str, Any]] = []
-    step_t0 = time.perf_counter()
-    if status == "resume":
-        checkpoint = torch.load(rundir.file(CHECKPOINT), map_location=device, weights_only=True)
-        session.replay(checkpoint["history"])
-        model.load_state_dict(checkpoint["state_dict"])
-        done_step = int(checkpoint["step"])
-        rows = [r for r in rundir.read_steps() if r["step"] <= done_step]
-        rundir.keep_epochs_until(done_step)
-        result, final = checkpoint["selection"], None
-        log.info("resuming %s after pruning step %d (density %.3f)", rundir.path, done_step, session.density)
-    elif initial_run is not None:
-        done_step = 0
-        initial = RunDir(initial_run)
-        checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
-        model.load_state_dict(checkpoint["state_dict"])
-        result = checkpoint["selection"]
-        for record in initial.read_epochs():
-            rundir.append_epoch(record)
-        rows = [{**initial.read_steps()[0], "density": 1.0, "kept_filters": session.kept_filters}]
-        save_checkpoint(rundir, model, session, 0, result)
-        log.info("starting from the unpruned run %s (test top-1 %.2f%%)", initial_run, rows[0]["top1"])
-    else:
-        done_step = 0
-        result, final = train_phase(int(t.epochs), "train", 0)
-        rows.append(step_row(0, model, session, None, final, size, time.perf_counter() - step_t0))
-        save_checkpoint(rundir, model, session, 0, result)
-    for step in range(done_step + 1, (plan.steps if plan else 0) + 1):
-        step_t0 = time.perf_counter()
-        seed_everything(seed * 1000 + step, bool(t.deterministic))      # a resumed run redoes a step identically
-        train_loader.generator.manual_seed(seed * 1000 + step)
-        criterion = make_criterion(pruning.criterion, seed * 1000 + step, d.transform)
-        session.step(step, plan, criterion, train_loader, device, sched.score_batches, pruning.group_reduction)
-        before = evaluate(model, test_loader, device, bool(t.amp), channels_last)
-        result, final = train_phase(int(sched.recovery_epochs), "recover", step)
-        rows.append(step_row(step, model, session, before["top1"], final, size, time.perf_counter() - step_t0))
-        rundir.write_steps(rows)
-        save_checkpoint(rundir, model, session, step, result)
-    rundir.write_steps(rows)
+    parts = Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
+                  test_loader=make_loader(data.test, t.eval_batch_size, train=False, device=device, seed=seed,
+                                          num_workers=workers),
+                  val_loader=(make_loader(data.val, t.eval_batch_size, train=False, device=device, seed=seed,
+                                          num_workers=workers) if data.val is not None else None),
+                  channels_last=channels_last, size=(int(d.image_size), int(d.image_size)))
+    session = PruningSession(model, torch.zeros(1, 3, *parts.size, device=device)) \
+        if cfg.pruning.name != "none" else None
+    rows, done_step, selection = _initial_state(parts, session, status, initial_run)
+    if session is not None:
+        selection = _prune(parts, session, rows, done_step) or selection
     params = count_parameters(model)
     last = rows[-1]
-    selection = result if isinstance(result, dict) else {"selection": result.selection,
-                                                          "selected_epoch": result.selected_epoch}
     metrics = {"test_top1": last["top1"], "test_top5": last["top5"], "test_loss": last["test_loss"],
                "val_top1": last["val_top1"], "train_loss": last["train_loss"], "train_top1": last["train_top1"],
                "density": last["density"]}
@@ -216,7 +168,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     files: dict[str, int] = {}
     if cfg.save_model:
         # model.pt: the fused, plain model (reusable as backbone.weights); task.pt: what the task learned
-        structure = None if session is None else {"history": session.history, "input_size": list(size),
+        structure = None if session is None else {"history": session.history, "input_size": list(parts.size),
                                                   "original_filters": session.original_filters}
         deployable = fuse(model) if adapter_layers(model) else model
         save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
@@ -242,6 +194,92 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     log.info("finished %s: test top-1 %.2f%%, top-5 %.2f%% at density %.3f in %.0fs", rundir.path,
              metrics["test_top1"], metrics["test_top5"], metrics["density"], summary.wall_time_s)
     return summary
+
+
+@dataclass
+class Parts:
+    """What the stages of one run share."""
+    cfg: DictConfig
+    model: torch.nn.Module
+    device: torch.device
+    rundir: RunDir
+    train_loader: Any
+    test_loader: Any
+    val_loader: Any
+    channels_last: bool
+    size: tuple[int, int]
+
+    def train(self, epochs: int, phase: str, step: int):
+        """A training call with a fresh optimiser and LR schedule (the paper restarts both);
+        returns the fit result and the record of the selected epoch."""
+        t = self.cfg.train
+        batches = len(self.train_loader) if t.max_steps_per_epoch is None else \
+            min(len(self.train_loader), t.max_steps_per_epoch)
+        optimizer = instantiate(self.cfg.optim)([p for p in self.model.parameters() if p.requires_grad])
+        schedule = build_scheduler(t.scheduler, optimizer, epochs, batches, gamma=t.gamma)
+        result = fit(self.model, self.train_loader, optimizer, schedule, epochs, self.device,
+                     test_loader=self.test_loader, val_loader=self.val_loader, amp=bool(t.amp),
+                     channels_last=self.channels_last, eval_every=t.eval_every, select=t.select, phase=phase,
+                     step=step, max_steps=t.max_steps_per_epoch, on_epoch=self.rundir.append_epoch)
+        return result, next(r for r in result.history if r.epoch == result.selected_epoch)
+
+
+def _selection(result) -> dict[str, Any]:
+    return {"selection": result.selection, "selected_epoch": result.selected_epoch}
+
+
+def _initial_state(parts: Parts, session: PruningSession | None, status: str, initial_run: str | None):
+    """Step 0: resume from this run's checkpoint, start from the unpruned run, or train.
+    Returns (steps.csv rows so far, last completed step, model selection of the last training)."""
+    rundir, model, device = parts.rundir, parts.model, parts.device
+    if status == "resume":
+        checkpoint = torch.load(rundir.file(CHECKPOINT), map_location=device, weights_only=True)
+        if session is not None:
+            session.replay(checkpoint["history"])
+        model.load_state_dict(checkpoint["state_dict"])
+        done = int(checkpoint["step"])
+        rundir.keep_epochs_until(done)
+        log.info("resuming %s after step %d", rundir.path, done)
+        return [r for r in rundir.read_steps() if r["step"] <= done], done, checkpoint["selection"]
+    if initial_run is not None:
+        initial = RunDir(initial_run)
+        checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
+        for record in initial.read_epochs():
+            rundir.append_epoch(record)
+        rows = [{**initial.read_steps()[0], "density": 1.0, "kept_filters": session.kept_filters}]
+        log.info("starting from the unpruned run %s (test top-1 %.2f%%)", initial_run, rows[0]["top1"])
+        selection = checkpoint["selection"]
+    else:
+        t0 = time.perf_counter()
+        result, final = parts.train(int(parts.cfg.train.epochs), "train", 0)
+        rows = [step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0)]
+        selection = _selection(result)
+    rundir.write_steps(rows)
+    save_checkpoint(rundir, model, session, 0, selection)
+    return rows, 0, selection
+
+
+def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], done_step: int) -> dict | None:
+    """Pruning steps after ``done_step``: score, remove, test, recover, record, checkpoint."""
+    cfg, model = parts.cfg, parts.model
+    sched, t, seed = cfg.schedule, cfg.train, int(cfg.seed)
+    plan = Plan(session.original_filters, sched.step_fraction, sched.target_density)
+    selection = None
+    for step in range(done_step + 1, plan.steps + 1):
+        t0 = time.perf_counter()
+        seed_everything(seed * 1000 + step, bool(t.deterministic))      # a resumed run redoes a step identically
+        parts.train_loader.generator.manual_seed(seed * 1000 + step)
+        criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, cfg.dataset.transform)
+        session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
+                     cfg.pruning.group_reduction)
+        before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)
+        result, final = parts.train(int(sched.recovery_epochs), "recover", step)
+        rows.append(step_row(step, model, session, before["top1"], final, parts.size, time.perf_counter() - t0))
+        selection = _selection(result)
+        parts.rundir.write_steps(rows)
+        save_checkpoint(parts.rundir, model, session, step, selection)
+    return selection
 
 
 def make_criterion(name: str, seed: int, transform: str):
@@ -273,11 +311,9 @@ def step_row(step: int, model, session, top1_before: float | None, final, size: 
             "time_s": round(seconds, 2)}
 
 
-def save_checkpoint(rundir: RunDir, model, session, step: int, result) -> None:
+def save_checkpoint(rundir: RunDir, model, session, step: int, selection: dict[str, Any]) -> None:
     """After a completed step (0: the initial training): the state dict and the pruning history
     (safe to torch.load), atomically. Pruned runs resume from it; unpruned ones are started from."""
-    selection = result if isinstance(result, dict) else {"selection": result.selection,
-                                                         "selected_epoch": result.selected_epoch}
     history = session.history if session is not None else []
     original = session.original_filters if session is not None else None
     atomic_torch_save({"step": step, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -63,6 +63,25 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return rows.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
+def _style(ax, title: str, xlabel: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(fig, path_stem: Path) -> list[Path]:
+    """PNG and PDF of ``fig`` at ``path_stem``."""
+    fig.tight_layout()
+    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
+    path_stem.parent.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
 def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
     """Test top-1 per epoch of the initial training of unpruned runs (pruned runs start from them),
     one line per run, one panel per dataset; PNG and PDF."""
@@ -74,18 +93,8 @@ def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
         for (adapter, seed), run in part.groupby(["adapter", "seed"], sort=False):
             ax.plot(run["epoch"], run["test_top1"], marker="o", ms=3, label=f"{label(adapter)} (seed {seed})")
         ax.axhline(100.0 / part["num_classes"].iloc[0], ls="--", lw=1, color="grey", label="chance")
-        ax.set_title(label(dataset), fontsize=10)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return paths
+        _style(ax, label(dataset), "epoch")
+    return _save(fig, path_stem)
 
 
 def density_curves(steps: pd.DataFrame, path_stem: Path) -> list[Path]:
@@ -102,18 +111,8 @@ def density_curves(steps: pd.DataFrame, path_stem: Path) -> list[Path]:
                 ax.fill_between(x, curve["mean"] - curve["std"].fillna(0), curve["mean"] + curve["std"].fillna(0),
                                 alpha=0.2)
         ax.invert_xaxis()
-        ax.set_title(label(dataset), fontsize=10)
-        ax.set_xlabel("density (% of conv filters kept)")
-        ax.set_ylabel("test top-1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return paths
+        _style(ax, label(dataset), "density (% of conv filters kept)")
+    return _save(fig, path_stem)
 
 
 def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str) -> dict[str, Path]:
