@@ -10,7 +10,7 @@ from pathlib import Path
 
 from spa import repo_root
 
-TABLES = ("demo", "catsdogs64", "params")
+TABLES = ("demo", "catsdogs64", "catsdogs_mini", "params")
 
 
 def embed(readme: str, name: str, table: str) -> str:

@@ -20,7 +20,7 @@ def test_readme_opens_with_the_two_commands():
     assert "make test" in ci and "make demo" in ci
 
 
-@pytest.mark.parametrize("name", ["demo", "catsdogs64"])
+@pytest.mark.parametrize("name", ["demo", "catsdogs64", "catsdogs_mini", "params"])
 def test_embedded_tables_are_the_generated_ones(name):
     block = re.search(rf"<!-- BEGIN {name} -->\n(.*?)<!-- END {name} -->", README, re.S)
     assert block, f"README.md lacks the {name} block"
