@@ -1,15 +1,38 @@
-"""Entry point: python scripts/run.py dataset=X backbone=Y adapter=Z pruning=W seed=N [-m for sweeps]."""
+"""Entry point: python scripts/run.py dataset=X backbone=Y adapter=Z pruning=W seed=N [-m for sweeps].
+
+shard=i/n (with -m) runs only the sweep's jobs whose index is i modulo n, so n machines can split a
+sweep; every machine writes to the same run tree layout, and re-running skips finished runs.
+"""
 from __future__ import annotations
 
+import logging
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import spa  # noqa: F401  (registers the config resolvers)
 from spa import pipeline
 
 
+def in_shard(shard: str | None, job_num: int) -> bool:
+    if not shard:
+        return True
+    try:
+        index, count = (int(v) for v in str(shard).split("/"))
+    except ValueError:
+        raise ValueError(f"shard={shard!r} must look like i/n, e.g. shard=0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard={shard!r}: i must be in 0..n-1")
+    return job_num % count == index
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
+    job_num = HydraConfig.get().job.get("num") or 0
+    if not in_shard(cfg.get("shard"), job_num):
+        logging.getLogger(__name__).info("job %d is not in shard %s: skipped", job_num, cfg.shard)
+        return None
     summary = pipeline.run(cfg)
     return float(summary["metrics"]["test_top1"])
 

@@ -142,3 +142,25 @@ def test_command_line_run_and_sweep(tmp_path, image_folder):
     bad = subprocess.run(args[:2] + ["dataset=image_folder", f"dataset.root={tmp_path}/missing", "exp_name=bad"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "dataset.root=PATH" in bad.stdout + bad.stderr
+
+
+def test_initial_epochs_can_depend_on_the_adapter(compose_cfg):
+    over = ["train.epochs=1", "train.max_steps_per_epoch=1", "+train.epochs_by_adapter.splora=2"]
+    lora = pipeline.run(compose_cfg(*over, "adapter=splora_r8"))
+    tuned = pipeline.run(compose_cfg(*over, "adapter=finetune"))
+    assert (lora["epochs"], tuned["epochs"]) == (2, 1)
+    assert len((Path(lora["run_dir"]) / "epochs.jsonl").read_text().splitlines()) == 2
+
+
+def test_shards_split_a_sweep_without_overlap(tmp_path, image_folder):
+    env = {**os.environ, "SPA_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, str(repo_root() / "scripts" / "run.py"), "-m", "dataset=image_folder",
+            f"dataset.root={image_folder}", "dataset.transform=cifar", "dataset.image_size=32", "backbone=test_resnet",
+            "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "device=cpu", "exp_name=shards",
+            "seed=1,2,3"]
+    out = subprocess.run(base + ["shard=1/2"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    done = sorted(p.parent.name for p in (tmp_path / "runs/shards").rglob("summary.json"))
+    assert done == ["seed_2"]                                      # job 1 of jobs 0, 1, 2
+    bad = subprocess.run(base + ["shard=2/2"], env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "i must be in 0..n-1" in bad.stdout + bad.stderr

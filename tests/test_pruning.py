@@ -346,3 +346,10 @@ def test_weight_and_taylor_with_every_learner_on_a_vit(compose_cfg, criterion, a
     summary = pipeline.run(compose_cfg(*prune_overrides(f"pruning={criterion}", f"adapter={adapter}", "backbone=test_vit",
                                                         "schedule.target_density=0.6", "train.max_steps_per_epoch=1")))
     assert summary["metrics"]["density"] == pytest.approx(0.6, abs=0.01)
+
+
+def test_reusing_an_unpruned_run_without_checkpoint_names_the_fix(compose_cfg):
+    unpruned = pipeline.run(compose_cfg("adapter=splora_r8", "train.epochs=1", "train.max_steps_per_epoch=3"))
+    (Path(unpruned["run_dir"]) / "checkpoint.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="schedule.reuse_unpruned=false"):
+        pipeline.run(compose_cfg(*prune_overrides()))

@@ -186,7 +186,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
               "root": str(Path(d.root).expanduser().resolve()), **data.stats},
         weights=weights.to_dict(), files=files,
         params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
-        epochs=int(t.epochs), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
+        epochs=int(t.get("epochs_by_adapter", {}).get(cfg.adapter.kind, t.epochs)), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
         metrics=metrics, pruning_steps=len(rows) - 1,
         wall_time_s=round(time.perf_counter() - t0, 2), started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), base_run=base_run, warnings=warnings)
@@ -243,6 +243,10 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         return [r for r in rundir.read_steps() if r["step"] <= done], done, checkpoint["selection"]
     if initial_run is not None:
         initial = RunDir(initial_run)
+        if not initial.file(CHECKPOINT).is_file():
+            raise FileNotFoundError(
+                f"the unpruned run {initial_run} has no {CHECKPOINT} to start pruning from (it was made by an older "
+                f"version). Fix: rerun it (delete the folder), or pass schedule.reuse_unpruned=false to train here.")
         checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
         model.load_state_dict(checkpoint["state_dict"])
         for record in initial.read_epochs():
@@ -252,7 +256,9 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         selection = checkpoint["selection"]
     else:
         t0 = time.perf_counter()
-        result, final = parts.train(int(parts.cfg.train.epochs), "train", 0)
+        t = parts.cfg.train
+        epochs = int(t.get("epochs_by_adapter", {}).get(parts.cfg.adapter.kind, t.epochs))
+        result, final = parts.train(epochs, "train", 0)
         rows = [step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0)]
         selection = _selection(result)
     rundir.write_steps(rows)

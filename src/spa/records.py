@@ -25,7 +25,7 @@ from spa.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 # Keys that say where or how fast a run goes, not what it computes: left out of the config hash.
-VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "train.num_workers")
+VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "train.num_workers")
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
 STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"
