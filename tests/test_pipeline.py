@@ -122,12 +122,18 @@ def test_missing_dataset_raises_the_clear_error(compose_cfg, tmp_path):
         pipeline.run(compose_cfg("dataset=cifar10", f"dataset.root={tmp_path}/none", "dataset.download=false"))
 
 
-def test_command_line_run_and_sweep(tmp_path, image_folder):
-    env = {**os.environ, "SPA_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+def cli(results: Path, image_folder: Path, exp_name: str, seeds: str) -> tuple[list[str], dict[str, str]]:
+    """``scripts/run.py -m`` on the fake image folder with tiny settings, results under ``results``."""
+    env = {**os.environ, "SPA_RESULTS_DIR": str(results), "PYTHONUNBUFFERED": "1"}
     args = [sys.executable, str(repo_root() / "scripts" / "run.py"), "-m", "dataset=image_folder",
             f"dataset.root={image_folder}", "dataset.transform=cifar", "dataset.image_size=32", "backbone=test_resnet",
-            "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "device=cpu", "exp_name=cli",
-            "seed=1,2"]
+            "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "device=cpu", f"exp_name={exp_name}",
+            f"seed={seeds}"]
+    return args, env
+
+
+def test_command_line_run_and_sweep(tmp_path, image_folder):
+    args, env = cli(tmp_path, image_folder, "cli", "1,2")
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     for seed in (1, 2):
@@ -153,11 +159,7 @@ def test_initial_epochs_can_depend_on_the_adapter(compose_cfg):
 
 
 def test_shards_split_a_sweep_without_overlap(tmp_path, image_folder):
-    env = {**os.environ, "SPA_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, str(repo_root() / "scripts" / "run.py"), "-m", "dataset=image_folder",
-            f"dataset.root={image_folder}", "dataset.transform=cifar", "dataset.image_size=32", "backbone=test_resnet",
-            "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "device=cpu", "exp_name=shards",
-            "seed=1,2,3"]
+    base, env = cli(tmp_path, image_folder, "shards", "1,2,3")
     out = subprocess.run(base + ["shard=1/2"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     done = sorted(p.parent.name for p in (tmp_path / "runs/shards").rglob("summary.json"))
