@@ -8,7 +8,7 @@ EXP    ?= demo
 T1     ?= table1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all report params readme reproduce-table1 table1 clean
+.PHONY: help install demo test test-all report params readme reproduce-table1 table1 figures clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,9 +37,13 @@ report: install ## rebuild an experiment's table and figure from its runs: make 
 reproduce-table1: install ## the Table 1 sweep (resumable; ARGS="shard=i/n ..." splits it) + its tables
 	$(BIN)/python scripts/run.py -m experiment=$(T1) $(ARGS)
 	$(BIN)/python scripts/table1.py $(T1)
+	$(BIN)/python scripts/figures.py $(T1)
 
 table1: install ## rebuild results/tables/table1*.{csv,md,tex} and the claims from the run tree
 	$(BIN)/python scripts/table1.py $(T1)
+
+figures: install ## Figure 6 and accuracy-vs-density per dataset, from results/tables/$(T1)_curves.csv
+	$(BIN)/python scripts/figures.py $(T1)
 
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)
 	$(BIN)/python scripts/params.py

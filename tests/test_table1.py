@@ -70,3 +70,17 @@ def test_written_tables_compare_with_the_paper_and_flag_partial_tables(tmp_path)
     assert re.search(r"10 % density\s*\|\s*\|\s*\+6\.91\s*\|", claims)     # no r32 runs here; the paper's +6.91
     assert re.search(r"30 % density\s*\|\s*-2\.00\s*\|\s*-1\.60\s*\|", claims)  # ours 93.5 - 95.5; paper -1.60
     assert paths["tex"].read_text().lstrip().startswith("\\begin{tabular}")
+
+
+def test_figures_are_drawn_from_the_curves_table(tmp_path):
+    from spa.reporting.figures import write_figures
+    steps = collect_steps(run_tree(tmp_path / "runs"))
+    paths = write_table1(steps, load_table1(), tmp_path / "tables")
+    curve = pd.read_csv(paths["curves"])
+    r8 = curve[(curve.learning == "splora_r8")]
+    assert r8[["density", "top1", "seeds"]].values.tolist() == [[1.0, 95.25, 2], [0.3, 93.5, 2], [0.1, 91.5, 2]]
+    assert curve[curve.learning == "finetune"]["density"].tolist() == [1.0, 0.5, 0.3, 0.1]
+    figures = write_figures(paths["curves"], tmp_path / "figures", "table1")
+    assert sorted(p.name for p in figures) == sorted(f"table1_{kind}_cifar10.{ext}" for kind in ("figure6", "density")
+                                                     for ext in ("png", "pdf"))
+    assert all(p.stat().st_size > 5_000 for p in figures)

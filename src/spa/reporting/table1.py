@@ -59,6 +59,20 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
                            key=lambda col: rank(col) if col.name in order else col, ignore_index=True)
 
 
+def curves(steps: pd.DataFrame) -> pd.DataFrame:
+    """Every step of the pruned runs, mean and std over seeds per (dataset, pruning, learning,
+    density): the data of Figure 6 and of the accuracy-vs-density curves."""
+    pruned = steps[steps["pruning"] != "none"].assign(density=lambda f: f["density"].round(2),
+                                                      learning=lambda f: f["adapter"])
+    agg = pruned.groupby(["dataset", "pruning", "learning", "density"]).agg(
+        top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"),
+        params_k=("params_learned", "mean"), flops_m=("macs_32", "mean")).reset_index()
+    agg["params_k"] /= 1e3
+    agg["flops_m"] /= 1e6
+    return agg.fillna({"top1_std": 0.0}).sort_values(["dataset", "pruning", "learning", "density"],
+                                                     ascending=[True, True, True, False], ignore_index=True)
+
+
 def wide(long: pd.DataFrame) -> pd.DataFrame:
     """The paper's CSV layout: one row per (pruning, learning, density), datasets as columns."""
     keys = ["pruning", "learning", "density"]
@@ -92,7 +106,9 @@ def markdown(long: pd.DataFrame, expected_seeds: int = 3) -> str:
     table = wide(long)
     complete = int((long["seeds"] >= expected_seeds).sum())
     status = "final" if complete == len(long) else f"partial: {complete} of {len(long)} cells have {expected_seeds} seeds"
-    lines = {"criterion": table["pruning"].map(LABELS), "learning": table["learning"].map(LABELS),
+    learning = ["Fine-pruning" if lr == "finetune" and pr != "none" else LABELS.get(lr, lr)
+                for lr, pr in zip(table["learning"], table["pruning"])]
+    lines = {"criterion": table["pruning"].map(LABELS), "learning": learning,
              "density": table["density"].map("{:.0%}".format), "learned params (K)": table["params_k"].map("{:,.1f}".format),
              "FLOPs (M, 32 px)": table["flops_m"].map("{:,.1f}".format)}
     base = table[table["learning"] == "finetune"].set_index(["pruning", "density"])
@@ -129,13 +145,14 @@ def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
 
 def write_table1(steps: pd.DataFrame, paper: pd.DataFrame, out_dir: str | Path, name: str = "table1",
                  expected_seeds: int = 3) -> dict[str, Path]:
-    """``<name>.{csv,md,tex}``, ``<name>_vs_paper.{csv,md}`` and ``<name>_claims.md`` under ``out_dir``."""
+    """``<name>.{csv,md,tex}``, ``<name>_vs_paper.{csv,md}``, ``<name>_claims.md`` and
+    ``<name>_curves.csv`` (every density, for the figures) under ``out_dir``."""
     out_dir = Path(out_dir)
     ours = aggregate(cells(steps))
     table = wide(ours)
     paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "tex": out_dir / f"{name}.tex",
              "vs_csv": out_dir / f"{name}_vs_paper.csv", "vs_md": out_dir / f"{name}_vs_paper.md",
-             "claims": out_dir / f"{name}_claims.md"}
+             "claims": out_dir / f"{name}_claims.md", "curves": out_dir / f"{name}_curves.csv"}
     atomic_write_text(paths["csv"], table.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(paths["md"], markdown(ours, expected_seeds))
     atomic_write_text(paths["tex"], table.to_latex(index=False, float_format="%.2f", na_rep=""))
@@ -143,4 +160,5 @@ def write_table1(steps: pd.DataFrame, paper: pd.DataFrame, out_dir: str | Path, 
     atomic_write_text(paths["vs_csv"], vs.to_csv(index=False, float_format="%.4f"))
     atomic_write_text(paths["vs_md"], vs.to_markdown(index=False, floatfmt=".2f") + "\n")
     atomic_write_text(paths["claims"], claims_markdown(ours, paper))
+    atomic_write_text(paths["curves"], curves(steps).to_csv(index=False, float_format="%.4f"))
     return paths
