@@ -186,7 +186,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
               "root": str(Path(d.root).expanduser().resolve()), **data.stats},
         weights=weights.to_dict(), files=files,
         params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
-        epochs=int(t.get("epochs_by_adapter", {}).get(cfg.adapter.kind, t.epochs)), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
+        epochs=initial_epochs(cfg), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
         metrics=metrics, pruning_steps=len(rows) - 1,
         wall_time_s=round(time.perf_counter() - t0, 2), started_at=started.isoformat(timespec="seconds"),
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), base_run=base_run, warnings=warnings)
@@ -224,6 +224,11 @@ class Parts:
         return result, next(r for r in result.history if r.epoch == result.selected_epoch)
 
 
+def initial_epochs(cfg: DictConfig) -> int:
+    """Epochs of the initial (unpruned) training: ``train.epochs_by_adapter[kind]`` or ``train.epochs``."""
+    return int(cfg.train.get("epochs_by_adapter", {}).get(cfg.adapter.kind, cfg.train.epochs))
+
+
 def _selection(result) -> dict[str, Any]:
     return {"selection": result.selection, "selected_epoch": result.selected_epoch}
 
@@ -256,9 +261,7 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         selection = checkpoint["selection"]
     else:
         t0 = time.perf_counter()
-        t = parts.cfg.train
-        epochs = int(t.get("epochs_by_adapter", {}).get(parts.cfg.adapter.kind, t.epochs))
-        result, final = parts.train(epochs, "train", 0)
+        result, final = parts.train(initial_epochs(parts.cfg), "train", 0)
         rows = [step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0)]
         selection = _selection(result)
     rundir.write_steps(rows)
@@ -291,8 +294,7 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
 def make_criterion(name: str, seed: int, transform: str):
     """The criterion object of a step: ``random`` is seeded per step, ``lrp`` gets the input bounds
     of the data's normalisation (for z^β at the first conv)."""
-    if name not in CRITERIA:
-        raise ValueError(f"pruning.criterion={name!r} is unknown; available: {sorted(CRITERIA)}")
+    check_pruning(name)
     if name == "random":
         return CRITERIA[name](seed=seed)
     if name == "lrp":

@@ -157,6 +157,6 @@ def prune_group(model: nn.Module, graph: tp.DependencyGraph, root: str, idxs: Se
     group.prune()
 
 
-def producer_filters(model: nn.Module, groups: list[ChannelGroup]) -> int:
+def producer_filters(groups: list[ChannelGroup]) -> int:
     """Filters (output channels of producers) over all groups: the count density refers to."""
     return sum(g.size * g.filters_per_channel for g in groups)

@@ -35,11 +35,10 @@ class PruningSession:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, original_filters: int | None = None):
         self.model = model
-        self.example_input = example_input
         self.transformer = is_transformer(model)
         self.graph = None if self.transformer else build_graph(model, example_input)
         self.groups = self._groups()
-        self.original_filters = original_filters or producer_filters(model, self.groups)
+        self.original_filters = original_filters or producer_filters(self.groups)
         self.history: History = []
 
     def _groups(self):
@@ -47,7 +46,7 @@ class PruningSession:
 
     @property
     def kept_filters(self) -> int:
-        return producer_filters(self.model, self.groups)
+        return producer_filters(self.groups)
 
     @property
     def density(self) -> float:

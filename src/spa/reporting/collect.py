@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
-from spa.records import EPOCHS, STEPS, SUMMARY
+from spa.records import STEPS, SUMMARY, RunDir
 
 RUN_COLUMNS = ["exp_name", "dataset", "num_classes", "backbone", "adapter", "pruning", "seed", "weights", "epochs",
                "density", "test_top1", "test_top5", "val_top1", "params_total", "params_trainable", "wall_time_s",
@@ -31,32 +32,29 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def collect_epochs(root: str | Path) -> pd.DataFrame:
-    """One row per epoch of every finished run under ``root``, with the run's identifying columns."""
+RUN_KEYS = ("dataset", "backbone", "adapter", "pruning", "seed")
+
+
+def _per_run(root: str | Path, read: Callable[[RunDir], pd.DataFrame],
+             extra: Callable[[dict], dict] = lambda summary: {}) -> pd.DataFrame:
+    """``read`` of every finished run under ``root``, each row tagged with its run's identifying
+    columns (and ``extra(summary)``), concatenated."""
     frames = []
     for path in sorted(Path(root).rglob(SUMMARY)):
-        summary = json.loads(path.read_text())
-        lines = (path.parent / EPOCHS).read_text().splitlines() if (path.parent / EPOCHS).is_file() else []
-        epochs = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
-        if epochs.empty:
+        frame = read(RunDir(path.parent))
+        if frame.empty:
             continue
-        for key in ("dataset", "backbone", "adapter", "pruning", "seed"):
-            epochs[key] = summary[key]
-        epochs["num_classes"] = summary["data"]["num_classes"]
-        frames.append(epochs)
+        summary = json.loads(path.read_text())
+        frames.append(frame.assign(**{k: summary[k] for k in RUN_KEYS}, **extra(summary)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def collect_epochs(root: str | Path) -> pd.DataFrame:
+    """One row per epoch of every finished run under ``root``, with the run's identifying columns."""
+    return _per_run(root, lambda run: pd.DataFrame(run.read_epochs()),
+                    extra=lambda summary: {"num_classes": summary["data"]["num_classes"]})
 
 
 def collect_steps(root: str | Path) -> pd.DataFrame:
     """One row per pruning step (``steps.csv``) of every finished run under ``root``."""
-    frames = []
-    for path in sorted(Path(root).rglob(SUMMARY)):
-        steps = path.parent / STEPS
-        if not steps.is_file():
-            continue
-        summary = json.loads(path.read_text())
-        frame = pd.read_csv(steps)
-        for key in ("dataset", "backbone", "adapter", "pruning", "seed"):
-            frame[key] = summary[key]
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return _per_run(root, lambda run: pd.read_csv(run.file(STEPS)) if run.file(STEPS).is_file() else pd.DataFrame())
