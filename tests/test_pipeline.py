@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from spa import pipeline, repo_root
 from spa.data import DatasetNotFoundError
@@ -110,6 +111,38 @@ def test_base_stage_runs_once_and_feeds_the_transfer_run(compose_cfg):
 def test_a_typo_in_the_base_section_is_refused(compose_cfg):
     with pytest.raises(ValueError, match="base.train.epochz"):
         pipeline.base_config(compose_cfg("+base.train.epochz=3"))
+
+
+def test_a_base_section_on_another_source_starts_from_that_dataset_config(compose_cfg):
+    cfg = compose_cfg("dataset=cats_vs_dogs", "+base.dataset.source=cifar10", "+base.dataset.name=cifar10_subset")
+    base = pipeline.base_config(cfg).dataset
+    # cifar10.yaml's keys, not the PetImages split options of the run's dataset
+    assert (base.source, base.transform, base.image_size, dict(base.options)) == ("cifar10", "cifar", 32, {})
+    assert base.name == "cifar10_subset" and dict(cfg.dataset.options)["train_size"] == 8005
+    with pytest.raises(ValueError, match="configs/dataset/imagenet.yaml"):
+        pipeline.base_config(compose_cfg("+base.dataset.source=imagenet"))
+
+
+def test_where_the_data_lives_is_not_part_of_the_config_hash(compose_cfg, tmp_path):
+    a = OmegaConf.to_container(compose_cfg(), resolve=True)
+    b = OmegaConf.to_container(compose_cfg(f"dataset.root={tmp_path}/moved", "dataset.download=false"), resolve=True)
+    c = OmegaConf.to_container(compose_cfg("dataset.image_size=64"), resolve=True)
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_channels_last_everywhere_is_a_setting_of_its_own(compose_cfg):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [pipeline.use_channels_last(v, cpu) for v in (True, "always", False)] == [False, True, False]
+    assert [pipeline.use_channels_last(v, cuda) for v in (True, "always", False)] == [True, True, False]
+    with pytest.raises(ValueError, match="always"):
+        pipeline.use_channels_last("yes", cpu)
+    # a pruned run in channels-last on CPU: same steps as the default layout, accuracy within noise
+    over = ["pruning=weight", "schedule.step_fraction=0.3", "schedule.target_density=0.4",
+            "schedule.recovery_epochs=1", "train.epochs=1"]
+    plain = pipeline.run(compose_cfg(*over))
+    fast = pipeline.run(compose_cfg(*over, "train.channels_last=always", "exp_name=cl"))
+    assert fast["config_hash"] != plain["config_hash"] and fast["metrics"]["density"] == plain["metrics"]["density"]
+    assert abs(fast["metrics"]["test_loss"] - plain["metrics"]["test_loss"]) < 1e-3
 
 
 def test_random_weights_transfer_warns_and_is_recorded(compose_cfg):
