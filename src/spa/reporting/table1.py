@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from omegaconf import OmegaConf
+
+from spa import config_dir
 from spa.reporting.paper import DATASETS, compare
 from spa.utils import atomic_write_text
 
@@ -141,6 +144,15 @@ def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
         rows.append({"claim": what, "ours": fmt(claims[0]), "paper": fmt(claims[1]),
                      "ours per dataset": per(claims[0]), "paper per dataset": per(claims[1])})
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def swept_seeds(exp_name: str) -> int | None:
+    """How many seeds ``configs/experiment/<exp_name>.yaml`` sweeps (None without such a config)."""
+    path = config_dir() / "experiment" / f"{exp_name}.yaml"
+    if not path.is_file():
+        return None
+    seeds = OmegaConf.load(path).get("hydra", {}).get("sweeper", {}).get("params", {}).get("seed")
+    return None if seeds is None else len([s for s in str(seeds).split(",") if s.strip()])
 
 
 def write_table1(steps: pd.DataFrame, paper: pd.DataFrame, out_dir: str | Path, name: str = "table1",
