@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from spa.reporting.report import _save  # noqa: E402
-from spa.reporting.table1 import LABELS as TABLE_LABELS  # noqa: E402
-from spa.reporting.table1 import LEARNING_ORDER, PRUNING_ORDER  # noqa: E402
+from spa.reporting.report import _figure, _save
+from spa.reporting.table1 import LABELS as TABLE_LABELS
+from spa.reporting.table1 import LEARNING_ORDER, PRUNING_ORDER
 
 LABELS = {**TABLE_LABELS, "finetune": "Fine-pruning"}   # every curve here is pruned
 
@@ -27,7 +23,7 @@ def figure6(curves: pd.DataFrame, dataset: str, path_stem: Path) -> list[Path]:
     """Two rows (x = learned parameters, log; x = FLOPs at 32 px) × one column per criterion."""
     part = curves[curves["dataset"] == dataset]
     criteria = _ordered(part["pruning"], PRUNING_ORDER)
-    fig, axes = plt.subplots(2, len(criteria), figsize=(3.6 * len(criteria), 6.4), squeeze=False)
+    fig, axes = _figure(2, len(criteria), (3.6 * len(criteria), 6.4))
     for col, criterion in enumerate(criteria):
         for learning in _ordered(part["learning"], LEARNING_ORDER):
             line = part[(part["pruning"] == criterion) & (part["learning"] == learning)]
@@ -48,7 +44,7 @@ def density_figure(curves: pd.DataFrame, dataset: str, path_stem: Path) -> list[
     """Accuracy vs density, one panel per criterion, mean line with ±std band over seeds."""
     part = curves[curves["dataset"] == dataset]
     criteria = _ordered(part["pruning"], PRUNING_ORDER)
-    fig, axes = plt.subplots(1, len(criteria), figsize=(3.6 * len(criteria), 3.4), squeeze=False)
+    fig, axes = _figure(1, len(criteria), (3.6 * len(criteria), 3.4))
     for ax, criterion in zip(axes[0], criteria):
         for learning in _ordered(part["learning"], LEARNING_ORDER):
             line = part[(part["pruning"] == criterion) & (part["learning"] == learning)]

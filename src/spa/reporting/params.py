@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from spa.adapters import apply_adapter, save_task
 from spa.metrics import count_parameters
@@ -86,3 +87,34 @@ def parameter_markdown(table: pd.DataFrame) -> str:
     shown = shown.rename(columns={"learned_pct": "learned / deployable (%)", "model_mb": "model file (MiB)",
                                   "task_mb": "task file (MiB)", "model_to_task": "model / task file"})
     return shown.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def budget_curve(backbone: BackboneSpec = DEFAULT_BACKBONES[0], adapters=DEFAULT_ADAPTERS, step_fraction: float = 0.1,
+                 target_density: float = 0.1, input_size: tuple[int, int] = (32, 32)) -> pd.DataFrame:
+    """Learned / deployable parameters and MACs of each adapter on ``backbone`` at every density of
+    a pruning schedule, without training or data: the network is pruned as the data-free weight
+    criterion (L1 of BN-folded filters) leaves it, the same steps a run takes. One row per
+    (adapter, step)."""
+    from spa.pruning.importance import CRITERIA
+    from spa.pruning.schedule import Plan
+    from spa.pruning.session import PruningSession, count_macs
+
+    rows: list[dict[str, Any]] = []
+    for ad in adapters:
+        model, _ = create_backbone(backbone.timm_name, backbone.num_classes, cifar_stem=backbone.cifar_stem,
+                                   kwargs=dict(backbone.kwargs))
+        try:
+            apply_adapter(model, ad.kind, **dict(ad.options))
+        except ValueError:          # e.g. SPPaRA (convs only) on a transformer
+            continue
+        model.eval()
+        session = PruningSession(model, torch.zeros(1, 3, *input_size))
+        plan = Plan(session.original_filters, step_fraction, target_density)
+        for step in range(plan.steps + 1):
+            if step:
+                session.step(step, plan, CRITERIA["weight"](), None, torch.device("cpu"))
+            counts = count_parameters(model)
+            rows.append({"backbone": backbone.label, "adapter": ad.name, "step": step,
+                         "density": round(session.density, 4), "learned": counts.learned,
+                         "deployable": counts.deployable, "macs": count_macs(model, input_size)})
+    return pd.DataFrame(rows)

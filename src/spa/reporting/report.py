@@ -3,14 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from spa.reporting.collect import collect_epochs, collect_runs, collect_steps  # noqa: E402
-from spa.utils import atomic_write_text  # noqa: E402
+from spa.reporting.collect import collect_epochs, collect_runs, collect_steps
+from spa.utils import atomic_write_text
 
 LABELS = {
     "finetune": "Fine-tuning", "splora": "SPLoRA", "sppara": "SPPaRA", "lora": "LoRA",
@@ -71,6 +68,13 @@ def _style(ax, title: str, xlabel: str) -> None:
     ax.legend(fontsize=8)
 
 
+def _figure(rows: int, cols: int, size: tuple[float, float]):
+    """A figure and its 2-D array of axes, outside pyplot: no global state, no display backend
+    (so the library draws the same files from scripts and inside notebooks)."""
+    fig = Figure(figsize=size)
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
 def _save(fig, path_stem: Path) -> list[Path]:
     """PNG and PDF of ``fig`` at ``path_stem``."""
     fig.tight_layout()
@@ -78,7 +82,6 @@ def _save(fig, path_stem: Path) -> list[Path]:
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     for path in paths:
         fig.savefig(path, dpi=130)
-    plt.close(fig)
     return paths
 
 
@@ -87,7 +90,7 @@ def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
     one line per run, one panel per dataset; PNG and PDF."""
     epochs = epochs[(epochs["pruning"] == "none") & (epochs.get("phase", "train") == "train")]
     datasets = list(dict.fromkeys(epochs["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.4), squeeze=False)
+    fig, axes = _figure(1, len(datasets), (4.5 * len(datasets), 3.4))
     for ax, dataset in zip(axes[0], datasets):
         part = epochs[(epochs["dataset"] == dataset) & epochs["test_top1"].notna()]
         for (adapter, seed), run in part.groupby(["adapter", "seed"], sort=False):
@@ -100,7 +103,7 @@ def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
 def density_curves(steps: pd.DataFrame, path_stem: Path) -> list[Path]:
     """Test top-1 after recovery vs density (mean over seeds, ±std band), one panel per dataset."""
     datasets = list(dict.fromkeys(steps["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.8 * len(datasets), 3.6), squeeze=False)
+    fig, axes = _figure(1, len(datasets), (4.8 * len(datasets), 3.6))
     for ax, dataset in zip(axes[0], datasets):
         part = steps[steps["dataset"] == dataset]
         for (adapter, pruning), run in part.groupby(["adapter", "pruning"], sort=False):

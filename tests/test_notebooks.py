@@ -1,0 +1,65 @@
+"""The notebooks run top to bottom (in a real kernel) on a small synthetic run tree, and are
+committed without outputs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from spa import repo_root
+from test_table1 import run_tree
+
+NOTEBOOKS = repo_root() / "notebooks"
+
+
+def execute(name: str, env: dict[str, str], monkeypatch) -> nbformat.NotebookNode:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return book
+
+
+def outputs(book) -> tuple[str, int]:
+    """All text the cells printed or displayed, and the number of images."""
+    text, images = [], 0
+    for cell in book.cells:
+        for out in cell.get("outputs", []):
+            text.append(out.get("text", ""))
+            data = out.get("data", {})
+            text.append(data.get("text/markdown", "") + data.get("text/plain", ""))
+            images += "image/png" in data
+    return "\n".join(text), images
+
+
+@pytest.mark.parametrize("name", ["01-results.ipynb", "02-parameter-budget.ipynb"])
+def test_notebooks_are_committed_without_outputs(name):
+    book = json.loads((NOTEBOOKS / name).read_text())
+    code = [c for c in book["cells"] if c["cell_type"] == "code"]
+    assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+
+
+def test_results_notebook_builds_and_shows_table1_from_a_run_tree(tmp_path, monkeypatch):
+    run_tree(tmp_path / "runs" / "nbtest")
+    book = execute("01-results.ipynb", {"SPA_EXP": "nbtest", "SPA_RESULTS_DIR": str(tmp_path)}, monkeypatch)
+    text, images = outputs(book)
+    assert (tmp_path / "tables" / "nbtest.md").is_file() and (tmp_path / "tables" / "nbtest_vs_paper.csv").is_file()
+    figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    assert figures == ["nbtest_density_cifar10.png", "nbtest_figure6_cifar10.png"]
+    assert "Table 1 (partial: 0 of 6 cells have 3 seeds)" in text
+    # the synthetic fine-pruning cell at 30 % (95.5) against the paper's Taylor one
+    assert "6 cells on both sides" in text and "SPLoRA-r8 − fine-pruning, 30 % density" in text
+    assert images == 3        # the two committed-style figures and the notebook's own plot
+
+
+def test_parameter_budget_notebook_counts_learned_parameters_by_density(monkeypatch):
+    book = execute("02-parameter-budget.ipynb", {"SPA_BACKBONE": "resnet_mini", "SPA_CLASSES": "2",
+                                                 "SPA_STEP": "0.3", "SPA_TARGET": "0.1"}, monkeypatch)
+    text, images = outputs(book)
+    # resnet_mini at 2 classes, unpruned: the counts of configs/experiment/table1_mini.yaml's header
+    assert "1,239,170" in text and "85,538" in text and "24,026" in text
+    assert images == 1
