@@ -6,9 +6,11 @@ STAMP  := $(VENV)/.spa-installed
 ARGS   ?=
 EXP    ?= demo
 T1     ?= table1
+# the Table 1 experiment: T1=NAME, or experiment=NAME inside ARGS (the last one wins, as in Hydra)
+T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all report params readme reproduce-table1 table1 figures clean
+.PHONY: help install demo test test-all report params readme reproduce-table1 table1 figures sweep-cost clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,16 +36,19 @@ test-all: install ## every test, slow and GPU ones included (GPU tests skip with
 report: install ## rebuild an experiment's table and figure from its runs: make report EXP=demo
 	$(BIN)/python scripts/report.py $(EXP)
 
-reproduce-table1: install ## the Table 1 sweep (resumable; ARGS="shard=i/n ..." splits it) + its tables
+reproduce-table1: install ## the Table 1 sweep (resumable; ARGS="shard=i/n ..." splits it) + tables + figures; T1=table1_mini: laptop scale
 	$(BIN)/python scripts/run.py -m experiment=$(T1) $(ARGS)
-	$(BIN)/python scripts/table1.py $(T1)
-	$(BIN)/python scripts/figures.py $(T1)
+	$(BIN)/python scripts/table1.py $(T1RUN)
+	$(BIN)/python scripts/figures.py $(T1RUN)
 
 table1: install ## rebuild results/tables/table1*.{csv,md,tex} and the claims from the run tree
 	$(BIN)/python scripts/table1.py $(T1)
 
 figures: install ## Figure 6 and accuracy-vs-density per dataset, from results/tables/$(T1)_curves.csv
 	$(BIN)/python scripts/figures.py $(T1)
+
+sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR)
+	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)
 
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)
 	$(BIN)/python scripts/params.py

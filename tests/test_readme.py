@@ -36,3 +36,14 @@ def test_update_readme_replaces_only_the_block():
     assert update.embed(text, "demo", "| new |\n") == "a\n<!-- BEGIN demo -->\n| new |\n<!-- END demo -->\nb\n"
     with pytest.raises(ValueError, match="BEGIN nope"):
         update.embed(text, "nope", "x")
+
+
+@pytest.mark.parametrize("args", [["T1=table1_mini"], ["ARGS=experiment=table1_mini dataset.root=x"]])
+def test_reproduce_table1_aggregates_the_experiment_it_swept(args):
+    import subprocess
+    out = subprocess.run(["make", "-n", "reproduce-table1", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert any("scripts/run.py -m experiment=" in line and "table1_mini" in line for line in lines)
+    assert any(line.endswith("scripts/table1.py table1_mini") for line in lines)
+    assert any(line.endswith("scripts/figures.py table1_mini") for line in lines)
