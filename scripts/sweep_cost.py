@@ -2,10 +2,12 @@
 
 Epochs are counted exactly from configs/experiment/EXP.yaml (and the hparams it composes); hours =
 epochs x the time of one full-density epoch per dataset, taken from
-  --from-runs DIR [DIR ...]   finished runs (their epochs.jsonl; pruned epochs scaled by the MACs
-                              ratio their steps.csv recorded), e.g. the first runs of the sweep, or
-  --epoch-seconds NAME=S ...  stated times (pruned epochs then cost as much as unpruned ones: an
-                              upper bound, right for launch-bound small-batch GPU runs).
+  --from-runs DIR [DIR ...]   finished runs: the median epoch of their unpruned trainings
+                              (epochs.jsonl), e.g. the first runs of the sweep, and the MACs of
+                              each density their steps.csv recorded, or
+  --epoch-seconds NAME=S ...  stated times.
+Pruned epochs are charged at full cost (upper bound) and, where MACs per density are known, at the
+MACs ratio (lower bound).
 Writes results/tables/EXP_cost.{csv,md} (or --out NAME).
 """
 from __future__ import annotations
@@ -40,13 +42,16 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cost["epoch_s"] = cost["dataset"].map(epoch_s)
+    hours = [c for c in ("hours", "hours_macs") if c in cost]
     total = pd.DataFrame([{"dataset": "total", "phase": "", "epochs": cost["epochs"].sum(),
-                           "hours": cost["hours"].sum(), "epoch_s": None}])
+                           **{c: cost[c].sum() for c in hours}, "epoch_s": None}])
     table = pd.concat([cost, total], ignore_index=True)
-    shown = table.assign(epochs=table["epochs"].map("{:,.0f}".format), hours=table["hours"].map("{:,.1f}".format),
+    shown = table.assign(epochs=table["epochs"].map("{:,.0f}".format),
+                         **{c: table[c].map("{:,.2f}".format) for c in hours},
                          epoch_s=table["epoch_s"].map(lambda s: "" if pd.isna(s) else f"{s:,.1f}"))
-    shown = shown.rename(columns={"epochs": "epochs (all runs)", "epoch_s": "s / full-density epoch",
-                                  "hours": "hours"})
+    shown = shown[["dataset", "phase", "epochs", "epoch_s", *hours]].rename(columns={
+        "epochs": "epochs (all runs)", "epoch_s": "s / full-density epoch",
+        "hours": "hours (pruned epochs at full cost)", "hours_macs": "hours (pruned epochs × MACs ratio)"})
     markdown = shown.to_markdown(index=False, disable_numparse=True) + "\n"
     if args.note:
         markdown += f"\n{args.note}\n"

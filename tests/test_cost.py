@@ -53,9 +53,12 @@ def test_hours_come_from_measured_epochs_and_the_macs_ratio_of_each_density(tmp_
     epochs = pd.DataFrame([{"dataset": "toy", "phase": "initial", "density": 1.0, "epochs": 300.0},
                            {"dataset": "toy", "phase": "recover", "density": 0.5, "epochs": 300.0},
                            {"dataset": "toy", "phase": "recover", "density": 0.12, "epochs": 300.0}])
-    cost = sweep_cost(epochs, epoch_s, ratios).set_index("phase")["hours"]
-    assert cost["initial"] == pytest.approx(1.0) and cost["recover"] == pytest.approx(0.4 + 0.1)
-    # stated times, no ratios: every epoch at full cost (the upper bound)
-    assert sweep_cost(epochs, {"toy": 12.0})["hours"].sum() == pytest.approx(3.0)
+    cost = sweep_cost(epochs, epoch_s, ratios).set_index("phase")
+    assert cost.loc["initial", "hours"] == cost.loc["initial", "hours_macs"] == pytest.approx(1.0)
+    assert cost.loc["recover", "hours"] == pytest.approx(2.0)                 # upper bound: full cost
+    assert cost.loc["recover", "hours_macs"] == pytest.approx(0.4 + 0.1)      # x 0.4 at 50 %, x 0.1 near 10 %
+    # stated times, no ratios: only the upper bound
+    stated = sweep_cost(epochs, {"toy": 12.0})
+    assert stated["hours"].sum() == pytest.approx(3.0) and "hours_macs" not in stated
     with pytest.raises(ValueError, match="--epoch-seconds toy=SECONDS"):
         sweep_cost(epochs, {})

@@ -5,9 +5,9 @@ Per (dataset, learner, seed) the unpruned training runs once (``train.epochs``, 
 ``train.epochs_by_adapter``); per criterion a pruned run then takes, at every step, one scoring pass
 (a full training epoch when ``schedule.score_batches`` is null, else that many batches) and
 ``schedule.recovery_epochs`` recovery epochs at the step's density. An epoch's time is the time of
-one full-density training epoch with its test evaluation; pruned epochs cost that times the MACs
-ratio of their density when ``macs_ratio`` is given (compute-bound), else the full time (an upper
-bound: small-batch GPU runs are launch-bound and barely speed up with pruning).
+one full-density training epoch with its test evaluation. Pruned epochs are charged at that full
+time (an upper bound: launch-bound small-batch GPU runs and data loading barely speed up with
+pruning) and, where the MACs of each density are known, also at the MACs ratio (a lower bound).
 """
 from __future__ import annotations
 
@@ -117,12 +117,17 @@ def _macs_lookup(ratios: pd.DataFrame) -> Callable[[str, float], float]:
 
 
 def sweep_cost(epochs: pd.DataFrame, epoch_seconds: dict[str, float], ratios: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Hours per dataset and phase: epochs × epoch time (× the MACs ratio of the density, if given)."""
+    """Hours per dataset and phase: ``hours`` = epochs × the full-density epoch time (an upper bound:
+    no speed-up from pruning) and, with ``ratios``, ``hours_macs`` = each epoch scaled by the MACs
+    ratio of its density (a lower bound: as if time followed compute alone)."""
     missing = sorted(set(epochs["dataset"]) - set(epoch_seconds))
     if missing:
         raise ValueError(f"no epoch time for {missing}: pass --epoch-seconds {missing[0]}=SECONDS or --from-runs DIR")
-    ratio = _macs_lookup(ratios) if ratios is not None and not ratios.empty else (lambda d, r: 1.0)
-    costed = epochs.assign(factor=[ratio(d, r) for d, r in zip(epochs["dataset"], epochs["density"])])
-    costed["hours"] = costed["epochs"] * costed["factor"] * costed["dataset"].map(epoch_seconds) / 3600
-    return costed.groupby(["dataset", "phase"], sort=False).agg(epochs=("epochs", "sum"),
-                                                                  hours=("hours", "sum")).reset_index()
+    full = epochs["epochs"] * epochs["dataset"].map(epoch_seconds) / 3600
+    costed = epochs.assign(hours=full)
+    columns = {"epochs": ("epochs", "sum"), "hours": ("hours", "sum")}
+    if ratios is not None and not ratios.empty:
+        ratio = _macs_lookup(ratios)
+        costed["hours_macs"] = full * [ratio(d, r) for d, r in zip(epochs["dataset"], epochs["density"])]
+        columns["hours_macs"] = ("hours_macs", "sum")
+    return costed.groupby(["dataset", "phase"], sort=False).agg(**columns).reset_index()
