@@ -108,3 +108,34 @@ def test_non_finite_loss_stops_training_with_the_fix():
     loader = DataLoader(blobs(64, 0), batch_size=16)
     with pytest.raises(FloatingPointError, match="optim.lr"):
         fit(model, loader, opt, build_scheduler("constant", opt, 3, 4), 3, torch.device("cpu"))
+
+
+CL_SNIPPET = """
+import torch, torch.nn as nn
+from spa.training import apply_channels_last
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(3, 13, 3, 1, 1), nn.ReLU(), nn.Conv2d(13, 10, 1, 2, bias=False))
+ref = nn.Sequential(nn.Conv2d(3, 13, 3, 1, 1), nn.ReLU(), nn.Conv2d(13, 10, 1, 2, bias=False))
+ref.load_state_dict(net.state_dict())
+apply_channels_last(net, torch.device("cpu"))
+assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+assert net[2].weight.stride() == (13, 1, 1, 1) and len(net[2]._forward_pre_hooks) == 1
+x, g = torch.randn(64, 3, 64, 64), torch.randn(64, 10, 32, 32)
+(net(x.contiguous(memory_format=torch.channels_last)) * g).sum().backward()
+(ref(x) * g).sum().backward()
+for a, b in zip(net.parameters(), ref.parameters()):
+    assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+apply_channels_last(net, torch.device("cpu"))      # again (after pruning): still one hook
+assert len(net[2]._forward_pre_hooks) == 1
+print("ok")
+"""
+
+
+def test_channels_last_on_cpu_keeps_onednn_unsafe_convs_in_the_default_layout():
+    """oneDNN's channels-last weight gradient of a 1x1 strided conv with < 16 input channels writes
+    out of bounds (a crash at 13 -> 10 channels on 64 x 64 inputs here): pruning makes such layers.
+    Run in a subprocess so that a regression fails this test instead of killing the suite."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", CL_SNIPPET], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr

@@ -30,7 +30,7 @@ from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs
 from spa.records import CHECKPOINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
-from spa.training import build_scheduler, evaluate, fit
+from spa.training import apply_channels_last, build_scheduler, evaluate, fit
 from spa.utils import (atomic_torch_save, atomic_write_json, device_description, git_state, package_versions,
                        resolve_device, seed_everything)
 
@@ -148,7 +148,9 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     adapter_options = OmegaConf.to_container(cfg.adapter.options)
     model = apply_adapter(model, cfg.adapter.kind, **adapter_options)
     channels_last = use_channels_last(cfg.train.channels_last, device)
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    model.to(device)
+    if channels_last:
+        apply_channels_last(model, device)
     params = count_parameters(model)
     log.info("parameters: %d learned (trainable), %d total, %d deployable after fusing (%s)", params.trainable,
              params.total, params.deployable, cfg.adapter.name)
@@ -261,6 +263,8 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         checkpoint = torch.load(rundir.file(CHECKPOINT), map_location=device, weights_only=True)
         if session is not None:
             session.replay(checkpoint["history"])
+            if parts.channels_last:
+                apply_channels_last(model, device)
         model.load_state_dict(checkpoint["state_dict"])
         done = int(checkpoint["step"])
         rundir.keep_epochs_until(done)
@@ -303,7 +307,7 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
                      cfg.pruning.group_reduction)
         if parts.channels_last:     # pruned layers get new (contiguous) weights
-            model.to(memory_format=torch.channels_last)
+            apply_channels_last(model, parts.device)
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)
         result, final = parts.train(int(sched.recovery_epochs), "recover", step)
         rows.append(step_row(step, model, session, before["top1"], final, parts.size, time.perf_counter() - t0))

@@ -53,6 +53,37 @@ def _autocast(device: torch.device, amp: bool):
     return nullcontext()
 
 
+_NCHW_HOOK = "_spa_nchw_hook"
+ONEDNN_IC_BLOCK = 16
+
+
+def _onednn_unsafe(module: nn.Module) -> bool:
+    """A 1×1 strided conv with fewer input channels than oneDNN's channel block: its channels-last
+    weight gradient on CPU is computed out of bounds (crashes, or silently wrong gradients; oneDNN
+    issue #6035, reproduced here with torch 2.15 at 8-13 input channels and 64 × 64 inputs). Pruning
+    makes such layers (a ResNet's downsample convs)."""
+    weight = getattr(module, "weight", None)
+    return (isinstance(weight, torch.Tensor) and weight.dim() == 4 and tuple(getattr(module, "kernel_size", ())) == (1, 1)
+            and tuple(getattr(module, "stride", (1, 1))) != (1, 1) and int(module.in_channels) < ONEDNN_IC_BLOCK)
+
+
+def apply_channels_last(model: nn.Module, device: torch.device) -> nn.Module:
+    """Channels-last memory format for ``model``; on CPU, layers that oneDNN gets wrong in that
+    format (:func:`_onednn_unsafe`) keep the default layout for their weight and their input. Call
+    again after the model's layers change (pruning)."""
+    model.to(memory_format=torch.channels_last)
+    for module in model.modules():
+        handle = module.__dict__.pop(_NCHW_HOOK, None)
+        if handle is not None:
+            handle.remove()
+        if device.type == "cpu" and _onednn_unsafe(module):
+            # clone, not .contiguous(): a 1×1 kernel in channels-last strides already counts as contiguous
+            module.weight.data = module.weight.data.clone(memory_format=torch.contiguous_format)
+            module.__dict__[_NCHW_HOOK] = module.register_forward_pre_hook(
+                lambda mod, args: (args[0].contiguous(), *args[1:]))
+    return model
+
+
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool):
     x = x.to(device, non_blocking=True)
     if channels_last and x.dim() == 4:
