@@ -33,7 +33,7 @@ def test_mini_epochs_include_its_base_stage_and_batch_sized_scoring():
     assert got[("cifar10_subset", "base")] == 20
     assert got[("cats_vs_dogs", "initial")] == 3 * 2 * 3          # 3 epochs x 2 seeds x 3 learners
     assert got[("cats_vs_dogs", "recover")] == 9 * 1 * 2 * 2 * 3  # 9 steps, 1 epoch, 2 criteria
-    # LRP reads 10 batches of 64 of the 2,000 images per step; weight reads none
+    # Taylor reads 10 batches of 64 of the 2,000 images per step; weight reads none
     assert got[("cats_vs_dogs", "score")] == pytest.approx(9 * 2 * 3 * 10 / (2000 / 64))
 
 
