@@ -53,7 +53,7 @@ sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 AR
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)
 	$(BIN)/python scripts/params.py
 
-readme: install ## copy the generated demo table into README.md
+readme: install ## copy the generated tables (demo, Table 1 mini, costs, parameters) into README.md
 	$(BIN)/python scripts/update_readme.py
 
 clean: ## remove .venv and caches (results/ is kept)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from spa import repo_root
 
-TABLES = ("demo", "catsdogs64", "catsdogs_mini", "params")
+TABLES = ("demo", "catsdogs64", "catsdogs_mini", "params", "table1_mini", "table1_mini_claims", "table1_mini_cost",
+          "table1_cost")
 
 
 def embed(readme: str, name: str, table: str) -> str:

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from spa import repo_root
-from scripts_path import load_script  # noqa: F401  (tests/scripts_path.py)
+from scripts_path import load_script  # tests/scripts_path.py
 
 ROOT = repo_root()
 README = (ROOT / "README.md").read_text()
@@ -20,7 +20,7 @@ def test_readme_opens_with_the_two_commands():
     assert "make test" in ci and "make demo" in ci
 
 
-@pytest.mark.parametrize("name", ["demo", "catsdogs64", "catsdogs_mini", "params"])
+@pytest.mark.parametrize("name", load_script("update_readme").TABLES)
 def test_embedded_tables_are_the_generated_ones(name):
     block = re.search(rf"<!-- BEGIN {name} -->\n(.*?)<!-- END {name} -->", README, re.S)
     assert block, f"README.md lacks the {name} block"
