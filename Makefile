@@ -10,7 +10,7 @@ T1     ?= table1
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all report params readme reproduce-table1 table1 figures sweep-cost clean
+.PHONY: help install demo test test-all report params readme reproduce-table1 table1 figures sweep-cost bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ figures: install ## Figure 6 and accuracy-vs-density per dataset, from results/t
 
 sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR)
 	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)
+
+bench: install ## speed: latency vs density (ResNet-50, DeiT-S) and adapter overhead -> results/benchmarks/
+	$(BIN)/python scripts/bench.py $(ARGS)
 
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)
 	$(BIN)/python scripts/params.py

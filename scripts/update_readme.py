@@ -1,6 +1,6 @@
 """Copy generated tables into README.md between <!-- BEGIN name --> and <!-- END name --> markers.
 
-No number in the README is typed by hand: this script puts results/tables/<name>.md there.
+No number in the README is typed by hand: this script puts the generated tables there.
 """
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ from pathlib import Path
 
 from spa import repo_root
 
-TABLES = ("demo", "catsdogs64", "catsdogs_mini", "params", "table1_mini", "table1_mini_claims", "table1_mini_cost",
-          "table1_cost")
+# README block name -> generated file
+TABLES = {name: f"results/tables/{name}.md" for name in (
+    "demo", "catsdogs64", "catsdogs_mini", "params", "table1_mini", "table1_mini_claims", "table1_mini_cost",
+    "table1_cost")}
+TABLES["bench_inference_cpu"] = "results/benchmarks/inference_cpu.md"
+TABLES["bench_adapters_cpu"] = "results/benchmarks/adapters_cpu.md"
 
 
 def embed(readme: str, name: str, table: str) -> str:
@@ -24,8 +28,8 @@ def embed(readme: str, name: str, table: str) -> str:
 def main() -> int:
     root = repo_root()
     readme = (root / "README.md").read_text()
-    for name in TABLES:
-        table = root / "results" / "tables" / f"{name}.md"
+    for name, path in TABLES.items():
+        table = root / path
         if table.is_file():
             readme = embed(readme, name, table.read_text())
     (root / "README.md").write_text(readme)
