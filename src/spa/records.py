@@ -25,7 +25,6 @@ from spa.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 # Keys that say where or how fast a run goes, not what it computes: left out of the config hash.
-# settings that do not change what a run computes: where things live, how the sweep is split
 VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "train.num_workers", "dataset.root",
                  "dataset.download", "base.dataset.root", "base.dataset.download")
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
