@@ -3,7 +3,7 @@
 Writes results/benchmarks/<section>_<device kind>.{json,md}: the device, versions and settings,
 medians over --repeats runs after --warmup, and every figure also as a ratio to a baseline measured
 in the same run.
-  inference  ResNet-50 (224 px; CIFAR stem at 32 px) and DeiT-S at densities 100/70/50/30/10 % as
+  inference  ResNet-50 (224 px; CIFAR stem at 32 px) at densities 100/70/50/30/10 % as
              our pruning leaves them: latency, throughput, MACs, the latency ratio next to the MACs
              ratio (the ideal), and the masked-only network (what the paper's code ran).
   adapters   SPLoRA-r8/r32 and SPPaRA models in eval mode vs the plain pruned model of the same shape.

@@ -28,8 +28,9 @@ class NetSpec:
 
 
 NETS = (NetSpec("ResNet-50, 224 px", "resnet50", 224),
-        NetSpec("ResNet-50, CIFAR stem, 32 px", "resnet50", 32, cifar_stem=True),
-        NetSpec("DeiT-S/16, 224 px", "deit_small_patch16_224", 224))
+        NetSpec("ResNet-50, CIFAR stem, 32 px", "resnet50", 32, cifar_stem=True))
+# DeiT-S/16 (NetSpec("DeiT-S/16, 224 px", "deit_small_patch16_224", 224)) is left out until its pruned
+# forward is fast: measured here, one pass of the pruned model did not finish in minutes (to investigate)
 DENSITIES = (1.0, 0.7, 0.5, 0.3, 0.1)
 
 
