@@ -7,7 +7,7 @@ import torch
 
 from spa.benchmarks import NetSpec, adapter_overhead, inference_vs_density, latency, pruned_versions
 
-TINY = NetSpec("tiny", "test_resnet", 32)
+TINY = NetSpec("tiny", "test_resnet", size=32)
 CPU = torch.device("cpu")
 
 

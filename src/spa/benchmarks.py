@@ -11,25 +11,22 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from spa.adapters import apply_adapter, fuse
+from spa.adapters import fuse
 from spa.models import create_backbone
-from spa.pruning.importance import CRITERIA
-from spa.pruning.schedule import Plan
-from spa.pruning.session import PruningSession, count_macs
+from spa.pruning.session import count_macs
+from spa.reporting.params import BackboneSpec, weight_pruned
 
 
 @dataclass(frozen=True)
-class NetSpec:
-    label: str
-    timm_name: str
-    size: int
-    cifar_stem: bool = False
+class NetSpec(BackboneSpec):
+    """A backbone (10 classes unless said) and the input size it is measured at."""
     num_classes: int = 10
+    size: int = 224
 
 
-NETS = (NetSpec("ResNet-50, 224 px", "resnet50", 224),
-        NetSpec("ResNet-50, CIFAR stem, 32 px", "resnet50", 32, cifar_stem=True))
-# DeiT-S/16 (NetSpec("DeiT-S/16, 224 px", "deit_small_patch16_224", 224)) is left out until its pruned
+NETS = (NetSpec("ResNet-50, 224 px", "resnet50", size=224),
+        NetSpec("ResNet-50, CIFAR stem, 32 px", "resnet50", cifar_stem=True, size=32))
+# DeiT-S/16 (NetSpec("DeiT-S/16, 224 px", "deit_small_patch16_224", size=224)) is left out until its pruned
 # forward is fast: measured here, one pass of the pruned model did not finish in minutes (to investigate)
 DENSITIES = (1.0, 0.7, 0.5, 0.3, 0.1)
 
@@ -59,21 +56,17 @@ def latency(model: nn.Module, x: torch.Tensor, repeats: int = 10, warmup: int = 
 
 def pruned_versions(spec: NetSpec, densities=DENSITIES, adapter: str = "finetune", adapter_options: dict | None = None,
                     device: torch.device | None = None):
-    """Yield (density, model) as the weight criterion (data-free) prunes ``spec`` step by step in
-    10 % steps, at each density of ``densities`` (the same groups and budgets as a run; random
-    weights, so which channels go differs from a trained network, but not how many)."""
-    device = device or torch.device("cpu")
-    model, _ = create_backbone(spec.timm_name, spec.num_classes, cifar_stem=spec.cifar_stem)
-    model = apply_adapter(model, adapter, **(adapter_options or {})) if adapter != "finetune" else model
-    model.to(device).eval()
-    session = PruningSession(model, torch.zeros(1, 3, spec.size, spec.size, device=device))
+    """Yield (density, model) at each density of ``densities`` as :func:`weight_pruned` prunes
+    ``spec`` in 10 % steps (the same groups and budgets as a run; random weights, so which channels
+    go differs from a trained network, but not how many). A density the schedule cannot reach gets
+    the last pruned model."""
     wanted = sorted(densities, reverse=True)
-    plan = Plan(session.original_filters, 0.1, min(wanted))
-    step = 0
-    for target in wanted:
-        while session.density > target + 1e-3:
-            step += 1
-            session.step(step, plan, CRITERIA["weight"](), None, device)
+    for _, session, model in weight_pruned(spec, adapter, adapter_options, 0.1, min(wanted), (spec.size, spec.size),
+                                           device):
+        while wanted and session.density <= wanted[0] + 1e-3:
+            wanted.pop(0)
+            yield round(session.density, 3), model
+    for _ in wanted:
         yield round(session.density, 3), model
 
 

@@ -89,32 +89,47 @@ def parameter_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
+def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict | None = None,
+                  step_fraction: float = 0.1, target_density: float = 0.1, input_size: tuple[int, int] = (32, 32),
+                  device: torch.device | None = None):
+    """Yield ``(step, session, model)`` for step 0 (unpruned) and after every step of a pruning
+    schedule, with the network pruned as the data-free weight criterion (L1 of BN-folded filters)
+    leaves it: the same groups and budgets a run takes, no training and no data. The model is
+    pruned in place (eval mode). Raises ValueError where the adapter does not apply (SPPaRA on a
+    transformer)."""
+    from spa.pruning.importance import CRITERIA
+    from spa.pruning.schedule import Plan
+    from spa.pruning.session import PruningSession
+
+    device = device or torch.device("cpu")
+    model, _ = create_backbone(backbone.timm_name, backbone.num_classes, cifar_stem=backbone.cifar_stem,
+                               kwargs=dict(backbone.kwargs))
+    if kind != "finetune":
+        model = apply_adapter(model, kind, **(options or {}))
+    model.to(device).eval()
+    session = PruningSession(model, torch.zeros(1, 3, *input_size, device=device))
+    plan = Plan(session.original_filters, step_fraction, target_density)
+    yield 0, session, model
+    for step in range(1, plan.steps + 1):
+        session.step(step, plan, CRITERIA["weight"](), None, device)
+        yield step, session, model
+
+
 def budget_curve(backbone: BackboneSpec = DEFAULT_BACKBONES[0], adapters=DEFAULT_ADAPTERS, step_fraction: float = 0.1,
                  target_density: float = 0.1, input_size: tuple[int, int] = (32, 32)) -> pd.DataFrame:
     """Learned / deployable parameters and MACs of each adapter on ``backbone`` at every density of
-    a pruning schedule, without training or data: the network is pruned as the data-free weight
-    criterion (L1 of BN-folded filters) leaves it, the same steps a run takes. One row per
-    (adapter, step)."""
-    from spa.pruning.importance import CRITERIA
-    from spa.pruning.schedule import Plan
-    from spa.pruning.session import PruningSession, count_macs
+    a pruning schedule, without training or data (:func:`weight_pruned`). One row per (adapter, step)."""
+    from spa.pruning.session import count_macs
 
     rows: list[dict[str, Any]] = []
     for ad in adapters:
-        model, _ = create_backbone(backbone.timm_name, backbone.num_classes, cifar_stem=backbone.cifar_stem,
-                                   kwargs=dict(backbone.kwargs))
         try:
-            apply_adapter(model, ad.kind, **dict(ad.options))
+            for step, session, model in weight_pruned(backbone, ad.kind, dict(ad.options), step_fraction,
+                                                      target_density, input_size):
+                counts = count_parameters(model)
+                rows.append({"backbone": backbone.label, "adapter": ad.name, "step": step,
+                             "density": round(session.density, 4), "learned": counts.learned,
+                             "deployable": counts.deployable, "macs": count_macs(model, input_size)})
         except ValueError:          # e.g. SPPaRA (convs only) on a transformer
             continue
-        model.eval()
-        session = PruningSession(model, torch.zeros(1, 3, *input_size))
-        plan = Plan(session.original_filters, step_fraction, target_density)
-        for step in range(plan.steps + 1):
-            if step:
-                session.step(step, plan, CRITERIA["weight"](), None, torch.device("cpu"))
-            counts = count_parameters(model)
-            rows.append({"backbone": backbone.label, "adapter": ad.name, "step": step,
-                         "density": round(session.density, 4), "learned": counts.learned,
-                         "deployable": counts.deployable, "macs": count_macs(model, input_size)})
     return pd.DataFrame(rows)

@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from omegaconf import OmegaConf
-
-from spa import config_dir
 from spa.reporting.paper import DATASETS, compare
 from spa.utils import atomic_write_text
 
@@ -148,11 +145,12 @@ def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
 
 def swept_seeds(exp_name: str) -> int | None:
     """How many seeds ``configs/experiment/<exp_name>.yaml`` sweeps (None without such a config)."""
-    path = config_dir() / "experiment" / f"{exp_name}.yaml"
-    if not path.is_file():
+    from spa.reporting.cost import sweep_params
+    try:
+        seeds = sweep_params(exp_name).get("seed")
+    except FileNotFoundError:
         return None
-    seeds = OmegaConf.load(path).get("hydra", {}).get("sweeper", {}).get("params", {}).get("seed")
-    return None if seeds is None else len([s for s in str(seeds).split(",") if s.strip()])
+    return None if seeds is None else len(seeds)
 
 
 def write_table1(steps: pd.DataFrame, paper: pd.DataFrame, out_dir: str | Path, name: str = "table1",
