@@ -1,77 +1,145 @@
-"""Speed benchmarks: python scripts/bench.py [--sections inference adapters] [--device auto]
+"""Speed benchmarks: python scripts/bench.py [--sections ...] [--device auto] [--quick]
 
 Writes results/benchmarks/<section>_<device kind>.{json,md}: the device, versions and settings,
-medians over --repeats runs after --warmup, and every figure also as a ratio to a baseline measured
+medians over repeated runs after warm-up, and every figure also as a ratio to a baseline measured
 in the same run.
-  inference  ResNet-50 (224 px; CIFAR stem at 32 px) at densities 100/70/50/30/10 % as
+  inference  ResNet-50 (224 px; CIFAR stem at 32 px) and DeiT-S at densities 100/70/50/30/10 % as
              our pruning leaves them: latency, throughput, MACs, the latency ratio next to the MACs
-             ratio (the ideal), and the masked-only network (what the paper's code ran).
-  adapters   SPLoRA-r8/r32 and SPPaRA models in eval mode vs the plain pruned model of the same shape.
+             ratio (the ideal); widths rounded to multiples of 8 (pruning.round_to=8) at 30 %; and
+             the masked-only network (what the paper's code ran).
+  adapters   SPLoRA-r8/r32 and SPPaRA models at 30 % density in eval mode and after fuse() vs the
+             plain pruned model of the same shape.
+  training   one SGD step: time, peak memory, optimiser state of fine-tuning vs SPLoRA-r8/r32 vs
+             SPPaRA on ResNet-50 and DeiT-S, and the authors' library (pip install
+             structured-pruning-adapters; `make bench` does) on the same layers.
+  pruning    one scoring pass per criterion (LRP included) relative to training on the same batches
+             (= a scoring pass over an epoch relative to a training epoch), and the pruning step.
 CPU defaults: batch 8, the machine's torch threads; on CUDA: batch 64, bf16 autocast, channels-last.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from spa import repo_root
-from spa.benchmarks import NETS, adapter_overhead, inference_vs_density
+from spa.benchmarks import (AUTHORS_LIBRARY, DEIT_S, NETS, RESNET50, adapter_overhead, authors_available,
+                            inference_vs_density, pruning_overhead, training_step)
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
+
+SECTIONS = ("inference", "adapters", "training", "pruning")
+# the authors' library indexes with a list (deprecated in torch); it still computes the right thing
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="sp_adapters")
+
+
+def _ms(series: pd.Series) -> pd.Series:
+    return series.map(lambda v: "" if pd.isna(v) else f"{1e3 * v:.1f}")
+
+
+def _ratio(series: pd.Series, digits: int = 3) -> pd.Series:
+    return series.map(lambda v: "" if v is None or pd.isna(v) else f"{v:.{digits}f}")
+
+
+def _mib(series: pd.Series) -> pd.Series:
+    return series.map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v / 2 ** 20:.1f}")
+
+
+def inference(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = pd.DataFrame([r for spec in NETS for r in inference_vs_density(
+        spec, batch, device, args.repeats, args.warmup, amp=cuda, channels_last=cuda)])
+    shown = table.assign(density=table["density"].map("{:.0%}".format), latency_ms=_ms(table["latency_s"]),
+                         throughput=table["throughput_img_s"].map("{:.1f}".format),
+                         gmacs=(table["macs"] / 1e9).map("{:.3f}".format), macs_ratio=_ratio(table["macs_ratio"]),
+                         latency_ratio=_ratio(table["latency_ratio"]),
+                         over=_ratio(table["latency_over_macs_ratio"], 2))
+    shown = shown[["network", "variant", "density", "gmacs", "latency_ms", "throughput", "macs_ratio",
+                   "latency_ratio", "over"]].rename(columns={
+        "gmacs": "GMACs / image", "latency_ms": f"latency (ms, batch {batch})", "throughput": "images / s",
+        "macs_ratio": "MACs ratio (ideal)", "latency_ratio": "latency ratio", "over": "latency ratio / MACs ratio"})
+    return table, shown
+
+
+def adapters(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = pd.DataFrame([r for spec in (RESNET50, DEIT_S) for r in adapter_overhead(
+        spec, args.density, batch, device, args.repeats, args.warmup, amp=cuda, channels_last=cuda)])
+    shown = table.assign(density=table["density"].map("{:.0%}".format), latency_ms=_ms(table["latency_s"]),
+                         ratio=_ratio(table["ratio_to_plain"]))
+    shown = shown[["network", "adapter", "density", "variant", "latency_ms", "ratio"]].rename(
+        columns={"latency_ms": f"latency (ms, batch {batch})", "ratio": "ratio to plain"})
+    return table, shown
+
+
+def training(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if not authors_available():
+        print(f"note: {AUTHORS_LIBRARY} is not installed: the comparison with the authors' library is left out "
+              f"(pip install {AUTHORS_LIBRARY})", file=sys.stderr)
+    table = pd.DataFrame([r for spec in (RESNET50, DEIT_S) for r in training_step(
+        spec, batch, device, args.train_repeats, args.warmup, amp=cuda, channels_last=cuda)])
+    shown = table.assign(step_ms=_ms(table["step_s"]), ratio=_ratio(table["ratio_to_finetune"]),
+                         ours=_ratio(table["ours_over_authors"]),
+                         trainable=table["trainable_params"].map("{:,}".format),
+                         optim=_mib(table["optimizer_state_bytes"]), grads=_mib(table["gradient_bytes"]),
+                         saved=_mib(table["saved_activation_bytes"]), peak=_mib(table["peak_step_memory_bytes"]))
+    shown = shown[["network", "implementation", "learner", "step_ms", "ratio", "ours", "trainable", "optim",
+                   "grads", "saved", "peak"]].rename(columns={
+        "step_ms": f"step (ms, batch {batch})", "ratio": "ratio to fine-tuning", "ours": "ours / authors' time",
+        "trainable": "trainable parameters", "optim": "optimiser state (MiB)",
+        "grads": "gradients (MiB)", "saved": "saved activations (MiB)",
+        "peak": "peak step memory (MiB, " + ("allocated)" if cuda else "resident set, approximate)")})
+    return table, shown
+
+
+def pruning(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = pd.DataFrame([r for spec in (RESNET50, DEIT_S) for r in pruning_overhead(
+        spec, batch, device, args.score_batches, args.warmup, amp=cuda, channels_last=cuda)])
+    shown = table.assign(seconds=table["seconds"].map(lambda v: "n/a" if pd.isna(v) else f"{v:.2f}"),
+                         train=table["train_seconds"].map("{:.2f}".format), ratio=_ratio(table["ratio_to_training"]))
+    shown = shown[["network", "criterion", "batches", "seconds", "train", "ratio", "note"]].rename(columns={
+        "batches": "batches scored", "seconds": "time (s)",
+        "train": f"training on {args.score_batches} batches (s)",
+        "ratio": "ratio to training (= scoring pass / epoch)"})
+    return table, shown
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="*", default=["inference", "adapters"], choices=["inference", "adapters"])
+    parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch", type=int, default=None, help="default: 8 on CPU, 64 on CUDA")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10, help="timed passes per model (inference, adapters)")
+    parser.add_argument("--train-repeats", type=int, default=5, help="timed steps per learner (training)")
+    parser.add_argument("--score-batches", type=int, default=3, help="batches scored per criterion (pruning)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
+    parser.add_argument("--out", default=None, help="default: results/benchmarks")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     batch = args.batch or (64 if cuda else 8)
     settings = {"device": str(device), "device_name": device_description(device), "batch": batch,
-                "repeats": args.repeats, "warmup": args.warmup, "threads": torch.get_num_threads(),
-                "amp_bf16": cuda, "channels_last": cuda, "versions": package_versions(),
+                "repeats": args.repeats, "train_repeats": args.train_repeats, "score_batches": args.score_batches,
+                "warmup": args.warmup, "threads": torch.get_num_threads(), "amp_bf16": cuda, "channels_last": cuda,
+                "authors_library": authors_available(), "versions": package_versions(),
                 "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    out = repo_root() / "results" / "benchmarks"
+    out = repo_root() / "results" / "benchmarks" if args.out is None else Path(args.out)
     for section in args.sections:
-        if section == "inference":
-            rows = [r for spec in NETS for r in inference_vs_density(spec, batch, device, args.repeats, args.warmup,
-                                                                     amp=cuda, channels_last=cuda)]
-            table = pd.DataFrame(rows)
-            shown = table.assign(density=table["density"].map("{:.0%}".format),
-                                 latency_ms=(1e3 * table["latency_s"]).map("{:.1f}".format),
-                                 throughput_img_s=table["throughput_img_s"].map("{:.1f}".format),
-                                 gmacs=(table["macs"] / 1e9).map("{:.3f}".format),
-                                 macs_ratio=table["macs_ratio"].map("{:.3f}".format),
-                                 latency_ratio=table["latency_ratio"].map("{:.3f}".format),
-                                 latency_over_macs_ratio=table["latency_over_macs_ratio"].map("{:.2f}".format))
-            shown = shown[["network", "variant", "density", "gmacs", "latency_ms", "throughput_img_s", "macs_ratio",
-                           "latency_ratio", "latency_over_macs_ratio"]].rename(columns={
-                "gmacs": "GMACs / image", "latency_ms": f"latency (ms, batch {batch})",
-                "throughput_img_s": "images / s", "macs_ratio": "MACs ratio (ideal)",
-                "latency_ratio": "latency ratio", "latency_over_macs_ratio": "latency ratio / MACs ratio"})
-        else:
-            table = pd.DataFrame(adapter_overhead(NETS[0], args.density, batch, device, args.repeats, args.warmup))
-            shown = table.assign(density=table["density"].map("{:.0%}".format),
-                                 latency_ms=(1e3 * table["latency_s"]).map("{:.1f}".format),
-                                 ratio_to_plain=table["ratio_to_plain"].map("{:.3f}".format))
-            shown = shown[["network", "adapter", "density", "variant", "latency_ms", "ratio_to_plain"]].rename(
-                columns={"latency_ms": f"latency (ms, batch {batch})", "ratio_to_plain": "ratio to plain"})
+        table, shown = globals()[section](args, device, batch, cuda)
         stem = out / f"{section}_{device.type}"
         atomic_write_json(stem.with_suffix(".json"), {"settings": settings, "rows": table.to_dict(orient="records")})
-        header = (f"{settings['device_name']}; batch {batch}; {settings['threads']} threads; median of "
-                  f"{args.repeats} after {args.warmup} warm-up; torch {settings['versions'].get('torch')}\n\n")
-        atomic_write_text(stem.with_suffix(".md"), header + shown.to_markdown(index=False, disable_numparse=True) + "\n")
-        print(header + shown.to_markdown(index=False, disable_numparse=True))
-        print(f"written: {stem.with_suffix('.md')}")
+        timing = {"training": f"median of {args.train_repeats} steps", "pruning": "one timed pass"}.get(
+            section, f"median of {args.repeats} passes")
+        header = (f"{settings['device_name']}; batch {batch}; {settings['threads']} threads; "
+                  f"{'bf16 autocast, channels-last; ' if cuda else ''}{timing} after {args.warmup} warm-up; "
+                  f"random weights (seed 0); torch {settings['versions'].get('torch')}\n\n")
+        text = header + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+        atomic_write_text(stem.with_suffix(".md"), text)
+        print(text + f"written: {stem.with_suffix('.md')}\n", flush=True)
     return 0
 
 

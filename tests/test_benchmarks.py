@@ -1,46 +1,119 @@
 """The benchmark measures what it says: pruned networks at each density with their MACs, the
-masked-only contrast at dense cost, and adapter models against the plain model of their shape."""
+masked-only contrast at dense cost, adapter models against the plain model of their shape, training
+steps of every learner (and of the authors' library on the same layers), and scoring costs."""
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn as nn
 
-from spa.benchmarks import NetSpec, adapter_overhead, inference_vs_density, latency, pruned_versions
+from spa.adapters import adapter_layers, apply_adapter
+from spa.benchmarks import (NetSpec, _dense, adapter_overhead, authors_model, inference_vs_density, latency,
+                            peak_memory, pruned_versions, pruning_overhead, saved_activation_bytes, timed,
+                            training_step)
 
 TINY = NetSpec("tiny", "test_resnet", size=32)
+TINY_VIT = NetSpec("tiny vit", "test_vit", size=32)
 CPU = torch.device("cpu")
+R8 = (("splora_r8", "splora", {"rank": 8}),)
 
 
-def test_pruned_versions_reach_each_density():
-    got = [(d, sum(p.numel() for p in m.parameters())) for d, m in pruned_versions(TINY, (1.0, 0.5, 0.3))]
+def test_pruned_versions_reach_each_density_and_are_reproducible():
+    got = [(d, sum(p.numel() for p in m.parameters())) for d, m, _ in pruned_versions(TINY, (1.0, 0.5, 0.3))]
     assert [d for d, _ in got] == pytest.approx([1.0, 0.5, 0.3], abs=0.01)
     assert got[0][1] > got[1][1] > got[2][1]
+    again = [(d, sum(p.numel() for p in m.parameters())) for d, m, _ in pruned_versions(TINY, (1.0, 0.5, 0.3))]
+    assert again == got                      # seeded weights: the same channels go every run
 
 
 def test_inference_rows_carry_ratios_to_the_dense_network():
     rows = inference_vs_density(TINY, batch=2, device=CPU, repeats=1, warmup=0)
-    pruned = [r for r in rows if r["variant"].startswith("pruned")]
+    pruned = [r for r in rows if r["variant"] == "pruned (channels removed)"]
+    rounded = [r for r in rows if "rounded" in r["variant"]]
     masked = [r for r in rows if r["variant"].startswith("masked")]
-    assert [round(r["density"], 1) for r in pruned] == [1.0, 0.7, 0.5, 0.3, 0.1] and len(masked) == 1
+    assert [round(r["density"], 1) for r in pruned] == [1.0, 0.7, 0.5, 0.3, 0.1] and len(masked) == len(rounded) == 1
     assert pruned[0]["macs_ratio"] == pruned[0]["latency_ratio"] == 1.0
     assert all(a["macs"] > b["macs"] for a, b in zip(pruned, pruned[1:]))
     assert masked[0]["macs_ratio"] == 1.0 and masked[0]["density"] == pruned[-1]["density"]
+    assert rounded[0]["density"] == pytest.approx(0.3, abs=0.1) and rounded[0]["macs"] != pruned[3]["macs"]
     assert all(r["latency_s"] > 0 and r["throughput_img_s"] == pytest.approx(2 / r["latency_s"]) for r in rows)
 
 
 def test_adapter_overhead_compares_with_the_plain_model_of_the_same_shape():
-    rows = adapter_overhead(TINY, 0.5, batch=2, device=CPU, repeats=1, warmup=0,
-                            adapters=(("splora_r8", "splora", {"rank": 8}),))
-    assert [r["variant"] for r in rows] == ["plain pruned model (baseline)", "adapter model, eval mode"]
-    assert rows[0]["ratio_to_plain"] == 1.0 and rows[1]["ratio_to_plain"] > 0
+    rows = adapter_overhead(TINY, 0.5, batch=2, device=CPU, repeats=1, warmup=0, adapters=R8)
+    assert [r["variant"] for r in rows] == ["plain pruned model (baseline)", "adapter model, eval mode",
+                                            "adapter model after fuse()"]
+    assert rows[0]["ratio_to_plain"] == 1.0 and all(r["ratio_to_plain"] > 0 for r in rows)
+    assert all(r["density"] == pytest.approx(0.5, abs=0.01) for r in rows)
 
 
-def test_latency_is_a_median_after_warmup():
+def test_timing_is_a_median_after_warmup_interleaved():
     calls = []
 
-    class Counting(torch.nn.Module):
+    class Counting(nn.Module):
         def forward(self, x):
             calls.append(1)
             return x
 
     assert latency(Counting(), torch.zeros(1), repeats=3, warmup=2) >= 0 and len(calls) == 5
+    order = []
+    timed({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, CPU, repeats=2, warmup=1)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+
+
+@pytest.mark.parametrize("kind,options", [("splora", {"rank": 4}), ("sppara", {})])
+def test_the_authors_library_runs_the_same_layers_and_function(kind, options):
+    """Same adapted layers, same trainable count, and with our factors copied in, the same outputs
+    in training and eval mode: the timing comparison is like for like."""
+    ours = apply_adapter(_dense(TINY, CPU), kind, **options)
+    theirs = authors_model(ours, _dense(TINY, CPU), kind, options)
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)   # noqa: E731
+    assert count(theirs) == count(ours)
+    with torch.no_grad():
+        for name, layer in adapter_layers(ours).items():
+            target = theirs.get_submodule(name)
+            assert type(target).__module__.startswith("sp_adapters")
+            if kind == "sppara":
+                target.adapter.copy_(layer.P + 0.01)
+                layer.P.add_(0.01)
+            else:
+                target.adapter.rows.copy_(layer.A[None])
+                target.adapter.cols.copy_(layer.B[None] + 0.01)
+                layer.B.add_(0.01)
+    x = torch.randn(2, 3, 32, 32)
+    for mode in (True, False):
+        ours.train(mode), theirs.train(mode)
+        assert torch.allclose(ours(x), theirs(x), atol=1e-4), mode
+
+
+def test_training_step_rows_compare_learners_and_memory():
+    rows = training_step(TINY, batch=4, device=CPU, repeats=1, warmup=0, adapters=R8)
+    by = {(r["implementation"], r["learner"]): r for r in rows}
+    assert set(by) == {("spa", "finetune"), ("spa", "splora_r8"), ("structured-pruning-adapters", "splora_r8")}
+    ft, ours, theirs = by["spa", "finetune"], by["spa", "splora_r8"], by["structured-pruning-adapters", "splora_r8"]
+    assert ft["ratio_to_finetune"] == 1.0 and ours["ours_over_authors"] is None
+    assert theirs["ours_over_authors"] == pytest.approx(ours["step_s"] / theirs["step_s"])
+    assert ours["trainable_params"] == theirs["trainable_params"] < ft["trainable_params"]
+    # SGD with momentum: one buffer per trainable parameter, fp32
+    assert ours["optimizer_state_bytes"] == 4 * ours["trainable_params"] < ft["optimizer_state_bytes"]
+    assert ft["saved_activation_bytes"] > 0
+
+
+def test_saved_activations_scale_with_the_batch_and_peak_memory_sees_an_allocation():
+    model = _dense(TINY, CPU)
+    one, two = (saved_activation_bytes(model, torch.randn(b, 3, 32, 32), torch.zeros(b, dtype=torch.long))
+                for b in (4, 8))
+    assert two == pytest.approx(2 * one, rel=0.05)
+    peak = peak_memory(lambda: torch.ones(64, 2 ** 20).sum(), CPU)    # 256 MiB, freed at once
+    if peak is not None:                                                # None off Linux
+        assert 200 * 2 ** 20 < peak < 400 * 2 ** 20
+
+
+@pytest.mark.parametrize("spec", [TINY, TINY_VIT], ids=["resnet", "vit"])
+def test_pruning_overhead_times_each_criterion_and_the_step(spec):
+    rows = pruning_overhead(spec, batch=2, device=CPU, batches=2, warmup=0)
+    by = {r["criterion"]: r for r in rows}
+    assert list(by)[:4] == ["weight", "gradient", "taylor", "lrp"] and "pruning step" in list(by)[4]
+    assert by["weight"]["batches"] == 0 and by["taylor"]["batches"] == 2
+    assert all(r["seconds"] > 0 and r["ratio_to_training"] == pytest.approx(r["seconds"] / r["train_seconds"])
+               for r in rows if r["seconds"] is not None)

@@ -199,3 +199,38 @@ def test_shards_split_a_sweep_without_overlap(tmp_path, image_folder):
     assert done == ["seed_2"]                                      # job 1 of jobs 0, 1, 2
     bad = subprocess.run(base + ["shard=2/2"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "i must be in 0..n-1" in bad.stdout + bad.stderr
+
+
+def test_keys_added_at_their_neutral_default_keep_finished_runs_valid(compose_cfg):
+    """pruning.round_to and train.compile came after runs existed: at 1 / false a config hashes as
+    it did without them, at any other value it is another run."""
+    cfg = OmegaConf.to_container(compose_cfg("pruning=weight"), resolve=True)
+    assert cfg["pruning"]["round_to"] == 1 and cfg["train"]["compile"] is False
+    older = json.loads(json.dumps(cfg))
+    del older["pruning"]["round_to"], older["train"]["compile"]
+    assert config_hash(cfg) == config_hash(older)
+    rounded = OmegaConf.to_container(compose_cfg("pruning=weight", "pruning.round_to=8"), resolve=True)
+    compiled = OmegaConf.to_container(compose_cfg("pruning=weight", "train.compile=true"), resolve=True)
+    assert len({config_hash(cfg), config_hash(rounded), config_hash(compiled)}) == 3
+
+
+def test_compiled_training_trains_the_same_model(compose_cfg):
+    """train.compile: the training forward goes through torch.compile (here a backend that runs the
+    captured graph eagerly and counts compilations: no C++ toolchain needed), evaluation and pruning
+    through the model itself; a fresh compile per training call (the pruned shapes differ)."""
+    from torch._dynamo import list_backends, register_backend
+    graphs = []
+    if "spa_counting" not in list_backends(exclude_tags=()):
+        @register_backend(name="spa_counting")
+        def counting(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+    over = ["pruning=weight", "schedule.step_fraction=0.3", "schedule.target_density=0.7",
+            "schedule.recovery_epochs=1", "train.epochs=1", "train.max_steps_per_epoch=2"]
+    plain = pipeline.run(compose_cfg(*over))
+    fast = pipeline.run(compose_cfg(*over, "train.compile=spa_counting", "exp_name=compiled"))
+    assert len(graphs) >= 2      # the unpruned training and the recovery after the step
+    assert fast["config_hash"] != plain["config_hash"] and fast["metrics"]["density"] == plain["metrics"]["density"]
+    assert fast["metrics"]["test_loss"] == pytest.approx(plain["metrics"]["test_loss"], abs=1e-4)
+    with pytest.raises(ValueError, match="train.compile"):
+        pipeline.run(compose_cfg(*over, "train.compile=3", "exp_name=bad"))

@@ -353,3 +353,42 @@ def test_reusing_an_unpruned_run_without_checkpoint_names_the_fix(compose_cfg):
     (Path(unpruned["run_dir"]) / "checkpoint.pt").unlink()
     with pytest.raises(FileNotFoundError, match="schedule.reuse_unpruned=false"):
         pipeline.run(compose_cfg(*prune_overrides()))
+
+
+def test_round_to_moves_the_kept_width_of_touched_groups_to_multiples():
+    from spa.pruning.groups import ChannelGroup
+    groups = [ChannelGroup("a", ["a"], 32), ChannelGroup("b", ["b"], 20), ChannelGroup("c", ["c"], 6),
+              ChannelGroup("heads", ["heads"], 6, kind="heads", unit=4)]
+    scores = {"a": torch.arange(32.0), "b": torch.arange(20.0) + 0.5, "c": torch.arange(6.0) + 100,
+              "heads": torch.arange(6.0) + 0.25}
+    plain = select_channels(groups, scores, budget=25)
+    assert {k: len(v) for k, v in plain.items()} == {"a": 7, "b": 6, "heads": 1}   # 7 + 6 + 12 filters
+    rounded = select_channels(groups, scores, budget=25, round_to=8)
+    # a: 25 kept -> 24; b: 14 kept -> 16; heads are not rounded; c untouched
+    assert {k: len(v) for k, v in rounded.items()} == {"a": 8, "b": 4, "heads": 1}
+    assert rounded["a"] == list(range(8)) and rounded["b"] == list(range(4))      # the lowest scored go
+    emptied = select_channels(groups, scores, budget=1000, round_to=8)          # 1 kept -> at least 8
+    assert emptied["a"] == list(range(24)) and emptied["b"] == list(range(12))
+    with pytest.raises(ValueError, match="round_to"):
+        select_channels(groups, scores, budget=3, round_to=0)
+
+
+def test_pruning_with_round_to_leaves_multiples_of_8_and_a_working_network():
+    model = small_resnet("splora").eval()
+    session = PruningSession(model, torch.zeros(1, 3, 32, 32))
+    before = {g.root: g.size for g in session.groups}
+    plan = Plan(session.original_filters, 0.3, 0.4)
+    for step in (1, 2):
+        session.step(step, plan, WeightImportance(), None, torch.device("cpu"), round_to=8)
+    sizes = {g.root: g.size for g in session.groups}
+    assert any(sizes[r] != before[r] for r in sizes)
+    assert all(sizes[r] % 8 == 0 for r in sizes if sizes[r] != before[r])
+    assert abs(session.density - 0.4) < 0.1                # the budget is kept approximately
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_bad_round_to_is_refused_before_the_run_directory_is_written(compose_cfg):
+    cfg = compose_cfg(*prune_overrides("pruning.round_to=0"))
+    with pytest.raises(ValueError, match="round_to"):
+        pipeline.run(cfg)
+    assert not Path(cfg.paths.run_dir).exists()

@@ -1,20 +1,33 @@
 """Speed measurements behind ``scripts/bench.py``: real latency of the networks our pruning leaves,
-next to their MACs, and the cost of adapters at inference. Every figure is a median over repeated
-runs after warm-up, and is also given as a ratio to a baseline measured in the same call."""
+next to their MACs; the cost of adapters at inference and in training (ours, and the authors'
+``structured-pruning-adapters`` library on the same layers); the cost of scoring and pruning.
+
+Every figure is a median over repeated runs after warm-up, and is also given as a ratio to a
+baseline measured in the same call. Models compared with each other are timed interleaved (one
+pass of each in turn, per repeat), so a slow drift of the machine hits them alike.
+"""
 from __future__ import annotations
 
+import ctypes
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from spa.adapters import fuse
+from spa.adapters import adapter_layers, apply_adapter, fuse
 from spa.models import create_backbone
-from spa.pruning.session import count_macs
+from spa.pruning.importance import CRITERIA, group_scores
+from spa.pruning.lrp import input_bounds
+from spa.pruning.schedule import Plan, select_channels
+from spa.pruning.session import PruningSession, count_macs
 from spa.reporting.params import BackboneSpec, weight_pruned
+
+SEED = 0    # the random weights every benchmark model starts from (so runs prune the same channels)
 
 
 @dataclass(frozen=True)
@@ -24,11 +37,14 @@ class NetSpec(BackboneSpec):
     size: int = 224
 
 
-NETS = (NetSpec("ResNet-50, 224 px", "resnet50", size=224),
-        NetSpec("ResNet-50, CIFAR stem, 32 px", "resnet50", cifar_stem=True, size=32))
-# DeiT-S/16 (NetSpec("DeiT-S/16, 224 px", "deit_small_patch16_224", size=224)) is left out until its pruned
-# forward is fast: measured here, one pass of the pruned model did not finish in minutes (to investigate)
+RESNET50 = NetSpec("ResNet-50, 224 px", "resnet50", size=224)
+RESNET50_CIFAR = NetSpec("ResNet-50, CIFAR stem, 32 px", "resnet50", cifar_stem=True, size=32)
+DEIT_S = NetSpec("DeiT-S/16, 224 px", "deit_small_patch16_224", size=224)
+NETS = (RESNET50, RESNET50_CIFAR, DEIT_S)
 DENSITIES = (1.0, 0.7, 0.5, 0.3, 0.1)
+# (name, adapter kind, options) of the adapter comparisons
+ADAPTERS = (("splora_r8", "splora", {"rank": 8}), ("splora_r32", "splora", {"rank": 32}), ("sppara", "sppara", {}))
+AUTHORS_LIBRARY = "structured-pruning-adapters"
 
 
 def _sync(device: torch.device) -> None:
@@ -36,38 +52,67 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def latency(model: nn.Module, x: torch.Tensor, repeats: int = 10, warmup: int = 2, amp: bool = False) -> float:
-    """Median seconds of one forward pass of ``x`` in eval mode, after ``warmup`` passes."""
-    model.eval()
-    device = x.device
-    context = torch.autocast(device.type, dtype=torch.bfloat16) if amp else torch.autocast(device.type, enabled=False)
-    times = []
-    with context:
-        for i in range(warmup + repeats):
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+def timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 10,
+          warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each callable, run interleaved: ``warmup`` rounds, then ``repeats`` rounds
+    of one call each, in turn (the order reversed every other round)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in (list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]):
             _sync(device)
             start = time.perf_counter()
-            model(x)
+            fn()
             _sync(device)
             if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _forward(model: nn.Module, x: torch.Tensor, amp: bool) -> Callable[[], Any]:
+    model.eval()
+
+    def run():
+        with torch.no_grad(), _autocast(x.device, amp):
+            model(x)
+    return run
+
+
+def latency(model: nn.Module, x: torch.Tensor, repeats: int = 10, warmup: int = 2, amp: bool = False) -> float:
+    """Median seconds of one forward pass of ``x`` in eval mode, after ``warmup`` passes."""
+    return timed({"model": _forward(model, x, amp)}, x.device, repeats, warmup)["model"]
+
+
+def _input(spec: NetSpec, batch: int, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(batch, 3, spec.size, spec.size, generator=torch.Generator().manual_seed(SEED)).to(device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _layout(model: nn.Module, channels_last: bool) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+# ----------------------------------------------------------------------------- pruned networks
 def pruned_versions(spec: NetSpec, densities=DENSITIES, adapter: str = "finetune", adapter_options: dict | None = None,
-                    device: torch.device | None = None):
-    """Yield (density, model) at each density of ``densities`` as :func:`weight_pruned` prunes
-    ``spec`` in 10 % steps (the same groups and budgets as a run; random weights, so which channels
-    go differs from a trained network, but not how many). A density the schedule cannot reach gets
-    the last pruned model."""
+                    device: torch.device | None = None, round_to: int = 1,
+                    tolerance: float = 0.01) -> Iterator[tuple[float, nn.Module, PruningSession]]:
+    """Yield ``(density, model, session)`` at each density of ``densities`` as :func:`weight_pruned`
+    prunes ``spec`` in 10 % steps (the same groups and budgets as a run; seeded random weights, so
+    which channels go differs from a trained network, but not how many). A density is taken at
+    the first step within ``tolerance`` of it; one the schedule cannot reach gets the last model."""
+    torch.manual_seed(SEED)
     wanted = sorted(densities, reverse=True)
+    session = model = None
     for _, session, model in weight_pruned(spec, adapter, adapter_options, 0.1, min(wanted), (spec.size, spec.size),
-                                           device):
-        while wanted and session.density <= wanted[0] + 1e-3:
+                                           device, round_to=round_to):
+        while wanted and session.density <= wanted[0] + tolerance:
             wanted.pop(0)
-            yield round(session.density, 3), model
+            yield round(session.density, 3), model, session
     for _ in wanted:
-        yield round(session.density, 3), model
+        yield round(session.density, 3), model, session
 
 
 def masked_copy(model: nn.Module, masked: nn.Module) -> nn.Module:
@@ -82,47 +127,270 @@ def masked_copy(model: nn.Module, masked: nn.Module) -> nn.Module:
     return masked
 
 
+def _dense(spec: NetSpec, device: torch.device) -> nn.Module:
+    torch.manual_seed(SEED)
+    model, _ = create_backbone(spec.timm_name, spec.num_classes, cifar_stem=spec.cifar_stem,
+                               kwargs=dict(spec.kwargs))
+    return model.to(device)
+
+
 def inference_vs_density(spec: NetSpec, batch: int, device: torch.device, repeats: int, warmup: int,
-                         amp: bool = False, channels_last: bool = False) -> list[dict[str, Any]]:
-    """Latency / throughput / MACs of ``spec`` at each density, with ratios to the dense network,
-    and the masked-only network (dense shapes, zeroed filters) for contrast."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(batch, 3, spec.size, spec.size, device=device).contiguous(memory_format=fmt)
+                         amp: bool = False, channels_last: bool = False, round_to: int = 8,
+                         round_density: float = 0.3) -> list[dict[str, Any]]:
+    """Latency / throughput / MACs of ``spec`` at each density, with ratios to the dense network;
+    the network pruned with ``pruning.round_to=round_to`` at ``round_density``; and the masked-only
+    network (dense shapes, zeroed filters) for contrast."""
+    x = _input(spec, batch, device, channels_last)
+    size = (spec.size, spec.size)
     rows: list[dict[str, Any]] = []
-    for density, model in pruned_versions(spec, device=device):
-        if channels_last:
-            model.to(memory_format=fmt)
-        rows.append({"network": spec.label, "variant": "pruned (channels removed)", "density": density,
-                     "macs": count_macs(model, (spec.size, spec.size), device),
+    for density, model, _ in pruned_versions(spec, device=device):
+        _layout(model, channels_last)
+        rows.append({"variant": "pruned (channels removed)", "density": density, "macs": count_macs(model, size, device),
                      "latency_s": latency(model, x, repeats, warmup, amp)})
-    dense_macs, dense_latency = rows[0]["macs"], rows[0]["latency_s"]
+    last = model
+    if round_to > 1 and not spec.timm_name.startswith(("deit", "vit")):
+        for density, model, _ in pruned_versions(spec, (1.0, round_density), device=device, round_to=round_to):
+            pass
+        _layout(model, channels_last)
+        rows.append({"variant": f"pruned, widths rounded to multiples of {round_to}", "density": density,
+                     "macs": count_macs(model, size, device), "latency_s": latency(model, x, repeats, warmup, amp)})
     # the masked-only network at the lowest density: dense shapes, hence the dense cost
-    dense, _ = create_backbone(spec.timm_name, spec.num_classes, cifar_stem=spec.cifar_stem)
-    masked = masked_copy(model, dense.to(device, memory_format=fmt) if channels_last else dense.to(device))
-    rows.append({"network": spec.label, "variant": "masked only (paper's code)", "density": density,
-                 "macs": dense_macs, "latency_s": latency(masked, x, repeats, warmup, amp)})
+    masked = _layout(masked_copy(last, _dense(spec, device)), channels_last)
+    rows.append({"variant": "masked only (paper's code)", "density": rows[len(DENSITIES) - 1]["density"],
+                 "macs": rows[0]["macs"], "latency_s": latency(masked, x, repeats, warmup, amp)})
+    dense_macs, dense_latency = rows[0]["macs"], rows[0]["latency_s"]
     for row in rows:
-        row.update(batch=batch, throughput_img_s=batch / row["latency_s"], macs_ratio=row["macs"] / dense_macs,
-                   latency_ratio=row["latency_s"] / dense_latency)
+        row.update(network=spec.label, batch=batch, throughput_img_s=batch / row["latency_s"],
+                   macs_ratio=row["macs"] / dense_macs, latency_ratio=row["latency_s"] / dense_latency)
         row["latency_over_macs_ratio"] = row["latency_ratio"] / row["macs_ratio"]
     return rows
 
 
+# ----------------------------------------------------------------------------- adapters at inference
+def _applies(kind: str, spec: NetSpec) -> bool:
+    """SPPaRA adapts convolutions only: not a ViT/DeiT."""
+    return not (kind == "sppara" and spec.timm_name.startswith(("deit", "vit")))
+
+
 def adapter_overhead(spec: NetSpec, density: float, batch: int, device: torch.device, repeats: int, warmup: int,
-                     adapters=(("splora_r8", "splora", {"rank": 8}), ("splora_r32", "splora", {"rank": 32}),
-                               ("sppara", "sppara", {}))) -> list[dict[str, Any]]:
-    """Per adapter: the pruned adapter model in eval mode (fused weights cached) and after
-    ``fuse()``, against the plain pruned model of the same shape (the fused one)."""
-    x = torch.randn(batch, 3, spec.size, spec.size, device=device)
+                     amp: bool = False, channels_last: bool = False, adapters=ADAPTERS) -> list[dict[str, Any]]:
+    """Per adapter: the pruned adapter model in eval mode (fused weight cached) and after ``fuse()``,
+    against the plain pruned model of the same shape (a fine-tuning backbone with the same pruning
+    history replayed), timed interleaved."""
+    x = _input(spec, batch, device, channels_last)
     rows: list[dict[str, Any]] = []
     for name, kind, options in adapters:
-        model = None
-        for d, pruned in pruned_versions(spec, (1.0, density), kind, options, device):
-            model = pruned
-        plain = fuse(model).eval()
-        base = latency(plain, x, repeats, warmup)
-        adapted = latency(model.eval(), x, repeats, warmup)
-        for variant, seconds in (("plain pruned model (baseline)", base), ("adapter model, eval mode", adapted)):
-            rows.append({"network": spec.label, "adapter": name, "density": round(d, 3), "variant": variant,
-                         "batch": batch, "latency_s": seconds, "ratio_to_plain": seconds / base})
+        if not _applies(kind, spec):
+            continue
+        for d, model, session in pruned_versions(spec, (1.0, density), kind, options, device):
+            pass
+        plain = _dense(spec, device).eval()
+        PruningSession(plain, torch.zeros(1, 3, spec.size, spec.size, device=device)).replay(session.history)
+        fused = fuse(model).eval()
+        models = {"plain pruned model (baseline)": plain, "adapter model, eval mode": model,
+                  "adapter model after fuse()": fused}
+        seconds = timed({v: _forward(_layout(m, channels_last), x, amp) for v, m in models.items()}, device,
+                        repeats, warmup)
+        base = seconds["plain pruned model (baseline)"]
+        for variant, s in seconds.items():
+            rows.append({"network": spec.label, "adapter": name, "density": d, "variant": variant, "batch": batch,
+                         "latency_s": s, "ratio_to_plain": s / base})
+    return rows
+
+
+# ----------------------------------------------------------------------------- training step
+def authors_available() -> bool:
+    try:
+        import sp_adapters  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def authors_model(ours: nn.Module, fresh: nn.Module, kind: str, options: dict) -> nn.Module:
+    """``fresh`` (the backbone ``ours`` was converted from, same weights) with the authors' library
+    layers (``sp_adapters``) on exactly the layers ``ours`` adapts, and the same parameters trainable."""
+    import sp_adapters
+
+    from spa.adapters.convert import _set_module
+
+    for name in adapter_layers(ours):
+        layer = fresh.get_submodule(name)
+        if kind == "sppara":
+            new = sp_adapters.SPPaRAConv2d.from_module(layer, init_range=options.get("init_range", 1e-4))
+        else:
+            cls = sp_adapters.SPLoRAConv2d if isinstance(layer, nn.Conv2d) else sp_adapters.SPLoRALinear
+            new = cls.from_module(layer, rank=options["rank"], init_range=options.get("init_range", 1e-4))
+        _set_module(fresh, name, new)
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    for n, p in fresh.named_parameters():
+        p.requires_grad_(n in trainable or ".adapter" in n)
+    return fresh
+
+
+def _trim_malloc() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _proc_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Bytes by which one call of ``fn`` raises memory use at its peak: allocated CUDA memory on a
+    GPU; on Linux CPUs the process's peak resident set (reset through /proc/self/clear_refs, after
+    handing freed heap back with malloc_trim). None where neither can be read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    _trim_malloc()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    before = _proc_kib("VmRSS")
+    fn()
+    peak = _proc_kib("VmHWM")
+    return None if before is None or peak is None else 1024 * (peak - before)
+
+
+def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool = False) -> int:
+    """Bytes of the distinct tensors autograd keeps from one training forward for the backward
+    pass (parameters excluded): the activation memory of a step, exactly, on any device."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(x.device, amp):
+        F.cross_entropy(model(x), y)
+    return sum(storages.values())
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if isinstance(t, torch.Tensor) and t.dim() > 0)
+
+
+def training_models(spec: NetSpec, device: torch.device, adapters=ADAPTERS,
+                    authors: bool = True) -> Iterator[tuple[str, str, nn.Module]]:
+    """(implementation, learner, model): fine-tuning, each adapter of ours, and the authors' library
+    on the same layers where it is installed. Dense networks from the same seeded weights."""
+    yield "spa", "finetune", apply_adapter(_dense(spec, device), "finetune")
+    for name, kind, options in adapters:
+        if not _applies(kind, spec):
+            continue
+        ours = apply_adapter(_dense(spec, device), kind, **options)
+        yield "spa", name, ours
+        if authors and authors_available():
+            yield AUTHORS_LIBRARY, name, authors_model(ours, _dense(spec, device), kind, options)
+
+
+def training_step(spec: NetSpec, batch: int, device: torch.device, repeats: int, warmup: int, amp: bool = False,
+                  channels_last: bool = False, adapters=ADAPTERS, authors: bool = True) -> list[dict[str, Any]]:
+    """Time and peak memory of one SGD training step (forward, loss, backward, momentum update) per
+    learner, with the optimiser state, gradient and saved-activation memory it holds; ratios to fine-tuning, and for
+    the authors' library, our time / theirs on the same learner."""
+    x = _input(spec, batch, device, channels_last)
+    y = torch.arange(batch, device=device) % spec.num_classes
+    entries = []
+    for implementation, learner, model in training_models(spec, device, adapters, authors):
+        model = _layout(model, channels_last).train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4)
+
+        def step(model=model, optimizer=optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, amp):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+        entries.append((implementation, learner, model, optimizer, step, sum(p.numel() for p in params)))
+    seconds = timed({(i, l): s for i, l, _, _, s, _ in entries}, device, repeats, warmup)
+    rows = []
+    for implementation, learner, model, optimizer, step, trainable in entries:
+        rows.append({"network": spec.label, "implementation": implementation, "learner": learner, "batch": batch,
+                     "step_s": seconds[implementation, learner], "trainable_params": trainable,
+                     "optimizer_state_bytes": _state_bytes(optimizer),
+                     "gradient_bytes": sum(p.numel() * p.element_size() for p in model.parameters()
+                                           if p.requires_grad),
+                     "saved_activation_bytes": saved_activation_bytes(model, x, y, amp),
+                     "peak_step_memory_bytes": peak_memory(step, device)})
+    base = next(r["step_s"] for r in rows if r["learner"] == "finetune")
+    ours = {r["learner"]: r["step_s"] for r in rows if r["implementation"] == "spa"}
+    for row in rows:
+        row["ratio_to_finetune"] = row["step_s"] / base
+        row["ours_over_authors"] = ours[row["learner"]] / row["step_s"] if row["implementation"] != "spa" else None
+    return rows
+
+
+# ----------------------------------------------------------------------------- pruning overhead
+def _criterion(name: str) -> Any:
+    if name == "lrp":
+        return CRITERIA[name](*input_bounds((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    return CRITERIA[name]()
+
+
+def pruning_overhead(spec: NetSpec, batch: int, device: torch.device, batches: int = 3, warmup: int = 1,
+                     criteria=("weight", "gradient", "taylor", "lrp"), amp: bool = False,
+                     channels_last: bool = False) -> list[dict[str, Any]]:
+    """Per criterion: seconds of scoring ``batches`` batches (the weight criterion is data-free: one
+    call), next to a training step on as many batches; the data-driven criteria score every batch
+    of an epoch (``schedule.score_batches: null``, the paper), so their ratio is that of a scoring
+    pass to a training epoch. Then the pruning step itself: selecting and removing a 10 % budget
+    (dependency-graph surgery), without scoring."""
+    torch.manual_seed(SEED)
+    model = _layout(_dense(spec, device), channels_last)
+    gen = torch.Generator().manual_seed(SEED)
+    data = [(torch.randn(batch, 3, spec.size, spec.size, generator=gen).to(device),
+             torch.randint(0, spec.num_classes, (batch,), generator=gen).to(device)) for _ in range(batches)]
+    session = PruningSession(model, torch.zeros(1, 3, spec.size, spec.size, device=device))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+
+    def train():
+        model.train()
+        for x, y in data:
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, amp):
+                F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    train_s = timed({"train": train}, device, 1, warmup)["train"]
+    rows = []
+    for name in criteria:
+        criterion = _criterion(name)
+        try:
+            s = timed({name: lambda: criterion.score(model, session.groups, data, device)}, device, 1, warmup)[name]
+        except (NotImplementedError, ValueError, TypeError) as err:
+            rows.append({"network": spec.label, "criterion": name, "batch": batch, "batches": batches,
+                         "seconds": None, "train_seconds": train_s, "ratio_to_training": None, "note": str(err)[:80]})
+            continue
+        rows.append({"network": spec.label, "criterion": name, "batch": batch,
+                     "batches": 0 if not criterion.needs_data else batches, "seconds": s, "train_seconds": train_s,
+                     "ratio_to_training": s / train_s, "note": ""})
+    scores = CRITERIA["weight"]().score(model, session.groups)
+    start = time.perf_counter()
+    ranked = group_scores(session.groups, scores, "l1")
+    budget = Plan(session.original_filters, 0.1, 0.1).budget(1, session.kept_filters)
+    session.apply(1, select_channels(session.groups, ranked, budget))
+    step_s = time.perf_counter() - start
+    rows.append({"network": spec.label, "criterion": "pruning step (select + remove 10 %)", "batch": batch,
+                 "batches": 0, "seconds": step_s, "train_seconds": train_s, "ratio_to_training": step_s / train_s,
+                 "note": "after scoring"})
     return rows

@@ -30,7 +30,7 @@ from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs
 from spa.records import CHECKPOINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
-from spa.training import apply_channels_last, build_scheduler, evaluate, fit
+from spa.training import apply_channels_last, build_scheduler, compiled, evaluate, fit
 from spa.utils import (atomic_torch_save, atomic_write_json, device_description, git_state, package_versions,
                        resolve_device, seed_everything)
 
@@ -101,6 +101,7 @@ def unpruned_config(cfg: DictConfig) -> DictConfig:
 def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | None = None) -> dict[str, Any]:
     """One run: skip if finished with this config, refuse a changed config, else train and record."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    check_settings(cfg)
     rundir = RunDir(cfg.paths.run_dir)
     with rundir.lock():
         status, done = rundir.prepare(resolved, overwrite=bool(cfg.get("overwrite", False)))
@@ -111,6 +112,19 @@ def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | 
         with rundir.logging_to_file():
             summary = _execute(cfg, resolved, rundir, base_run, status, initial_run)
     return summary.to_dict()
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Settings a run would only trip over later, checked before its directory is written (a typo
+    must not leave a run directory that the corrected command then refuses as a changed config)."""
+    compile_setting = cfg.train.get("compile", False)
+    if not isinstance(compile_setting, (bool, str)):
+        raise ValueError(f"train.compile={compile_setting!r}: use false, true or a torch.compile backend name "
+                         f"(e.g. train.compile=aot_eager)")
+    use_channels_last(cfg.train.channels_last, torch.device("cpu"))
+    round_to = cfg.pruning.get("round_to", 1)
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise ValueError(f"pruning.round_to={round_to!r}: use a positive int (1 = no rounding, 8 suits GPUs)")
 
 
 def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
@@ -231,7 +245,8 @@ class Parts:
         result = fit(self.model, self.train_loader, optimizer, schedule, epochs, self.device,
                      test_loader=self.test_loader, val_loader=self.val_loader, amp=bool(t.amp),
                      channels_last=self.channels_last, eval_every=t.eval_every, select=t.select, phase=phase,
-                     step=step, max_steps=t.max_steps_per_epoch, on_epoch=self.rundir.append_epoch)
+                     step=step, max_steps=t.max_steps_per_epoch, on_epoch=self.rundir.append_epoch,
+                     train_forward=compiled(self.model, t.get("compile", False)))
         return result, next(r for r in result.history if r.epoch == result.selected_epoch)
 
 
@@ -305,7 +320,7 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         parts.train_loader.generator.manual_seed(seed * 1000 + step)
         criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, cfg.dataset.transform)
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
-                     cfg.pruning.group_reduction)
+                     cfg.pruning.group_reduction, int(cfg.pruning.get("round_to", 1)))
         if parts.channels_last:     # pruned layers get new (contiguous) weights
             apply_channels_last(model, parts.device)
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)

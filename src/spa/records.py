@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 # Keys that say where or how fast a run goes, not what it computes: left out of the config hash.
 VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "train.num_workers", "dataset.root",
                  "dataset.download", "base.dataset.root", "base.dataset.download")
+# Keys added after runs existed, at the value that computes what those runs computed: left out of
+# the hash at that value, so adding a key with its neutral default keeps every finished run valid.
+NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False}
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
 STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"
@@ -63,6 +66,9 @@ def hashable_config(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg = json.loads(json.dumps(cfg, default=str))
     for key in VOLATILE_KEYS:
         _drop(cfg, key)
+    for key, neutral in NEUTRAL_DEFAULTS.items():
+        if flatten(cfg).get(key, neutral) == neutral:
+            _drop(cfg, key)
     if cfg.get("pruning", {}).get("name") == "none":
         cfg.pop("schedule", None)      # the pruning schedule does not touch an unpruned run
     return cfg

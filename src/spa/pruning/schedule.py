@@ -5,9 +5,15 @@ density = kept producer filters / original producer filters. A channel of a grou
 producers (e.g. a residual stream written by k convs) removes k filters at once; the selection
 takes the lowest-scored channels first and skips any that would overshoot the step's budget, so
 each step removes exactly its budget whenever single-producer channels are left to fill it.
+
+``round_to`` > 1 (``pruning.round_to``) then moves each touched channel group's kept width to the
+nearest multiple of ``round_to`` (at least ``round_to``), removing its lowest-scored channels: widths
+that suit the hardware's vector units and tensor cores. A step then removes about, not exactly, its
+budget; the schedule counts what is left, so the next step corrects the difference.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,12 +47,15 @@ class Plan:
 
 
 def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], budget: int,
-                    min_channels: int = 1) -> dict[str, list[int]]:
+                    min_channels: int = 1, round_to: int = 1) -> dict[str, list[int]]:
     """Lowest-scored channels across all groups whose filters add up to ``budget``.
 
     Ties break by group order and channel index (deterministic). A group keeps ``min_channels``.
+    ``round_to`` > 1 rounds the kept width of every group the step touches (module docstring).
     Returns ``{group root: [channel indices]}`` (current indices).
     """
+    if int(round_to) < 1:
+        raise ValueError(f"pruning.round_to must be a positive int (1 = no rounding), got {round_to}")
     candidates = []
     for gi, g in enumerate(groups):
         s = scores[g.root]
@@ -68,7 +77,28 @@ def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
         removed.setdefault(g.root, []).append(c)
         left[g.root] -= 1
         total += cost
+    if round_to > 1:
+        removed = _rounded(groups, scores, removed, int(round_to))
     return {root: sorted(idxs) for root, idxs in removed.items()}
+
+
+def _rounded(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], removed: dict[str, list[int]],
+             round_to: int) -> dict[str, list[int]]:
+    """``removed`` with each touched channel group's kept width at the nearest multiple of
+    ``round_to`` (halves round up; never below ``round_to`` nor above the group's width)."""
+    out: dict[str, list[int]] = {}
+    for g in groups:
+        idxs = removed.get(g.root, [])
+        if not idxs or g.kind != "channels":     # attention heads are counted in heads, not rounded
+            if idxs:
+                out[g.root] = idxs
+            continue
+        kept = g.size - len(idxs)
+        target = min(g.size, max(round_to, math.floor(kept / round_to + 0.5) * round_to))
+        order = sorted(range(g.size), key=lambda c: (float(scores[g.root][c]), c))
+        if g.size - target > 0:
+            out[g.root] = order[: g.size - target]
+    return out
 
 
 def removed_filters(groups: list[ChannelGroup], selection: dict[str, list[int]]) -> int:

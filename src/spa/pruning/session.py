@@ -66,12 +66,14 @@ class PruningSession:
         return StepResult(step, removed, self.kept_filters, self.density, selection)
 
     def step(self, step: int, plan: Plan, criterion: Importance, loader: Iterable | None,
-             device: torch.device, max_batches: int | None = None, reduction: str = "mean") -> StepResult:
-        """Score, select the step's budget of filters globally, remove them."""
+             device: torch.device, max_batches: int | None = None, reduction: str = "mean",
+             round_to: int = 1) -> StepResult:
+        """Score, select the step's budget of filters globally (kept widths rounded to multiples of
+        ``round_to``), remove them."""
         scores = criterion.score(self.model, self.groups, loader, device, max_batches)
         ranked = group_scores(self.groups, scores, criterion.normalization, reduction)
         budget = plan.budget(step, self.kept_filters)
-        selection = select_channels(self.groups, ranked, budget)
+        selection = select_channels(self.groups, ranked, budget, round_to=round_to)
         result = self.apply(step, selection)
         log.info("pruning step %d: removed %d filters (budget %d), density %.3f (%d / %d filters)", step,
                  result.removed_filters, budget, result.density, result.kept_filters, self.original_filters)

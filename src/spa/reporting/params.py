@@ -91,11 +91,11 @@ def parameter_markdown(table: pd.DataFrame) -> str:
 
 def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict | None = None,
                   step_fraction: float = 0.1, target_density: float = 0.1, input_size: tuple[int, int] = (32, 32),
-                  device: torch.device | None = None):
+                  device: torch.device | None = None, round_to: int = 1):
     """Yield ``(step, session, model)`` for step 0 (unpruned) and after every step of a pruning
     schedule, with the network pruned as the data-free weight criterion (L1 of BN-folded filters)
     leaves it: the same groups and budgets a run takes, no training and no data. The model is
-    pruned in place (eval mode). Raises ValueError where the adapter does not apply (SPPaRA on a
+    pruned in place (eval mode); ``round_to`` as ``pruning.round_to``. Raises ValueError where the adapter does not apply (SPPaRA on a
     transformer)."""
     from spa.pruning.importance import CRITERIA
     from spa.pruning.schedule import Plan
@@ -111,7 +111,7 @@ def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict 
     plan = Plan(session.original_filters, step_fraction, target_density)
     yield 0, session, model
     for step in range(1, plan.steps + 1):
-        session.step(step, plan, CRITERIA["weight"](), None, device)
+        session.step(step, plan, CRITERIA["weight"](), None, device, round_to=round_to)
         yield step, session, model
 
 

@@ -151,16 +151,30 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
     return {"loss": loss_sum.item() / seen, "top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen}
 
 
+def compiled(model: nn.Module, setting: bool | str) -> nn.Module | None:
+    """``train.compile``: false (None: eager), true (``torch.compile`` with inductor) or a backend
+    name. A fresh compile per training call: after a pruning step the shapes differ, and the
+    previous call's graphs would only fill dynamo's cache."""
+    if setting is False or setting is None:
+        return None
+    if setting is not True and not isinstance(setting, str):
+        raise ValueError(f"train.compile={setting!r}: use false, true or a torch.compile backend name")
+    torch._dynamo.reset()
+    return torch.compile(model) if setting is True else torch.compile(model, backend=setting)
+
+
 def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimizer, schedule: Schedule,
         epochs: int, device: torch.device, *, test_loader: Iterable | None = None,
         val_loader: Iterable | None = None, amp: bool = False, channels_last: bool = False,
         eval_every: int = 1, select: str = "last", phase: str = "train", step: int = 0,
         max_steps: int | None = None,
-        on_epoch: Callable[[EpochRecord], None] | None = None) -> FitResult:
+        on_epoch: Callable[[EpochRecord], None] | None = None, train_forward: nn.Module | None = None) -> FitResult:
     """Train ``epochs`` epochs, evaluating every ``eval_every`` epochs and after the last.
 
     ``select="best_val"`` restores the weights of the epoch with the best validation top-1 at the
     end (needs ``val_loader``); ``"last"`` keeps the final weights. The test set never selects.
+    ``train_forward``: a compiled ``model`` (:func:`compiled`) for the training steps; evaluation
+    runs ``model`` itself.
     """
     if select not in ("last", "best_val"):
         raise ValueError(f"train.select={select!r} is unknown; use last or best_val")
@@ -173,7 +187,7 @@ def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimiz
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss, acc = train_one_epoch(model, train_loader, optimizer, device, schedule, amp, channels_last, scaler,
+        loss, acc = train_one_epoch(model if train_forward is None else train_forward, train_loader, optimizer, device, schedule, amp, channels_last, scaler,
                                     max_steps, desc=f"{phase} {epoch}/{epochs}")
         schedule.step_epoch()
         record = EpochRecord(phase, step, epoch, epochs, lr, loss, acc)
