@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from spa import pipeline
-from spa.adapters import apply_adapter, load_task
+from spa.adapters import apply_adapter, fuse, load_task
 from spa.models import apply_cifar_stem, create_backbone
 from spa.pruning.groups import build_graph, channel_groups, producer_filters
 from spa.pruning.importance import (GradientImportance, TaylorImportance, WeightImportance, group_scores,
@@ -330,6 +330,25 @@ def test_lrp_scores_every_producer_and_fuses_adapters_first():
     assert set(scores) == {p for g in groups for p in g.producers}
     assert all(s.shape == (widths[n][0],) and (s >= 0).all() and s.sum() > 0 for n, s in scores.items())
     assert any(hasattr(m, "adapter_parameters") for m in model.modules())        # the model itself is untouched
+
+
+def test_one_pass_zplus_on_non_negative_inputs_gives_zennits_scores():
+    """The fast z⁺ (one modified pass on convs fed by a ReLU) changes the cost, not the scores."""
+    from spa.data import normalization
+    from spa.pruning.lrp import LRPImportance, composite, input_bounds, nonnegative_input_convs
+    model = small_resnet("splora")
+    groups = channel_groups(model, build_graph(model, torch.zeros(1, 3, 32, 32)))
+    bounds = input_bounds(*normalization("cifar"))
+    plain = fuse(model).eval()                  # LRP scores the fused model
+    convs = [n for n, m in plain.named_modules() if isinstance(m, nn.Conv2d)]
+    fast = nonnegative_input_convs(plain, next(iter(loader()))[0])
+    assert convs[0] not in fast and set(convs[1:]) == fast    # all but the stem read a ReLU's output
+    comp, ctx = composite(groups, *bounds, fast), {}
+    rules = {n: type(comp.module_map(ctx, n, plain.get_submodule(n))).__name__ for n in convs}
+    assert rules[convs[0]] == "ZBox" and {rules[n] for n in convs[1:]} == {"ZPlusNonNegative"}
+    one = LRPImportance(*bounds).score(model, groups, loader(), torch.device("cpu"))
+    two = LRPImportance(*bounds, fast_zplus=False).score(model, groups, loader(), torch.device("cpu"))
+    assert set(one) == set(two) and all(torch.allclose(one[n], two[n], rtol=1e-4, atol=1e-9) for n in one)
 
 
 @pytest.mark.parametrize("criterion", ["weight", "gradient", "taylor", "lrp", "random"])

@@ -9,6 +9,11 @@
   module, so the addition has its own (ε) rule instead of an in-place add;
 - relevance starts at the true class (the one-hot of the label times its logit).
 
+Speed: zennit's z⁺ runs two modified passes per conv (positive inputs × positive weights, negative
+× negative). A conv whose inputs are non-negative (after a ReLU: every conv of a ResNet or VGG but
+the first) gets :class:`ZPlusNonNegative`, the first pass alone, which equals z⁺ there; which convs
+those are is read from the first scored batch.
+
 The score of a channel is Σ |R| over the batch and positions at the producer's output, summed over
 the scored batches; it is normalised per layer with L1.
 """
@@ -20,9 +25,10 @@ import torch
 import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
-from zennit.composites import SpecialFirstLayerMapComposite
+from zennit.composites import MixedComposite, NameMapComposite, SpecialFirstLayerMapComposite
+from zennit.core import BasicHook, Stabilizer
 from zennit.layer import Sum
-from zennit.rules import Epsilon, Pass, ZBox, ZPlus
+from zennit.rules import ClampMod, Epsilon, Pass, ZBox, ZPlus
 
 from spa.adapters.convert import fuse
 from spa.pruning.groups import ChannelGroup
@@ -69,13 +75,46 @@ class TimmResNetCanonizer(AttributeCanonizer):
         return TimmResNetCanonizer()
 
 
-def composite(groups: list[ChannelGroup], low: torch.Tensor, high: torch.Tensor) -> SpecialFirstLayerMapComposite:
+class ZPlusNonNegative(BasicHook):
+    """z⁺ for a layer whose inputs are non-negative: R_i = x_i Σ_j w⁺_ij R_j / (Σ_i x_i w⁺_ij + b⁺_j),
+    one modified pass. On inputs ≥ 0 it equals zennit's ``ZPlus`` (whose second, negative-input
+    pass is then zero) at half the cost."""
+
+    def __init__(self, stabilizer: float = 1e-6) -> None:
+        stabilize = Stabilizer.ensure(stabilizer)
+        super().__init__(input_modifiers=[lambda input: input.clamp(min=0)], param_modifiers=[ClampMod(min=0.)],
+                         output_modifiers=[lambda output: output],
+                         gradient_mapper=lambda out_grad, outputs: [out_grad / stabilize(outputs[0])],
+                         reducer=lambda inputs, gradients: inputs[0] * gradients[0])
+
+
+@torch.no_grad()
+def nonnegative_input_convs(model: nn.Module, x: torch.Tensor) -> set[str]:
+    """Names of the convs whose input is ≥ 0 everywhere on ``x`` (one plain forward pass)."""
+    minima: dict[str, float] = {}
+    handles = [m.register_forward_pre_hook(lambda m, inputs, n=n: minima.__setitem__(n, float(inputs[0].min())))
+               for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n for n, v in minima.items() if v >= 0}
+
+
+def composite(groups: list[ChannelGroup], low: torch.Tensor, high: torch.Tensor,
+              nonnegative: set[str] | frozenset[str] = frozenset()):
+    """The LRP composite (module docstring); convs in ``nonnegative`` get :class:`ZPlusNonNegative`."""
     merges = [([producer], bn) for g in groups for producer, bn in g.bn_of.items()]
     layer_map = [(ACTIVATIONS, Pass()), (Sum, Epsilon(EPSILON)), (POOLS, Epsilon(EPSILON)),
                  (nn.Conv2d, ZPlus()), (nn.Linear, Epsilon(EPSILON))]
     first_map = [(nn.Conv2d, ZBox(low=low, high=high))]
-    return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map,
-                                         canonizers=[NamedMergeBatchNorm(merges), TimmResNetCanonizer()])
+    canonizers = [NamedMergeBatchNorm(merges), TimmResNetCanonizer()]
+    if not nonnegative:
+        return SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map, canonizers=canonizers)
+    return MixedComposite([NameMapComposite([(tuple(sorted(nonnegative)), ZPlusNonNegative())]),
+                           SpecialFirstLayerMapComposite(layer_map=layer_map, first_map=first_map)],
+                          canonizers=canonizers)
 
 
 def relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, comp: SpecialFirstLayerMapComposite,
@@ -106,9 +145,10 @@ class LRPImportance(Importance):
     name = "lrp"
     normalization = "l1"
 
-    def __init__(self, low: torch.Tensor, high: torch.Tensor, **_) -> None:
-        """``low``/``high``: the smallest and largest normalised input value per channel, (1, C, 1, 1)."""
-        self.low, self.high = low, high
+    def __init__(self, low: torch.Tensor, high: torch.Tensor, fast_zplus: bool = True, **_) -> None:
+        """``low``/``high``: the smallest and largest normalised input value per channel, (1, C, 1, 1);
+        ``fast_zplus``: one-pass z⁺ on convs with non-negative inputs (module docstring)."""
+        self.low, self.high, self.fast_zplus = low, high, fast_zplus
 
     def score(self, model: nn.Module, groups: list[ChannelGroup], loader: Iterable, device: torch.device,
               max_batches: int | None = None) -> Scores:
@@ -117,12 +157,15 @@ class LRPImportance(Importance):
             p.requires_grad_(False)
         names = _producers(groups)
         sums: Scores = {}
+        nonnegative: set[str] | None = None
         for step, (x, y) in enumerate(loader):
             if max_batches is not None and step >= max_batches:
                 break
             x, y = x.to(device), y.to(device)
+            if nonnegative is None:
+                nonnegative = nonnegative_input_convs(fused, x) if self.fast_zplus else set()
             low, high = (b.to(device).expand_as(x) for b in (self.low, self.high))
-            _, captured, _ = relevance(fused, x, y, composite(groups, low, high), names)
+            _, captured, _ = relevance(fused, x, y, composite(groups, low, high, nonnegative), names)
             for n in names:
                 r = captured[n].abs()
                 stat = (r.sum(dim=(0, 2, 3)) if r.dim() == 4 else r.reshape(-1, r.shape[-1]).sum(dim=0)).double().cpu()
