@@ -14,8 +14,8 @@ from spa import repo_root
 TABLES = {name: f"results/tables/{name}.md" for name in (
     "demo", "catsdogs64", "catsdogs_mini", "params", "table1_mini", "table1_mini_claims", "table1_mini_cost",
     "table1_cost")}
-TABLES["bench_inference_cpu"] = "results/benchmarks/inference_cpu.md"
-TABLES["bench_adapters_cpu"] = "results/benchmarks/adapters_cpu.md"
+TABLES.update({f"bench_{section}_cpu": f"results/benchmarks/{section}_cpu.md"
+               for section in ("inference", "adapters", "training", "pruning")})
 
 
 def embed(readme: str, name: str, table: str) -> str:

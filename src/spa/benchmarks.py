@@ -8,6 +8,7 @@ pass of each in turn, per repeat), so a slow drift of the machine hits them alik
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import statistics
 import time
@@ -139,25 +140,30 @@ def inference_vs_density(spec: NetSpec, batch: int, device: torch.device, repeat
                          round_density: float = 0.3) -> list[dict[str, Any]]:
     """Latency / throughput / MACs of ``spec`` at each density, with ratios to the dense network;
     the network pruned with ``pruning.round_to=round_to`` at ``round_density``; and the masked-only
-    network (dense shapes, zeroed filters) for contrast."""
+    network (dense shapes, zeroed filters) for contrast. All of them timed interleaved."""
     x = _input(spec, batch, device, channels_last)
     size = (spec.size, spec.size)
     rows: list[dict[str, Any]] = []
+    models: list[nn.Module] = []
+
+    def add(variant: str, density: float, model: nn.Module, macs: int | None = None) -> None:
+        model = _layout(copy.deepcopy(model), channels_last)
+        rows.append({"variant": variant, "density": density,
+                     "macs": count_macs(model, size, device) if macs is None else macs})
+        models.append(model)
     for density, model, _ in pruned_versions(spec, device=device):
-        _layout(model, channels_last)
-        rows.append({"variant": "pruned (channels removed)", "density": density, "macs": count_macs(model, size, device),
-                     "latency_s": latency(model, x, repeats, warmup, amp)})
+        add("pruned (channels removed)", density, model)
     last = model
     if round_to > 1 and not spec.timm_name.startswith(("deit", "vit")):
         for density, model, _ in pruned_versions(spec, (1.0, round_density), device=device, round_to=round_to):
             pass
-        _layout(model, channels_last)
-        rows.append({"variant": f"pruned, widths rounded to multiples of {round_to}", "density": density,
-                     "macs": count_macs(model, size, device), "latency_s": latency(model, x, repeats, warmup, amp)})
+        add(f"pruned, widths rounded to multiples of {round_to}", density, model)
     # the masked-only network at the lowest density: dense shapes, hence the dense cost
-    masked = _layout(masked_copy(last, _dense(spec, device)), channels_last)
-    rows.append({"variant": "masked only (paper's code)", "density": rows[len(DENSITIES) - 1]["density"],
-                 "macs": rows[0]["macs"], "latency_s": latency(masked, x, repeats, warmup, amp)})
+    add("masked only (paper's code)", rows[len(DENSITIES) - 1]["density"], masked_copy(last, _dense(spec, device)),
+        rows[0]["macs"])
+    seconds = timed({i: _forward(m, x, amp) for i, m in enumerate(models)}, device, repeats, warmup)
+    for i, row in enumerate(rows):
+        row["latency_s"] = seconds[i]
     dense_macs, dense_latency = rows[0]["macs"], rows[0]["latency_s"]
     for row in rows:
         row.update(network=spec.label, batch=batch, throughput_img_s=batch / row["latency_s"],
