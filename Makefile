@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.spa-installed
 ARGS   ?=
 EXP    ?= demo
 T1     ?= table1
+LAUNCHER ?= local
+# reproduce-table1 runs its sweep in two passes: first the unpruned runs that the pruning criteria
+# share (pruning=none), then the pruned runs, so parallel jobs never wait on each other's shared stage.
 # the Table 1 experiment: T1=NAME, or experiment=NAME inside ARGS (the last one wins, as in Hydra)
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
@@ -36,8 +39,9 @@ test-all: install ## every test, slow and GPU ones included (GPU tests skip with
 report: install ## rebuild an experiment's table and figure from its runs: make report EXP=demo
 	$(BIN)/python scripts/report.py $(EXP)
 
-reproduce-table1: install ## the Table 1 sweep (resumable; ARGS="shard=i/n ..." splits it) + tables + figures; T1=table1_mini: laptop scale
-	$(BIN)/python scripts/run.py -m experiment=$(T1) $(ARGS)
+reproduce-table1: install ## the Table 1 sweep (resumable; LAUNCHER=gpus|slurm in parallel; ARGS="shard=i/n ...") + tables + figures; T1=table1_mini: laptop scale
+	$(BIN)/python scripts/run.py -m experiment=$(T1) launcher=$(LAUNCHER) pruning=none $(ARGS)
+	$(BIN)/python scripts/run.py -m experiment=$(T1) launcher=$(LAUNCHER) $(ARGS)
 	$(BIN)/python scripts/table1.py $(T1RUN)
 	$(BIN)/python scripts/figures.py $(T1RUN)
 

@@ -47,3 +47,13 @@ def test_reproduce_table1_aggregates_the_experiment_it_swept(args):
     assert any("scripts/run.py -m experiment=" in line and "table1_mini" in line for line in lines)
     assert any(line.endswith("scripts/table1.py table1_mini") for line in lines)
     assert any(line.endswith("scripts/figures.py table1_mini") for line in lines)
+
+
+def test_reproduce_table1_runs_the_shared_stages_first_with_the_chosen_launcher():
+    import subprocess
+    out = subprocess.run(["make", "-n", "reproduce-table1", "LAUNCHER=slurm", "ARGS=hydra.launcher.partition=gpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    sweeps = [line for line in out.stdout.splitlines() if "scripts/run.py -m" in line]
+    assert len(sweeps) == 2 and all("launcher=slurm" in s and "hydra.launcher.partition=gpu" in s for s in sweeps)
+    assert "pruning=none" in sweeps[0] and "pruning=none" not in sweeps[1]   # unpruned runs, then the pruned ones

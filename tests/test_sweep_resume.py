@@ -1,5 +1,6 @@
 """A sweep killed midway (SIGKILL, the whole process group) and launched again finishes with the
-same records and the same Table 1 as a sweep that ran through."""
+same records and the same Table 1 as a sweep that ran through: with the sequential launcher, and
+with submitit's (a SLURM job killed and requeued resumes the same way: from its last step)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from spa import repo_root
 from test_pipeline import cli
@@ -47,7 +49,8 @@ def records(results: Path) -> dict[str, pd.DataFrame]:
     return {str(p.parent.relative_to(runs)): pd.read_csv(p).drop(columns="time_s") for p in runs.rglob("steps.csv")}
 
 
-def test_a_killed_sweep_relaunched_ends_with_the_tables_of_an_uninterrupted_one(tmp_path, image_folder):
+@pytest.mark.parametrize("launcher", ["local", "submitit_local"])
+def test_a_killed_sweep_relaunched_ends_with_the_tables_of_an_uninterrupted_one(tmp_path, image_folder, launcher):
     args, env = sweep(tmp_path / "through", image_folder)
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -55,6 +58,7 @@ def test_a_killed_sweep_relaunched_ends_with_the_tables_of_an_uninterrupted_one(
 
     killed = tmp_path / "killed"
     args, env = sweep(killed, image_folder)
+    args = args + [f"launcher={launcher}"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300

@@ -1,7 +1,7 @@
 """spa: Structured Pruning Adapters, reproduced.
 
 Importing the package registers the OmegaConf resolvers the Hydra configs use
-(``${spa_repo_root:}``), so configs compose the same from scripts, tests and notebooks.
+(``${spa_repo_root:}``, ``${spa_cuda_count:}``), so configs compose the same from scripts, tests and notebooks.
 """
 from __future__ import annotations
 
@@ -29,5 +29,13 @@ def config_dir() -> Path:
     return repo_root() / "configs"
 
 
+def cuda_count() -> int:
+    """Visible CUDA GPUs, at least 1 (the worker count of launcher=gpus)."""
+    import torch
+    return max(1, torch.cuda.device_count())
+
+
 if not OmegaConf.has_resolver("spa_repo_root"):
     OmegaConf.register_new_resolver("spa_repo_root", lambda: str(repo_root()))
+if not OmegaConf.has_resolver("spa_cuda_count"):
+    OmegaConf.register_new_resolver("spa_cuda_count", cuda_count)

@@ -1,6 +1,7 @@
 """Small helpers shared by every stage: atomic file writes, seeding, environment facts."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -8,6 +9,7 @@ import platform
 import random
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -76,10 +78,51 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = torch.cuda.is_available()
 
 
+_GPU_SLOT: tuple[int, Any] | None = None     # (GPU index, open lock file) held by this process
+
+
+def gpu_slot_dir() -> Path:
+    """Where the per-GPU lock files live: the machine's temp directory (the locks are per machine)."""
+    return Path(os.environ.get("SPA_GPU_SLOT_DIR") or Path(tempfile.gettempdir()) / f"spa-gpu-slots-{os.getuid()}")
+
+
+def claim_gpu_slot(count: int | None = None, lock_dir: str | Path | None = None, wait_s: float = 5.0) -> int:
+    """The index of a GPU that no other process of this machine holds, locked for the rest of this
+    process's life (so a launcher worker stays on one GPU). Waits while every GPU is held."""
+    global _GPU_SLOT
+    if _GPU_SLOT is not None:
+        return _GPU_SLOT[0]
+    count = torch.cuda.device_count() if count is None else count
+    if count < 1:
+        raise RuntimeError("device=gpu_slot (launcher=gpus) needs CUDA GPUs and this machine has none; "
+                           "use launcher=local, or device=cpu")
+    folder = Path(lock_dir) if lock_dir is not None else gpu_slot_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        for index in range(count):
+            handle = open(folder / f"gpu{index}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            _GPU_SLOT = (index, handle)
+            return index
+        time.sleep(wait_s)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` are explicit."""
+    """``auto`` picks CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` are explicit;
+    ``gpu_slot`` claims a GPU no other run of this machine holds (:func:`claim_gpu_slot`) and
+    makes it this process's current device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "gpu_slot":
+        index = claim_gpu_slot()
+        torch.cuda.set_device(index)
+        return torch.device(f"cuda:{index}")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name} was asked for but CUDA is not available; use device=auto or device=cpu")
