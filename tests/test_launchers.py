@@ -145,3 +145,16 @@ def test_a_gpu_slot_is_held_by_one_process_at_a_time(tmp_path):
         holder.kill()
     with pytest.raises(RuntimeError, match="launcher=local"):
         claim_gpu_slot(count=0, lock_dir=tmp_path)
+
+
+def test_the_gpus_launcher_runs_jobs_in_parallel_workers_and_needs_gpus(tmp_path, image_folder):
+    args, env = cli(tmp_path, image_folder, "pool", "1,2")
+    # on a CPU machine the worker pool itself can still be exercised with device=cpu
+    out = subprocess.run(args + ["launcher=gpus", "device=cpu", "hydra.launcher.n_jobs=2"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Joblib.Parallel(n_jobs=2" in out.stdout + out.stderr
+    assert len(list((tmp_path / "runs" / "pool").rglob("summary.json"))) == 2
+    bad = subprocess.run([a for a in args if a != "device=cpu"] + ["launcher=gpus", "exp_name=nogpu"],
+                         env={**env, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "launcher=local" in bad.stdout + bad.stderr
