@@ -19,6 +19,7 @@ CPU defaults: batch 8, the machine's torch threads; on CUDA: batch 64, bf16 auto
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ import pandas as pd
 import torch
 
 from spa import repo_root
-from spa.benchmarks import (AUTHORS_LIBRARY, DEIT_S, NETS, RESNET50, adapter_overhead, authors_available,
+from spa.benchmarks import (AUTHORS_LIBRARY, DEIT_S, NETS, RESNET50, adapter_overhead, authors_available, checks,
                             inference_vs_density, pruning_overhead, training_step)
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
@@ -114,7 +115,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per model (inference)")
     parser.add_argument("--adapter-repeats", type=int, default=20,
                         help="timed passes per model (adapters: a 3 %% target needs tight medians)")
-    parser.add_argument("--train-repeats", type=int, default=5, help="timed steps per learner (training)")
+    parser.add_argument("--train-repeats", type=int, default=7, help="timed steps per learner (training)")
     parser.add_argument("--score-batches", type=int, default=3, help="batches scored per criterion (pruning)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
@@ -144,7 +145,27 @@ def main() -> int:
         text = header + shown.to_markdown(index=False, disable_numparse=True) + "\n"
         atomic_write_text(stem.with_suffix(".md"), text)
         print(text + f"written: {stem.with_suffix('.md')}\n", flush=True)
+    write_checks(out, device, settings)
     return 0
+
+
+def write_checks(out: Path, device: torch.device, settings: dict) -> None:
+    """checks_<device>.md: the speed targets against the latest report of every section."""
+    sections = {}
+    for section in SECTIONS:
+        path = out / f"{section}_{device.type}.json"
+        if path.is_file():
+            sections[section] = json.loads(path.read_text())["rows"]
+    rows = checks(sections)
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    shown = table.assign(measured=table["measured"].map("{:.3f}".format),
+                         met=table["met"].map({True: "yes", False: "**no**"}))
+    text = (f"{settings['device_name']}; from the reports in this folder ({', '.join(sections)})\n\n"
+            + shown.to_markdown(index=False, disable_numparse=True) + "\n")
+    atomic_write_text(out / f"checks_{device.type}.md", text)
+    print(text + f"written: {out / f'checks_{device.type}.md'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -117,3 +117,26 @@ def test_pruning_overhead_times_each_criterion_and_the_step(spec):
     assert by["weight"]["batches"] == 0 and by["taylor"]["batches"] == 2
     assert all(r["seconds"] > 0 and r["ratio_to_training"] == pytest.approx(r["seconds"] / r["train_seconds"])
                for r in rows if r["seconds"] is not None)
+
+
+def test_checks_compare_each_target_with_its_measurement():
+    from spa.benchmarks import RESNET50, checks
+    sections = {
+        "inference": [{"network": RESNET50.label, "variant": "pruned (channels removed)", "density": 0.301,
+                       "latency_over_macs_ratio": 1.35},
+                      {"network": RESNET50.label, "variant": "masked only (paper's code)", "density": 0.1,
+                       "latency_over_macs_ratio": 5.0}],
+        "adapters": [{"network": "n", "adapter": "splora_r8", "variant": "adapter model after fuse()",
+                      "ratio_to_plain": 1.01},
+                     {"network": "n", "adapter": "sppara", "variant": "adapter model after fuse()",
+                      "ratio_to_plain": 1.5}],
+        "training": [{"network": "n", "implementation": "spa", "learner": "finetune", "ratio_to_finetune": 1.0,
+                      "optimizer_state_bytes": 100, "ours_over_authors": None},
+                     {"network": "n", "implementation": "spa", "learner": "splora_r8", "ratio_to_finetune": 1.1,
+                      "optimizer_state_bytes": 2, "ours_over_authors": None},
+                     {"network": "n", "implementation": "lib", "learner": "splora_r8", "ratio_to_finetune": 1.2,
+                      "optimizer_state_bytes": 2, "ours_over_authors": 0.9}]}
+    got = {(r["check"].split(": ")[-1], r["measured"]): r["met"] for r in checks(sections)}
+    assert got == {("latency ratio / MACs ratio", 1.35): False, ("latency / plain pruned model", 1.01): True,
+                   ("step time / fine-tuning step", 1.1): False, ("optimiser state / fine-tuning's", 0.02): True,
+                   ("our step time / the authors' library's", 0.9): True}

@@ -400,3 +400,42 @@ def pruning_overhead(spec: NetSpec, batch: int, device: torch.device, batches: i
                  "batches": 0, "seconds": step_s, "train_seconds": train_s, "ratio_to_training": step_s / train_s,
                  "note": "after scoring"})
     return rows
+
+
+# ----------------------------------------------------------------------------- the issue's targets
+def checks(sections: dict[str, list[dict[str, Any]]], density: float = 0.3) -> list[dict[str, Any]]:
+    """The speed targets, evaluated on the rows of the sections at hand ({section: rows}):
+    one row per check with the measured value, the target and whether it is met."""
+    out: list[dict[str, Any]] = []
+
+    def add(check: str, value: float, target: str, met: bool) -> None:
+        out.append({"check": check, "measured": value, "target": target, "met": bool(met)})
+    for row in sections.get("inference", []):
+        if row["network"] == RESNET50.label and row["variant"] == "pruned (channels removed)" \
+                and abs(row["density"] - density) < 0.02:
+            add(f"{row['network']} at {row['density']:.0%}: latency ratio / MACs ratio",
+                row["latency_over_macs_ratio"], "<= 1.3", row["latency_over_macs_ratio"] <= 1.3)
+    for row in sections.get("adapters", []):
+        if row["adapter"].startswith("splora") and row["variant"] != "plain pruned model (baseline)":
+            add(f"{row['network']}, {row['adapter']} {row['variant']}: latency / plain pruned model",
+                row["ratio_to_plain"], "<= 1.03", row["ratio_to_plain"] <= 1.03)
+    rows = sections.get("training", [])
+    for row in rows:
+        if row["implementation"] != "spa" or not row["learner"].startswith("splora"):
+            continue
+        finetune = next(r for r in rows if r["network"] == row["network"] and r["learner"] == "finetune")
+        add(f"{row['network']}, {row['learner']}: step time / fine-tuning step", row["ratio_to_finetune"], "<= 1.0",
+            row["ratio_to_finetune"] <= 1.0)
+        add(f"{row['network']}, {row['learner']}: optimiser state / fine-tuning's",
+            row["optimizer_state_bytes"] / finetune["optimizer_state_bytes"], "< 1",
+            row["optimizer_state_bytes"] < finetune["optimizer_state_bytes"])
+    for row in rows:
+        if not _missing(row["ours_over_authors"]):
+            add(f"{row['network']}, {row['learner']}: our step time / the authors' library's",
+                row["ours_over_authors"], "<= 1.0", row["ours_over_authors"] <= 1.0)
+    return out
+
+
+def _missing(value: Any) -> bool:
+    """None, or NaN (a missing value read back from JSON / pandas)."""
+    return value is None or (isinstance(value, float) and value != value)

@@ -100,13 +100,14 @@ def claim_gpu_slot(count: int | None = None, lock_dir: str | Path | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         for index in range(count):
-            handle = open(folder / f"gpu{index}.lock", "w")
+            handle = open(folder / f"gpu{index}.lock", "a")    # "a": a contender must not truncate it
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.close()
                 continue
-            handle.write(f"{os.getpid()}\n")
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n")   # who holds it, for a human looking
             handle.flush()
             _GPU_SLOT = (index, handle)
             return index

@@ -159,8 +159,8 @@ class SPLoRALinear(_LowRank, _LinearAdapter):
         return cls(layer.weight, layer.bias, rank=rank, init_range=init_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.A), self.B)
+        if self.training:       # the branch is added in place: no third output-sized tensor
+            return F.linear(x, self.weight, self.bias).add_(F.linear(F.linear(x, self.A), self.B))
         return F.linear(x, self._eval_weight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -229,7 +229,7 @@ class _ConvAdapter(AdapterLayer):
         if self._train_fused():
             return self._conv(x, self.fused_weight())
         y = self._conv(x, self.weight)
-        return y + self._pointwise(self._centre_input(x, y.shape[-2:]))
+        return y.add_(self._pointwise(self._centre_input(x, y.shape[-2:])))
 
     def fused_weight(self) -> torch.Tensor:
         return self.weight + self._center(self.delta())

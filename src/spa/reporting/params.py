@@ -95,8 +95,8 @@ def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict 
     """Yield ``(step, session, model)`` for step 0 (unpruned) and after every step of a pruning
     schedule, with the network pruned as the data-free weight criterion (L1 of BN-folded filters)
     leaves it: the same groups and budgets a run takes, no training and no data. The model is
-    pruned in place (eval mode); ``round_to`` as ``pruning.round_to``. Raises ValueError where the adapter does not apply (SPPaRA on a
-    transformer)."""
+    pruned in place (eval mode); ``round_to`` as ``pruning.round_to``. Raises ValueError where the
+    adapter does not apply (SPPaRA on a transformer)."""
     from spa.pruning.importance import CRITERIA
     from spa.pruning.schedule import Plan
     from spa.pruning.session import PruningSession

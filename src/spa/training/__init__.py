@@ -2,4 +2,5 @@
 from spa.training.engine import EpochRecord, FitResult, apply_channels_last, compiled, evaluate, fit, train_one_epoch
 from spa.training.schedulers import SCHEDULERS, build_scheduler
 
-__all__ = ["EpochRecord", "FitResult", "apply_channels_last", "compiled", "evaluate", "fit", "train_one_epoch", "SCHEDULERS", "build_scheduler"]
+__all__ = ["EpochRecord", "FitResult", "apply_channels_last", "compiled", "evaluate", "fit", "train_one_epoch",
+           "SCHEDULERS", "build_scheduler"]

@@ -187,8 +187,9 @@ def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimiz
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss, acc = train_one_epoch(model if train_forward is None else train_forward, train_loader, optimizer, device, schedule, amp, channels_last, scaler,
-                                    max_steps, desc=f"{phase} {epoch}/{epochs}")
+        loss, acc = train_one_epoch(model if train_forward is None else train_forward, train_loader, optimizer,
+                                    device, schedule, amp, channels_last, scaler, max_steps,
+                                    desc=f"{phase} {epoch}/{epochs}")
         schedule.step_epoch()
         record = EpochRecord(phase, step, epoch, epochs, lr, loss, acc)
         if epoch % eval_every == 0 or epoch == epochs:
