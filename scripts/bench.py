@@ -12,6 +12,8 @@ in the same run.
   training   one SGD step: time, peak memory, optimiser state of fine-tuning vs SPLoRA-r8/r32 vs
              SPPaRA on ResNet-50 and DeiT-S, and the authors' library (pip install
              structured-pruning-adapters; `make bench` does) on the same layers.
+  layers     our adapter layers against the authors' on every distinct adapted shape of ResNet-50 and
+             DeiT-S (a training forward + backward each, on the input the layer sees), summed over the network.
   pruning    one scoring pass per criterion (LRP included) relative to training on the same batches
              (= a scoring pass over an epoch relative to a training epoch), and the pruning step.
 CPU defaults: batch 8, the machine's torch threads; on CUDA: batch 64, bf16 autocast, channels-last.
@@ -30,10 +32,10 @@ import torch
 
 from spa import repo_root
 from spa.benchmarks import (AUTHORS_LIBRARY, DEIT_S, NETS, RESNET50, adapter_overhead, authors_available, checks,
-                            inference_vs_density, pruning_overhead, training_step)
+                            inference_vs_density, layer_speed, layer_totals, pruning_overhead, training_step)
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
-SECTIONS = ("inference", "adapters", "training", "pruning")
+SECTIONS = ("inference", "adapters", "training", "layers", "pruning")
 # the authors' library indexes with a list (deprecated in torch); it still computes the right thing
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="sp_adapters")
 
@@ -95,6 +97,22 @@ def training(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, shown
 
 
+def layers(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows = [r for spec in (RESNET50, DEIT_S) for r in layer_speed(
+        spec, batch, device, args.layer_repeats, args.warmup, amp=cuda, channels_last=cuda)]
+    if not rows:
+        print(f"note: {AUTHORS_LIBRARY} is not installed: no layer comparison", file=sys.stderr)
+    table = pd.DataFrame(rows)
+    totals = pd.DataFrame(layer_totals(rows))
+    shown = totals.assign(ours=_ms(totals["ours_s"]), theirs=_ms(totals["authors_s"]),
+                          ratio=_ratio(totals["ours_over_authors"]),
+                          spread=[f"{a:.3f} - {b:.3f}" for a, b in zip(totals["min_ratio"], totals["max_ratio"])])
+    shown = shown[["network", "adapter", "layers", "shapes", "ours", "theirs", "ratio", "spread"]].rename(columns={
+        "layers": "adapted layers", "shapes": "distinct shapes", "ours": "ours (ms, forward + backward)",
+        "theirs": "authors' library (ms)", "ratio": "ours / authors'", "spread": "per-shape ratios"})
+    return table, shown
+
+
 def pruning(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = pd.DataFrame([r for spec in (RESNET50, DEIT_S) for r in pruning_overhead(
         spec, batch, device, args.score_batches, args.warmup, amp=cuda, channels_last=cuda)])
@@ -115,7 +133,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per model (inference)")
     parser.add_argument("--adapter-repeats", type=int, default=20,
                         help="timed passes per model (adapters: a 3 %% target needs tight medians)")
-    parser.add_argument("--train-repeats", type=int, default=7, help="timed steps per learner (training)")
+    parser.add_argument("--train-repeats", type=int, default=5, help="timed steps per learner (training)")
+    parser.add_argument("--layer-repeats", type=int, default=10, help="timed passes per layer shape (layers)")
     parser.add_argument("--score-batches", type=int, default=3, help="batches scored per criterion (pruning)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
@@ -137,6 +156,7 @@ def main() -> int:
         stem = out / f"{section}_{device.type}"
         atomic_write_json(stem.with_suffix(".json"), {"settings": settings, "rows": table.to_dict(orient="records")})
         timing = {"training": f"median of {args.train_repeats} steps", "pruning": "one timed pass",
+                  "layers": f"median of {args.layer_repeats} forward + backward passes per shape",
                   "adapters": f"median of {args.adapter_repeats} passes"}.get(section,
                                                                              f"median of {args.repeats} passes")
         header = (f"{settings['device_name']}; batch {batch}; {settings['threads']} threads; "

@@ -249,3 +249,28 @@ def test_parameter_table_counts_and_file_sizes():
     assert ft.learned == ft.total == ft.deployable and ft.model_to_task == 1.0
     lora = table.iloc[1]
     assert lora.learned < lora.deployable < lora.total and lora.model_to_task > 1.5
+
+
+def test_splora_convs_train_through_the_cheaper_form_with_the_same_gradients(monkeypatch):
+    from spa.adapters import layers
+    assert not layers.branch_is_cheaper(32, 64, 256)             # early 1×1 conv: W + BA is cheaper
+    assert layers.branch_is_cheaper(8, 512, 2048)                  # late 1×1 conv: the thin branch is
+    assert layers.branch_is_cheaper(32, 64, 64, kernel_area=9)     # a 3×3 conv's weight gradient is 9× dearer
+    torch.manual_seed(0)
+    for conv in (nn.Conv2d(6, 12, 1), nn.Conv2d(6, 12, 3, stride=2, padding=1)):
+        layer = SPLoRAConv2d.from_module(conv, rank=2, init_range=0.5).train()
+        x = torch.randn(2, 6, 9, 9)
+
+        def grads(force: bool | None):
+            if force is not None:
+                monkeypatch.setattr(layers, "branch_is_cheaper", lambda *a, **k: force)
+            inp = x.clone().requires_grad_(True)
+            out = layer(inp)
+            out.backward(torch.ones_like(out))
+            got = [out.detach()] + [t.grad.clone() for t in (inp, layer.A, layer.B, layer.bias)]
+            for t in (layer.A, layer.B, layer.bias):
+                t.grad = None
+            return got
+        branch, fused = grads(True), grads(False)
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(branch, fused))
+        assert layer.weight.grad is None                           # the frozen weight learns nothing either way

@@ -6,11 +6,12 @@ A frozen base ``weight`` W plus a learned update ΔW:
 On a k×k conv the update sits at the kernel centre tap only, so it equals a 1×1 conv in parallel
 with the k×k conv and fuses into one plain conv.
 
-Training runs the low-memory form ``Wx + B(Ax)`` (no per-step materialised ΔW; SPPaRA on a 1×1
-conv trains through ``W + P``, one conv, since there ΔW is P itself). In eval mode the
-fused weight W + ΔW is computed once and cached until a parameter changes (an optimiser step,
-``load_state_dict`` or ``.to()``), so inference (under ``torch.no_grad``/``inference_mode``) costs
-what the plain layer costs.
+Training runs the low-memory form ``Wx + B(Ax)`` (no per-step materialised ΔW) wherever it is the
+cheaper one: on linear layers always, on convs where :func:`branch_is_cheaper` says so (elsewhere
+``W + BA``, one conv); SPPaRA on a 1×1 conv trains through ``W + P``, since there ΔW is P itself.
+In eval mode the fused weight W + ΔW is computed once and cached until a parameter changes (an
+optimiser step, ``load_state_dict`` or ``.to()``), so inference (under ``torch.no_grad`` /
+``inference_mode``) costs what the plain layer costs.
 """
 from __future__ import annotations
 
@@ -93,6 +94,22 @@ class AdapterLayer(nn.Module):
         # the frozen base shares the source layer's storage: converting a model copies no weights
         self.weight = nn.Parameter(weight.detach(), requires_grad=False)
         self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+
+# The training form of a SPLoRA conv. The branch B(Ax) avoids the frozen conv's weight gradient
+# (in·out·k² multiply-adds per output position) but costs its own: about BRANCH_MACS·r·(in + out) for
+# the two thin convs forward and backward, plus BRANCH_TRAFFIC·out for the branch output and its
+# addition (memory-bound, and large at the high resolutions of a CNN's first stages). Where that is
+# more, the conv trains through W + BA: one product B·A per step (out × in, small next to the
+# activations) and one conv. Constants fitted to the per-shape comparison of `make bench` (layers
+# section) on CPU; both forms compute the same function. Linear layers (ViT tokens) always take the
+# branch: measured faster or equal there at ranks 8 and 32.
+BRANCH_MACS, BRANCH_TRAFFIC = 5, 200
+
+
+def branch_is_cheaper(rank: int, in_per_group: int, out: int, kernel_area: int = 1) -> bool:
+    """Whether the low-rank branch costs less than the weight gradient it avoids (comment above)."""
+    return BRANCH_MACS * rank * (in_per_group + out) + BRANCH_TRAFFIC * out < in_per_group * out * kernel_area
 
 
 class _LowRank:
@@ -256,6 +273,11 @@ class SPLoRAConv2d(_LowRank, _ConvAdapter):
     @classmethod
     def from_module(cls, layer: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> "SPLoRAConv2d":
         return cls(layer, rank=rank, init_range=init_range)
+
+    def _train_fused(self) -> bool:
+        k = self.kernel_size[0]
+        return not branch_is_cheaper(self.rank, self.weight.shape[1], self.out_channels, k * k) \
+            or super()._train_fused()
 
     def _pointwise(self, x: torch.Tensor) -> torch.Tensor:
         # A·x within each group (rank channels per group), then B: output channel o of group g reads
