@@ -15,7 +15,7 @@ TABLES = {name: f"results/tables/{name}.md" for name in (
     "demo", "catsdogs64", "catsdogs_mini", "params", "table1_mini", "table1_mini_claims", "table1_mini_cost",
     "table1_cost")}
 TABLES.update({f"bench_{section}_cpu": f"results/benchmarks/{section}_cpu.md"
-               for section in ("inference", "adapters", "training", "pruning", "checks")})
+               for section in ("inference", "adapters", "training", "layers", "pruning", "checks")})
 
 
 def embed(readme: str, name: str, table: str) -> str:
