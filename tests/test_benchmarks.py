@@ -135,8 +135,25 @@ def test_checks_compare_each_target_with_its_measurement():
                      {"network": "n", "implementation": "spa", "learner": "splora_r8", "ratio_to_finetune": 1.1,
                       "optimizer_state_bytes": 2, "ours_over_authors": None},
                      {"network": "n", "implementation": "lib", "learner": "splora_r8", "ratio_to_finetune": 1.2,
-                      "optimizer_state_bytes": 2, "ours_over_authors": 0.9}]}
+                      "optimizer_state_bytes": 2, "ours_over_authors": 0.9}],
+        # two shapes: 3 layers at 1.0 vs 2.0 ms and 1 layer at 4.0 vs 1.0 ms: 7 ms against 7 ms in all
+        "layers": [{"network": "n", "adapter": "splora_r8", "count": 3, "ours_s": 1.0, "authors_s": 2.0,
+                    "ours_over_authors": 0.5},
+                   {"network": "n", "adapter": "splora_r8", "count": 1, "ours_s": 4.0, "authors_s": 1.0,
+                    "ours_over_authors": 4.0}]}
     got = {(r["check"].split(": ")[-1], r["measured"]): r["met"] for r in checks(sections)}
     assert got == {("latency ratio / MACs ratio", 1.35): False, ("latency / plain pruned model", 1.01): True,
                    ("step time / fine-tuning step", 1.1): False, ("optimiser state / fine-tuning's", 0.02): True,
-                   ("our step time / the authors' library's", 0.9): True}
+                   ("our adapted layers' time / the authors' on the same shapes", 1.0): True}
+
+
+def test_layer_comparison_covers_every_adapted_layer_once_per_shape():
+    from spa.benchmarks import layer_speed, layer_totals
+    rows = layer_speed(TINY, batch=2, device=CPU, repeats=1, warmup=0, adapters=R8)
+    adapted = len(adapter_layers(apply_adapter(_dense(TINY, CPU), "splora", rank=8)))
+    assert sum(r["count"] for r in rows) == adapted and len(rows) <= adapted
+    assert len({(r["weight_shape"], r["input_shape"], r["stride"]) for r in rows}) == len(rows)
+    assert all(r["ours_over_authors"] == pytest.approx(r["ours_s"] / r["authors_s"]) for r in rows)
+    (total,) = layer_totals(rows)
+    assert total["layers"] == adapted and total["ours_over_authors"] == pytest.approx(
+        sum(r["count"] * r["ours_s"] for r in rows) / sum(r["count"] * r["authors_s"] for r in rows))
