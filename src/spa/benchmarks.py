@@ -27,6 +27,7 @@ from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan, select_channels
 from spa.pruning.session import PruningSession, count_macs
 from spa.reporting.params import BackboneSpec, weight_pruned
+from spa.training.engine import _autocast, apply_channels_last
 
 SEED = 0    # the random weights every benchmark model starts from (so runs prune the same channels)
 
@@ -51,10 +52,6 @@ AUTHORS_LIBRARY = "structured-pruning-adapters"
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
 
 
 def timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 10,
@@ -93,7 +90,8 @@ def _input(spec: NetSpec, batch: int, device: torch.device, channels_last: bool)
 
 
 def _layout(model: nn.Module, channels_last: bool) -> nn.Module:
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    """The run's layout: :func:`apply_channels_last` where asked (its CPU exceptions included)."""
+    return apply_channels_last(model, next(model.parameters()).device) if channels_last else model
 
 
 # ----------------------------------------------------------------------------- pruned networks
@@ -357,19 +355,19 @@ def layer_speed(spec: NetSpec, batch: int, device: torch.device, repeats: int, w
         return []
     dense = _dense(spec, device).eval()
     x = _input(spec, batch, device, channels_last)
+    inputs: dict[str, torch.Tensor] = {}      # every conv / linear input, from one pass for all adapters
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: inputs.__setitem__(n, args[0].detach()))
+             for n, m in dense.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        dense(x)
+    for h in hooks:
+        h.remove()
     rows: list[dict[str, Any]] = []
     for name, kind, options in adapters:
         if not _applies(kind, spec):
             continue
         ours_model = apply_adapter(copy.deepcopy(dense), kind, **options)
         names = list(adapter_layers(ours_model))
-        inputs: dict[str, torch.Tensor] = {}
-        hooks = [dense.get_submodule(n).register_forward_pre_hook(
-            lambda m, args, n=n: inputs.__setitem__(n, args[0].detach())) for n in names]
-        with torch.no_grad():
-            dense(x)
-        for h in hooks:
-            h.remove()
         shapes: dict[tuple, list[str]] = {}
         for n in names:
             layer = dense.get_submodule(n)
@@ -389,10 +387,11 @@ def layer_speed(spec: NetSpec, batch: int, device: torch.device, repeats: int, w
                     out.backward(grad)
                 return run
             seconds = timed({"spa": step(ours), AUTHORS_LIBRARY: step(theirs)}, device, repeats, warmup)
-            rows.append({"network": spec.label, "adapter": name, "layer": key[0], "weight_shape": "x".join(
-                map(str, key[1])), "input_shape": "x".join(map(str, key[5])), "stride": str(key[2]), "count": len(members),
-                "ours_s": seconds["spa"], "authors_s": seconds[AUTHORS_LIBRARY],
-                "ours_over_authors": seconds["spa"] / seconds[AUTHORS_LIBRARY]})
+            rows.append({"network": spec.label, "adapter": name, "layer": key[0],
+                         "weight_shape": "x".join(map(str, key[1])), "input_shape": "x".join(map(str, key[5])),
+                         "stride": str(key[2]), "count": len(members), "ours_s": seconds["spa"],
+                         "authors_s": seconds[AUTHORS_LIBRARY],
+                         "ours_over_authors": seconds["spa"] / seconds[AUTHORS_LIBRARY]})
     return rows
 
 

@@ -27,10 +27,10 @@ from spa.models import create_backbone, save_model_file
 from spa.pruning import check_pruning
 from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
-from spa.pruning.schedule import Plan
+from spa.pruning.schedule import Plan, check_round_to
 from spa.pruning.session import PruningSession, count_macs
 from spa.records import CHECKPOINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
-from spa.training import apply_channels_last, build_scheduler, compiled, evaluate, fit
+from spa.training import apply_channels_last, build_scheduler, check_compile, compiled, evaluate, fit
 from spa.utils import (atomic_torch_save, atomic_write_json, device_description, git_state, package_versions,
                        resolve_device, seed_everything)
 
@@ -117,14 +117,9 @@ def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | 
 def check_settings(cfg: DictConfig) -> None:
     """Settings a run would only trip over later, checked before its directory is written (a typo
     must not leave a run directory that the corrected command then refuses as a changed config)."""
-    compile_setting = cfg.train.get("compile", False)
-    if not isinstance(compile_setting, (bool, str)):
-        raise ValueError(f"train.compile={compile_setting!r}: use false, true or a torch.compile backend name "
-                         f"(e.g. train.compile=aot_eager)")
+    check_compile(cfg.train.get("compile", False))
     use_channels_last(cfg.train.channels_last, torch.device("cpu"))
-    round_to = cfg.pruning.get("round_to", 1)
-    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
-        raise ValueError(f"pruning.round_to={round_to!r}: use a positive int (1 = no rounding, 8 suits GPUs)")
+    check_round_to(cfg.pruning.get("round_to", 1))
 
 
 def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
@@ -320,7 +315,7 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         parts.train_loader.generator.manual_seed(seed * 1000 + step)
         criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, cfg.dataset.transform)
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
-                     cfg.pruning.group_reduction, int(cfg.pruning.get("round_to", 1)))
+                     cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1))
         if parts.channels_last:     # pruned layers get new (contiguous) weights
             apply_channels_last(model, parts.device)
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)

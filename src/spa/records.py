@@ -66,8 +66,9 @@ def hashable_config(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg = json.loads(json.dumps(cfg, default=str))
     for key in VOLATILE_KEYS:
         _drop(cfg, key)
+    flat = flatten(cfg)
     for key, neutral in NEUTRAL_DEFAULTS.items():
-        if flatten(cfg).get(key, neutral) == neutral:
+        if flat.get(key, neutral) == neutral:
             _drop(cfg, key)
     if cfg.get("pruning", {}).get("name") == "none":
         cfg.pop("schedule", None)      # the pruning schedule does not touch an unpruned run

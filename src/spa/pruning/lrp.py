@@ -26,7 +26,7 @@ import torch.nn as nn
 from timm.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
 from zennit.composites import MixedComposite, NameMapComposite, SpecialFirstLayerMapComposite
-from zennit.core import BasicHook, Stabilizer
+from zennit.core import BasicHook, Composite, Stabilizer
 from zennit.layer import Sum
 from zennit.rules import ClampMod, Epsilon, Pass, ZBox, ZPlus
 
@@ -117,7 +117,7 @@ def composite(groups: list[ChannelGroup], low: torch.Tensor, high: torch.Tensor,
                           canonizers=canonizers)
 
 
-def relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, comp: SpecialFirstLayerMapComposite,
+def relevance(model: nn.Module, x: torch.Tensor, target: torch.Tensor, comp: Composite,
               watch: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Input relevance, relevance at the outputs of the ``watch`` modules, and the start relevance
     (true-class logits) for one batch, under composite ``comp`` (``model`` in eval mode)."""

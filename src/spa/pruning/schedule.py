@@ -46,6 +46,12 @@ class Plan:
         return max(0, kept_now - self.kept_after(step))
 
 
+def check_round_to(round_to: object) -> None:
+    """``pruning.round_to`` must be a positive int (1 = no rounding)."""
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
+        raise ValueError(f"pruning.round_to={round_to!r}: use a positive int (1 = no rounding, 8 suits GPUs)")
+
+
 def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], budget: int,
                     min_channels: int = 1, round_to: int = 1) -> dict[str, list[int]]:
     """Lowest-scored channels across all groups whose filters add up to ``budget``.
@@ -54,8 +60,7 @@ def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
     ``round_to`` > 1 rounds the kept width of every group the step touches (module docstring).
     Returns ``{group root: [channel indices]}`` (current indices).
     """
-    if int(round_to) < 1:
-        raise ValueError(f"pruning.round_to must be a positive int (1 = no rounding), got {round_to}")
+    check_round_to(round_to)
     candidates = []
     for gi, g in enumerate(groups):
         s = scores[g.root]
@@ -78,7 +83,7 @@ def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
         left[g.root] -= 1
         total += cost
     if round_to > 1:
-        removed = _rounded(groups, scores, removed, int(round_to))
+        removed = _rounded(groups, scores, removed, round_to)
     return {root: sorted(idxs) for root, idxs in removed.items()}
 
 

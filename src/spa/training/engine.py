@@ -151,14 +151,20 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
     return {"loss": loss_sum.item() / seen, "top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen}
 
 
+def check_compile(setting: object) -> None:
+    """``train.compile`` must be false, true or a backend name."""
+    if setting is not None and not isinstance(setting, (bool, str)):
+        raise ValueError(f"train.compile={setting!r}: use false, true or a torch.compile backend name "
+                         f"(e.g. train.compile=aot_eager)")
+
+
 def compiled(model: nn.Module, setting: bool | str) -> nn.Module | None:
     """``train.compile``: false (None: eager), true (``torch.compile`` with inductor) or a backend
     name. A fresh compile per training call: after a pruning step the shapes differ, and the
     previous call's graphs would only fill dynamo's cache."""
+    check_compile(setting)
     if setting is False or setting is None:
         return None
-    if setting is not True and not isinstance(setting, str):
-        raise ValueError(f"train.compile={setting!r}: use false, true or a torch.compile backend name")
     torch._dynamo.reset()
     return torch.compile(model) if setting is True else torch.compile(model, backend=setting)
 
