@@ -23,7 +23,7 @@ from spa import config_dir, repo_root
 from spa.adapters import adapter_layers, apply_adapter, fuse, save_task
 from spa.data import build_datasets, make_loader, normalization
 from spa.metrics import count_parameters
-from spa.models import create_backbone, save_model_file
+from spa.models import check_packaged, create_backbone, declared_normalization, save_model_file
 from spa.pruning import check_pruning
 from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
@@ -120,6 +120,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_compile(cfg.train.get("compile", False))
     use_channels_last(cfg.train.channels_last, torch.device("cpu"))
     check_round_to(cfg.pruning.get("round_to", 1))
+    check_packaged(str(cfg.backbone.weights), cfg.backbone.get("packaged_weights"))
 
 
 def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
@@ -134,21 +135,28 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     device = resolve_device(cfg.device)
     warnings: list[str] = []
 
-    d = cfg.dataset
-    data = build_datasets(d.source, d.root, download=d.download, image_size=d.image_size, transform=d.transform,
-                          classes=OmegaConf.to_container(d.classes) if d.classes is not None else None,
-                          train_fraction=d.train_fraction, max_per_class=d.max_per_class,
-                          test_max_per_class=d.test_max_per_class, val_fraction=d.val_fraction,
-                          split_seed=d.split_seed, source_options=OmegaConf.to_container(d.options))
-    log.info("data %s (%s layout): %s, %d classes", d.name, data.layout, data.sizes(), data.num_classes)
-
     b = cfg.backbone
     kwargs = OmegaConf.to_container(b.kwargs)
     if b.weights == BASE_WEIGHTS and base_run is None:
         raise ValueError("backbone.weights=base needs a base stage (a `base:` section in the experiment config)")
     source = str(Path(base_run) / MODEL) if base_run is not None else str(b.weights)
+    packaged = b.get("packaged_weights")
+    declared = declared_normalization(source, packaged)   # weights that declare their normalisation win
+    d = cfg.dataset
+    mean_std = (declared["mean"], declared["std"]) if declared else normalization(d.transform)
+    data = build_datasets(d.source, d.root, download=d.download, image_size=d.image_size, transform=d.transform,
+                          classes=OmegaConf.to_container(d.classes) if d.classes is not None else None,
+                          train_fraction=d.train_fraction, max_per_class=d.max_per_class,
+                          test_max_per_class=d.test_max_per_class, val_fraction=d.val_fraction,
+                          split_seed=d.split_seed, source_options=OmegaConf.to_container(d.options),
+                          mean_std=mean_std if declared else None)
+    log.info("data %s (%s layout): %s, %d classes; normalised with mean %s, std %s (%s)", d.name, data.layout,
+             data.sizes(), data.num_classes, list(mean_std[0]), list(mean_std[1]),
+             declared["source"] if declared else f"transform:{d.transform}")
+
     model, weights = create_backbone(b.timm_name, data.num_classes, weights=source, pretrained_tag=b.pretrained_tag,
-                                     cifar_stem=b.cifar_stem, kwargs=kwargs)
+                                     cifar_stem=b.cifar_stem, kwargs=kwargs, packaged_weights=packaged,
+                                     head_init=b.get("head_init", "timm"))
     if weights.source == "none" and not b.allow_random:
         msg = ("this run starts from random weights (backbone.weights=none): transfer results will not be comparable "
                "with the paper; use backbone.weights=pretrained or PATH, or backbone.allow_random=true to silence this")
@@ -173,7 +181,8 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
                                           num_workers=workers),
                   val_loader=(make_loader(data.val, t.eval_batch_size, train=False, device=device, seed=seed,
                                           num_workers=workers) if data.val is not None else None),
-                  channels_last=channels_last, size=(int(d.image_size), int(d.image_size)))
+                  channels_last=channels_last, size=(int(d.image_size), int(d.image_size)),
+                  mean_std=(tuple(mean_std[0]), tuple(mean_std[1])))
     session = PruningSession(model, torch.zeros(1, 3, *parts.size, device=device)) \
         if cfg.pruning.name != "none" else None
     rows, done_step, selection = _initial_state(parts, session, status, initial_run)
@@ -192,7 +201,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
                                                   "original_filters": session.original_filters}
         deployable = fuse(model) if adapter_layers(model) else model
         save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
-                        kwargs=kwargs, classes=data.classes, structure=structure)
+                        kwargs=kwargs, classes=data.classes, structure=structure, normalization=declared)
         files[MODEL] = rundir.file(MODEL).stat().st_size
         if cfg.adapter.kind != "finetune":
             save_task(model, rundir.file(TASK), adapter={"kind": cfg.adapter.kind, "options": adapter_options},
@@ -203,7 +212,9 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
         pruning=cfg.pruning.name, seed=seed, config_hash=config_hash(resolved), git=git_state(repo_root()),
         versions=package_versions(), device=str(device), device_name=device_description(device),
         data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
-              "root": str(Path(d.root).expanduser().resolve()), **data.stats},
+              "root": str(Path(d.root).expanduser().resolve()), **data.stats,
+              "normalization": {"mean": list(mean_std[0]), "std": list(mean_std[1]),
+                                "source": declared["source"] if declared else f"transform:{d.transform}"}},
         weights=weights.to_dict(), files=files,
         params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
         epochs=initial_epochs(cfg), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
@@ -228,6 +239,7 @@ class Parts:
     val_loader: Any
     channels_last: bool
     size: tuple[int, int]
+    mean_std: tuple[tuple[float, ...], tuple[float, ...]]   # the input normalisation (LRP's input bounds)
 
     def train(self, epochs: int, phase: str, step: int):
         """A training call with a fresh optimiser and LR schedule (the paper restarts both);
@@ -313,7 +325,7 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         t0 = time.perf_counter()
         seed_everything(seed * 1000 + step, bool(t.deterministic))      # a resumed run redoes a step identically
         parts.train_loader.generator.manual_seed(seed * 1000 + step)
-        criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, cfg.dataset.transform)
+        criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, parts.mean_std)
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
                      cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1))
         if parts.channels_last:     # pruned layers get new (contiguous) weights
@@ -327,14 +339,14 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
     return selection
 
 
-def make_criterion(name: str, seed: int, transform: str):
+def make_criterion(name: str, seed: int, mean_std: tuple[tuple[float, ...], tuple[float, ...]]):
     """The criterion object of a step: ``random`` is seeded per step, ``lrp`` gets the input bounds
-    of the data's normalisation (for z^β at the first conv)."""
+    of the data's normalisation ``(mean, std)`` (for z^β at the first conv)."""
     check_pruning(name)
     if name == "random":
         return CRITERIA[name](seed=seed)
     if name == "lrp":
-        return CRITERIA[name](*input_bounds(*normalization(transform)))
+        return CRITERIA[name](*input_bounds(*mean_std))
     return CRITERIA[name]()
 
 

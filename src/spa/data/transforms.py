@@ -2,8 +2,11 @@
 
 ``cifar``: RandomCrop(size, pad size/8) + HFlip / identity, CIFAR mean and std.
 ``imagenet``: RandomResizedCrop(size) + HFlip / Resize(size·256/224) + CenterCrop(size), ImageNet mean/std.
+Weights that declare their normalisation (packaged ImageNet weights) replace the style's mean/std.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 from torchvision import transforms as T
 
@@ -20,10 +23,12 @@ def normalization(style: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return (CIFAR_MEAN, CIFAR_STD) if style == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def build_transforms(style: str, image_size: int) -> tuple[T.Compose, T.Compose]:
-    """Return ``(train_transform, test_transform)`` for PIL images."""
+def build_transforms(style: str, image_size: int, mean_std: tuple[Sequence[float], Sequence[float]] | None = None
+                     ) -> tuple[T.Compose, T.Compose]:
+    """Return ``(train_transform, test_transform)`` for PIL images. ``mean_std`` replaces the style's
+    normalisation (pretrained weights that declare their own, see ``spa.models.declared_normalization``)."""
     _check(style)
-    mean, std = normalization(style)
+    mean, std = normalization(style) if mean_std is None else (tuple(mean_std[0]), tuple(mean_std[1]))
     tail = [T.ToTensor(), T.Normalize(mean, std)]
     if style == "cifar":
         train = [T.Resize(image_size), T.CenterCrop(image_size),

@@ -1,5 +1,10 @@
 """``create_backbone``: a timm model with a head for the task's classes and base weights that are
-(a) timm's pretrained weights, (b) a ``model.pt`` saved by one of our runs, or (c) none."""
+(a) timm's pretrained weights from the hub, (b) ImageNet weights shipped inside a registry package
+(``spa.models.weights``, offline), (c) a ``model.pt`` saved by one of our runs, or (d) none.
+
+Weights may declare the input normalisation they were trained with (packaged weights do, and a
+``model.pt`` descending from them carries it on); a run then normalises its images with it instead
+of the data set's transform style (:func:`declared_normalization`)."""
 from __future__ import annotations
 
 import logging
@@ -22,10 +27,16 @@ MODEL_FORMAT = "spa.model/1"
 @dataclass
 class WeightsInfo:
     """Where a model's starting weights came from (recorded in ``summary.json``)."""
-    source: str                 # "pretrained" | "file" | "none"
-    name: str | None = None     # timm tag, e.g. resnet50.tv_in1k
+    source: str                 # "pretrained" (hub) | "packaged" | "file" | "none"
+    name: str | None = None     # timm tag, e.g. resnet50.tv_in1k, or the packaged entry
     path: str | None = None
     sha256: str | None = None
+    package: str | None = None  # packaged weights: the distribution and release that carry the file
+    version: str | None = None
+    file: str | None = None     # ... and the file inside the package
+    license: str | None = None
+    normalization: dict[str, Any] | None = None   # {"mean", "std", "source"} when the weights declare one
+    head_loaded: bool = False   # the classifier came with the weights (same classes), not new
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,8 +72,7 @@ def apply_cifar_stem(model: nn.Module) -> nn.Module:
 
 def classifier_keys(model: nn.Module) -> list[str]:
     """State-dict keys of the classifier head (timm's ``pretrained_cfg['classifier']``)."""
-    head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
-    heads = head if isinstance(head, (list, tuple)) else [head]
+    heads = head_names(model)
     return [k for k in model.state_dict() if any(k == f"{h}.weight" or k == f"{h}.bias" for h in heads)]
 
 
@@ -81,17 +91,65 @@ def _timm_model(timm_name: str, num_classes: int, pretrained_tag: str | None, pr
         ) from err
 
 
+def load_packaged(model: nn.Module, name: str) -> WeightsInfo:
+    """Load the packaged weights ``name`` (an entry of ``spa.models.weights.PACKAGED``) into ``model``,
+    strictly, after checking the file's SHA-256. The ImageNet head is kept only at 1,000 classes."""
+    from spa.models import weights as packaged_weights
+    entry = packaged_weights.packaged(name)
+    state, path = packaged_weights.read(entry)
+    mapped, head_loaded = packaged_weights.map_state(entry, state, model, classifier_keys(model))
+    model.load_state_dict(mapped, strict=False)
+    log.info("loaded %s ImageNet weights from %s (%d of %d tensors; head %s)", name, path, len(mapped), len(state),
+             "ImageNet" if head_loaded else "new")
+    return WeightsInfo("packaged", name=name, path=str(path), sha256=entry.sha256, package=entry.package,
+                       version=entry.version, file=entry.file, license=entry.license, head_loaded=head_loaded,
+                       normalization={"mean": list(entry.mean), "std": list(entry.std), "source": f"weights:{name}"})
+
+
+def declared_normalization(weights: str, packaged_weights: str | None = None) -> dict[str, Any] | None:
+    """The input normalisation that ``weights`` declare, or None (then the data set's transform style
+    decides): packaged weights declare theirs; a ``model.pt`` carries the one of the weights it
+    descends from, if those declared one. Hub weights declare none (the paper normalises CIFAR with
+    CIFAR statistics whatever the backbone)."""
+    if weights == "pretrained":
+        if not packaged_weights:
+            return None
+        from spa.models.weights import packaged
+        entry = packaged(packaged_weights)
+        return {"mean": list(entry.mean), "std": list(entry.std), "source": f"weights:{packaged_weights}"}
+    if weights in ("none", None, ""):
+        return None
+    payload = load_model_file(weights, mmap=True)
+    return payload.get("normalization")
+
+
+def check_packaged(weights: str, packaged_weights: str | None) -> None:
+    """Before a run directory is written: the packaged weights named by the config are installed."""
+    if weights == "pretrained" and packaged_weights:
+        from spa.models.weights import locate, packaged
+        locate(packaged(packaged_weights))
+
+
 def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", pretrained_tag: str | None = None,
                     cifar_stem: bool = False, kwargs: dict[str, Any] | None = None,
-                    load_head: bool = False) -> tuple[nn.Module, WeightsInfo]:
+                    load_head: bool = False, packaged_weights: str | None = None,
+                    head_init: str = "timm") -> tuple[nn.Module, WeightsInfo]:
     """Build ``timm_name`` with a fresh ``num_classes`` head.
 
-    ``weights``: ``"pretrained"`` (timm hub, ``<timm_name>.<pretrained_tag>``), ``"none"``, or a path
-    to a ``model.pt`` written by :func:`save_model_file` (or a plain state dict). From a file, the head
-    is re-initialised unless ``load_head`` (and the class count matches).
+    ``head_init``: ``timm`` keeps timm's initialisation of the new head; ``torch`` redraws it as
+    PyTorch's ``nn.Linear`` does, U(±1/√in_features). (timm's EfficientNet family draws its head from
+    U(±1/√num_classes), fitted to 1,000 classes: for 2 classes that is U(±0.71), logits in the tens.)
+
+    ``weights``: ``"pretrained"`` (the packaged file ``packaged_weights`` if given, offline; else the
+    timm hub, ``<timm_name>.<pretrained_tag>``), ``"none"``, or a path to a ``model.pt`` written by
+    :func:`save_model_file` (or a plain state dict). From a file, the head is re-initialised unless
+    ``load_head`` (and the class count matches).
     """
     kwargs = dict(kwargs or {})
-    if weights == "pretrained":
+    if weights == "pretrained" and packaged_weights:
+        model = _timm_model(timm_name, num_classes, None, False, kwargs)
+        info = load_packaged(model, packaged_weights)
+    elif weights == "pretrained":
         model = _timm_model(timm_name, num_classes, pretrained_tag, True, kwargs)
         info = WeightsInfo("pretrained", name=f"{timm_name}.{pretrained_tag}" if pretrained_tag else timm_name)
     else:
@@ -101,14 +159,29 @@ def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", 
         apply_cifar_stem(model)
     if weights not in ("pretrained", "none", None, ""):
         info = load_weights_file(model, weights, load_head=load_head, expect_cifar_stem=cifar_stem)
+    if head_init not in ("timm", "torch"):
+        raise ValueError(f"backbone.head_init={head_init!r}: use timm (timm's own) or torch (nn.Linear's default)")
+    if head_init == "torch" and not info.head_loaded:
+        for name in head_names(model):
+            module = model.get_submodule(name)
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
     return model, info
 
 
+def head_names(model: nn.Module) -> list[str]:
+    """Module names of the classifier head (timm's ``pretrained_cfg['classifier']``)."""
+    head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    return list(head) if isinstance(head, (list, tuple)) else [head]
+
+
 def save_model_file(model: nn.Module, path: str | Path, *, timm_name: str, cifar_stem: bool,
-                    kwargs: dict[str, Any] | None, classes: list[str], structure: dict[str, Any] | None = None) -> Path:
+                    kwargs: dict[str, Any] | None, classes: list[str], structure: dict[str, Any] | None = None,
+                    normalization: dict[str, Any] | None = None) -> Path:
     """Write a model reusable as ``backbone.weights=PATH`` (loads with the safe ``torch.load``).
     ``structure`` (a pruning history, see ``spa.pruning.session``) lets a fresh timm model take the
-    pruned shape before the weights are loaded."""
+    pruned shape before the weights are loaded; ``normalization`` (the one its weights declared)
+    travels with the weights."""
     payload = {
         "format": MODEL_FORMAT,
         "backbone": {"timm_name": timm_name, "cifar_stem": bool(cifar_stem), "kwargs": dict(kwargs or {})},
@@ -116,18 +189,21 @@ def save_model_file(model: nn.Module, path: str | Path, *, timm_name: str, cifar
         "structure": structure,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if normalization is not None:
+        payload["normalization"] = dict(normalization)
     atomic_torch_save(payload, path)
     return Path(path)
 
 
-def load_model_file(path: str | Path) -> dict[str, Any]:
-    """Read a ``model.pt``; a plain state dict is wrapped as ``{"state_dict": ...}``."""
+def load_model_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a ``model.pt``; a plain state dict is wrapped as ``{"state_dict": ...}``. ``mmap``: map
+    the tensors instead of reading them (cheap when only the metadata is needed)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"backbone.weights={path} does not exist. Point it at the model.pt of a finished run "
             f"(results/runs/.../model.pt) or use backbone.weights=pretrained or none.")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     if isinstance(payload, dict) and payload.get("format") == MODEL_FORMAT:
         return payload
     if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -163,4 +239,5 @@ def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = F
     model.load_state_dict(state, strict=False)
     log.info("loaded base weights from %s (%d tensors, head %s)", path, len(state),
              "loaded" if head <= set(state) else "new")
-    return WeightsInfo("file", name=saved.get("timm_name"), path=str(Path(path).resolve()), sha256=sha256_file(path))
+    return WeightsInfo("file", name=saved.get("timm_name"), path=str(Path(path).resolve()), sha256=sha256_file(path),
+                       normalization=payload.get("normalization"), head_loaded=bool(head) and head <= set(state))

@@ -16,7 +16,8 @@ LABELS = {
     "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
     "cifar10_first5": "CIFAR-10 classes 0–4 (base)", "cifar10_last5": "CIFAR-10 classes 5–9 (transfer)",
 }
-WEIGHTS_LABELS = {"none": "random init", "pretrained": "pretrained (hub)", "file": "our base run"}
+WEIGHTS_LABELS = {"none": "random init", "pretrained": "pretrained (hub)", "packaged": "ImageNet (packaged)",
+                  "file": "our base run"}
 GROUP = ["dataset", "backbone", "adapter", "pruning", "weights"]
 
 
