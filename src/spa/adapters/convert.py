@@ -8,18 +8,13 @@ from typing import Iterable, Sequence
 
 import torch.nn as nn
 
-from spa.adapters.layers import AdapterLayer, SPLoRAConv2d, SPLoRALinear, SPPaRAConv2d
+from spa.adapters.layers import CONV_CLASSES, AdapterLayer, SPLoRALinear, conv_adapter_class
+from spa.models.backbones import head_names
 
 log = logging.getLogger(__name__)
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 DEFAULT_EXCLUDE = ("patch_embed.proj",)   # ViT patch embedding stays as pretrained (plus the head)
-
-
-def head_names(model: nn.Module) -> list[str]:
-    """Module names of the classifier head (timm's ``pretrained_cfg['classifier']``)."""
-    head = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
-    return list(head) if isinstance(head, (list, tuple)) else [head]
 
 
 def _excluded(name: str, patterns: Iterable[str]) -> bool:
@@ -33,38 +28,53 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: float = 1e-4,
             exclude: Sequence[str] | None = None) -> list[str]:
-    """Replace every eligible ``nn.Conv2d`` (and, for SPLoRA, ``nn.Linear``) of ``model`` in place.
+    """Replace every eligible conv (and, for SPLoRA, ``nn.Linear``) of ``model`` in place.
 
-    Skipped: the head, ``exclude`` (default: the ViT patch embedding), subclasses of Conv2d/Linear
-    (e.g. timm's dynamic-padding convs), and convs with even or non-square kernels. Returns the
-    names of the converted layers. The adapter shares the base weight's storage (no copy).
+    Convs are ``nn.Conv2d`` and timm's TF-"same"-padding ``Conv2dSame`` (see ``CONV_CLASSES``);
+    depthwise convs get their depthwise adapter class. Skipped: the head, ``exclude`` (default: the
+    ViT patch embedding), and convs with even or non-square kernels or other padding modes (logged
+    by name). Any other subclass of Conv2d / Linear is refused by name (it computes something else
+    than its weight suggests); exclude it to keep it frozen. Returns the names of the converted
+    layers. The adapter shares the base weight's storage (no copy).
     """
     if kind not in ("splora", "sppara"):
         raise ValueError(f"unknown channel SPA kind {kind!r}")
     skip = list(head_names(model)) + list(DEFAULT_EXCLUDE if exclude is None else exclude)
-    converted, skipped = [], []
-    for name, module in list(model.named_modules()):
+    planned, skipped, refused = [], [], []
+    for name, module in model.named_modules():
         if not name or _excluded(name, skip):
             continue
-        if type(module) is nn.Conv2d:
+        if isinstance(module, nn.Conv2d):
             k = module.kernel_size
-            if k[0] != k[1] or k[0] % 2 == 0 or module.padding_mode != "zeros":
+            if type(module) not in CONV_CLASSES:
+                refused.append(f"{name} ({type(module).__name__})")
+            elif k[0] != k[1] or k[0] % 2 == 0 or module.padding_mode != "zeros":
                 skipped.append(name)
-                continue
-            new = SPLoRAConv2d.from_module(module, rank, init_range) if kind == "splora" \
-                else SPPaRAConv2d.from_module(module, init_range=init_range)
-        elif type(module) is nn.Linear and kind == "splora":
-            new = SPLoRALinear.from_module(module, rank, init_range)
-        else:
-            continue
-        _set_module(model, name, new)
-        converted.append(name)
+            else:
+                planned.append((name, module))
+        elif isinstance(module, nn.Linear) and kind == "splora":
+            (planned.append((name, module)) if type(module) is nn.Linear
+             else refused.append(f"{name} ({type(module).__name__})"))
+    if refused:    # before anything is replaced: a refused model is left as it was
+        raise TypeError(
+            f"adapter {kind}: {len(refused)} layers are subclasses of Conv2d / Linear that the adapters cannot "
+            f"stand in for: {refused[:5]}. Fix: keep them frozen with adapter.options.exclude="
+            f"[{','.join(r.split(' ')[0] for r in refused[:5])}] (plus the default {list(DEFAULT_EXCLUDE)} if "
+            f"the model has one), or use adapter=finetune.")
     if skipped:
         log.warning("left %d layers without adapter (non-square/even kernels or padding modes): %s",
                     len(skipped), skipped[:5])
-    if not converted:
+    if not planned:
         raise ValueError(f"adapter kind {kind!r} found no eligible layer in {type(model).__name__}")
-    return converted
+    for name, module in planned:
+        if isinstance(module, nn.Linear):
+            new = SPLoRALinear.from_module(module, rank, init_range)
+        elif kind == "splora":
+            new = conv_adapter_class(kind, module).from_module(module, rank, init_range)
+        else:
+            new = conv_adapter_class(kind, module).from_module(module, init_range=init_range)
+        _set_module(model, name, new)
+    return [name for name, _ in planned]
 
 
 def set_trainable(model: nn.Module, train_norm: bool = True) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from timm.layers.padding import pad_same
 
 
 def resolve_rank(rank: int | float, out_features: int) -> int:
@@ -185,10 +187,18 @@ class SPLoRALinear(_LowRank, _LinearAdapter):
 
 
 # ----------------------------------------------------------------------------- Conv2d
+# Conv2d classes an adapter can stand in for: the class -> whether it pads its input dynamically
+# ("same" padding of TensorFlow, timm's Conv2dSame: pad_same(x) then a conv with padding 0). Any
+# other subclass changes what the conv computes (weight standardisation, ...) and is refused by name.
+CONV_CLASSES: dict[type, bool] = {nn.Conv2d: False, Conv2dSame: True}
+
+
 class _ConvAdapter(AdapterLayer):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         kh, kw = conv.kernel_size
+        if type(conv) not in CONV_CLASSES:
+            raise TypeError(f"channel SPAs adapt {[c.__name__ for c in CONV_CLASSES]}, not {type(conv).__name__}")
         if kh != kw or kh % 2 == 0:
             raise ValueError(f"channel SPAs need an odd square kernel, got {conv.kernel_size}")
         if conv.padding_mode != "zeros":
@@ -196,6 +206,12 @@ class _ConvAdapter(AdapterLayer):
         self._init_base(conv.weight, conv.bias)
         self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
         self.padding = conv.padding
+        self.same_padding = CONV_CLASSES[type(conv)]   # TF "same": the input is padded in forward
+
+    @property
+    def depthwise(self) -> bool:
+        """One input and one output channel per group (in = out = groups): channel j couples input j and filter j."""
+        return self.groups > 1 and self.weight.shape[1] == 1 and self.weight.shape[0] == self.groups
 
     @property
     def in_channels(self) -> int:
@@ -241,6 +257,8 @@ class _ConvAdapter(AdapterLayer):
         return isinstance(self.padding, str)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.same_padding:     # as Conv2dSame: pad to TF "same", then the conv's own padding is 0
+            x = pad_same(x, self.kernel_size, self.stride, self.dilation)
         if not self.training:
             return self._conv(x, self._eval_weight())
         if self._train_fused():
@@ -252,10 +270,11 @@ class _ConvAdapter(AdapterLayer):
         return self.weight + self._center(self.delta())
 
     def to_module(self) -> nn.Conv2d:
-        """A plain ``nn.Conv2d`` with W + ΔW folded in."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                         self.dilation, self.groups, bias=self.bias is not None,
-                         device=self.weight.device, dtype=self.weight.dtype)
+        """A plain ``nn.Conv2d`` (``Conv2dSame`` for TF "same" padding) with W + ΔW folded in."""
+        cls = Conv2dSame if self.same_padding else nn.Conv2d
+        conv = cls(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                   self.dilation, self.groups, bias=self.bias is not None,
+                   device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
             conv.weight.copy_(self.fused_weight())
             if self.bias is not None:
@@ -321,3 +340,26 @@ class SPPaRAConv2d(_ConvAdapter):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"groups={self.groups}, bias={self.bias is not None}")
+
+
+# ----------------------------------------------------------------------------- depthwise convs
+# A depthwise conv (in = out = groups, one input channel per filter) couples input channel j with
+# filter j, so pruning removes both at once (spa.pruning.groups.DepthwiseAdapterPruner); the
+# dependency graph finds its pruner by class, hence a class of its own. The maths is the parent's:
+# ΔW = B·A with in / groups = 1, so A is rank × 1 and the update of filter j is B[j]·A.
+class SPLoRADepthwiseConv2d(SPLoRAConv2d):
+    """SPLoRA on a depthwise conv: as :class:`SPLoRAConv2d` (in / groups = 1)."""
+
+
+class SPPaRADepthwiseConv2d(SPPaRAConv2d):
+    """SPPaRA on a depthwise conv: P is out × 1 (one scale per channel at the centre tap)."""
+
+
+def conv_adapter_class(kind: str, conv: nn.Conv2d) -> type[_ConvAdapter]:
+    """The adapter class for ``conv``: the depthwise variant where in = out = groups."""
+    depthwise = conv.groups > 1 and conv.in_channels == conv.out_channels == conv.groups
+    if kind == "splora":
+        return SPLoRADepthwiseConv2d if depthwise else SPLoRAConv2d
+    if kind == "sppara":
+        return SPPaRADepthwiseConv2d if depthwise else SPPaRAConv2d
+    raise ValueError(f"unknown channel SPA kind {kind!r}")

@@ -58,7 +58,7 @@ def _shared_copy(base: nn.Module) -> nn.Module:
     heads = head_names(base)
     memo: dict[int, Any] = {}
     for name, module in base.named_modules():
-        if type(module) in (nn.Conv2d, nn.Linear) and not any(name == h or name.startswith(h + ".") for h in heads):
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and not any(name == h or name.startswith(h + ".") for h in heads):
             memo[id(module.weight)] = module.weight
     return copy.deepcopy(base, memo)
 

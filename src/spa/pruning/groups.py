@@ -17,9 +17,11 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from spa.adapters.convert import head_names
-from spa.adapters.layers import AdapterLayer, SPLoRAConv2d, SPLoRALinear, SPPaRAConv2d
+from spa.adapters.layers import (AdapterLayer, SPLoRAConv2d, SPLoRADepthwiseConv2d, SPLoRALinear, SPPaRAConv2d,
+                                 SPPaRADepthwiseConv2d)
 
-ADAPTER_TYPES = (SPLoRAConv2d, SPPaRAConv2d, SPLoRALinear)
+DEPTHWISE_ADAPTER_TYPES = (SPLoRADepthwiseConv2d, SPPaRADepthwiseConv2d)
+ADAPTER_TYPES = (SPLoRAConv2d, SPPaRAConv2d, SPLoRALinear, *DEPTHWISE_ADAPTER_TYPES)
 PRODUCER_TYPES = (nn.Conv2d, nn.Linear, *ADAPTER_TYPES)
 
 
@@ -40,8 +42,7 @@ class AdapterPruner(tp.pruner.function.BasePruningFunc):
 
     def prune_out_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
         keep = _keep(layer.weight.shape[0], idxs)
-        if getattr(layer, "groups", 1) > 1:
-            raise NotImplementedError("pruning grouped adapter convs is not supported")
+        _refuse_grouped(layer)
         layer.weight = _select(layer.weight, keep, 0, trainable=False)
         if layer.bias is not None:
             layer.bias = _select(layer.bias, keep, 0, trainable=layer.bias.requires_grad)
@@ -52,8 +53,7 @@ class AdapterPruner(tp.pruner.function.BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
-        if getattr(layer, "groups", 1) > 1:
-            raise NotImplementedError("pruning grouped adapter convs is not supported")
+        _refuse_grouped(layer)
         keep = _keep(layer.weight.shape[1], idxs)
         layer.weight = _select(layer.weight, keep, 1, trainable=False)
         for name in ("A", "P"):
@@ -69,7 +69,43 @@ class AdapterPruner(tp.pruner.function.BasePruningFunc):
         return layer.weight.shape[1] * getattr(layer, "groups", 1)
 
 
+def _refuse_grouped(layer: AdapterLayer) -> None:
+    if getattr(layer, "groups", 1) > 1:
+        raise NotImplementedError(
+            f"pruning a grouped adapter conv ({layer.groups} groups of {layer.weight.shape[1]} inputs) is not "
+            f"supported; depthwise convs (one input per group) are. Exclude the layer from pruning's reach with "
+            f"adapter.options.exclude=[NAME], or use adapter=finetune.")
+
+
+class DepthwiseAdapterPruner(AdapterPruner):
+    """A depthwise adapter conv (in = out = groups): channel j is input j *and* filter j, so pruning
+    its inputs and its outputs is one operation (Torch-Pruning couples the two when both functions
+    are the same): rows of W, B (SPLoRA) or P (SPPaRA) and the bias, and one group fewer. A
+    (rank × 1) is shared by every channel and stays."""
+
+    TARGET_MODULES = DEPTHWISE_ADAPTER_TYPES
+
+    def prune_out_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
+        keep = _keep(layer.weight.shape[0], idxs)
+        layer.weight = _select(layer.weight, keep, 0, trainable=False)
+        if layer.bias is not None:
+            layer.bias = _select(layer.bias, keep, 0, trainable=layer.bias.requires_grad)
+        for name in ("B", "P"):
+            if hasattr(layer, name):
+                setattr(layer, name, _select(getattr(layer, name), keep, 0, trainable=True))
+        layer.groups = len(keep)
+        layer._cache.clear()
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_in_channels(self, layer: AdapterLayer) -> int:
+        return layer.weight.shape[0]
+
+
 ADAPTER_PRUNER = AdapterPruner()
+DEPTHWISE_ADAPTER_PRUNER = DepthwiseAdapterPruner()
+PRUNERS = {t: DEPTHWISE_ADAPTER_PRUNER if t in DEPTHWISE_ADAPTER_TYPES else ADAPTER_PRUNER for t in ADAPTER_TYPES}
 
 
 @contextmanager
@@ -92,7 +128,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyG
     model.eval()
     with _all_require_grad(model):
         graph = tp.DependencyGraph().build_dependency(
-            model, example_input, customized_pruners={t: ADAPTER_PRUNER for t in ADAPTER_TYPES}, verbose=False)
+            model, example_input, customized_pruners=dict(PRUNERS), verbose=False)
     model.train(was_training)
     return graph
 
@@ -121,8 +157,8 @@ class ChannelGroup:
 
 
 def _out_fn(module: nn.Module):
-    if isinstance(module, ADAPTER_TYPES):
-        return ADAPTER_PRUNER.prune_out_channels
+    if type(module) in PRUNERS:
+        return PRUNERS[type(module)].prune_out_channels
     return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
 
 

@@ -45,7 +45,13 @@ def _channel_mean(t: torch.Tensor) -> torch.Tensor:
 
 
 class _ActivationGradient(Importance):
-    """Shared hook machinery: Σ over batches of mean(f(a, ∂L/∂a)) at each producer output."""
+    """Shared hook machinery: Σ over batches of mean(f(a, ∂L/∂a)) at each producer output.
+
+    ∂L/∂a comes from ``torch.autograd.grad`` on the captured outputs, not from ``.grad`` after a full
+    backward: no parameter gradient is computed (fine-pruning would otherwise pay for every weight's),
+    and a layer whose output needs no gradient for training (a frozen, bias-free conv at the start of
+    the network) is scored all the same, since the input is marked as requiring one.
+    """
 
     normalization = "l2"
 
@@ -59,7 +65,6 @@ class _ActivationGradient(Importance):
 
         def keep_output(name):
             def hook(module, inputs, output):
-                output.retain_grad()
                 outputs[name] = output
             return hook
 
@@ -70,20 +75,18 @@ class _ActivationGradient(Importance):
             for step, (x, y) in enumerate(loader):
                 if max_batches is not None and step >= max_batches:
                     break
-                x, y = x.to(device), y.to(device)
-                model.zero_grad(set_to_none=True)
+                x, y = x.to(device).requires_grad_(True), y.to(device)
                 loss = F.cross_entropy(model(x), y)
-                loss.backward()
+                grads = torch.autograd.grad(loss, [outputs[n] for n in names], allow_unused=True)
                 with torch.no_grad():
-                    for n in names:
-                        a = outputs[n]
-                        stat = _channel_mean(self.statistic(a.detach(), a.grad)).double().cpu()
+                    for n, grad in zip(names, grads):
+                        grad = torch.zeros_like(outputs[n]) if grad is None else grad
+                        stat = _channel_mean(self.statistic(outputs[n].detach(), grad)).double().cpu()
                         sums[n] = sums[n] + stat if n in sums else stat
                 outputs.clear()
         finally:
             for h in handles:
                 h.remove()
-            model.zero_grad(set_to_none=True)
             model.train(was_training)
         return sums
 

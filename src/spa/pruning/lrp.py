@@ -5,8 +5,12 @@
   dependency groups);
 - z⁺ for convs, z^β (``ZBox``, bounds from the input normalisation) for the first conv,
   ε = 1e-6 for linear layers, pooling and the residual sums; activations pass relevance through;
-- timm's residual blocks get a canonizer that routes ``x + shortcut`` through zennit's ``Sum``
-  module, so the addition has its own (ε) rule instead of an in-place add;
+- timm's residual blocks (ResNet BasicBlock / Bottleneck; the inverted residual and depthwise-
+  separable blocks of EfficientNet / MobileNetV2) get a canonizer that routes ``x + shortcut``
+  through zennit's ``Sum`` module, so the addition has its own (ε) rule instead of an in-place add;
+- ReLU6 (EfficientNet-Lite, MobileNetV2) passes relevance through, like ReLU; a depthwise conv
+  takes z⁺ like any conv (its modified forward is the same grouped conv), so relevance stays
+  within each channel, as the depthwise conv's own contributions do;
 - relevance starts at the true class (the one-hot of the label times its logit).
 
 Speed: zennit's z⁺ runs two modified passes per conv (positive inputs × positive weights, negative
@@ -23,6 +27,7 @@ from typing import Iterable
 
 import torch
 import torch.nn as nn
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from timm.models.resnet import BasicBlock, Bottleneck
 from zennit.canonizers import AttributeCanonizer, NamedMergeBatchNorm
 from zennit.composites import MixedComposite, NameMapComposite, SpecialFirstLayerMapComposite
@@ -35,7 +40,7 @@ from spa.pruning.groups import ChannelGroup
 from spa.pruning.importance import CRITERIA, Importance, Scores, _producers
 
 EPSILON = 1e-6
-ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU)
 POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
@@ -59,8 +64,24 @@ def _block_forward(self, x: torch.Tensor) -> torch.Tensor:
     return (self.act2 if isinstance(self, BasicBlock) else self.act3)(x)
 
 
+def _efficientnet_block_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """timm InvertedResidual / DepthwiseSeparableConv forward with the skip addition as a ``Sum``."""
+    shortcut = x
+    if getattr(self, "conv_s2d", None) is not None:
+        x = self.bn_s2d(self.conv_s2d(x))
+    if isinstance(self, InvertedResidual):
+        x = self.bn2(self.conv_dw(self.bn1(self.conv_pw(x))))
+        x = self.bn3(self.conv_pwl(self.se(self.aa(x))))
+    else:
+        x = self.bn2(self.conv_pw(self.se(self.aa(self.bn1(self.conv_dw(x))))))
+    if self.has_skip:
+        x = self.canonizer_sum(torch.stack([self.drop_path(x), shortcut], dim=-1))
+    return x
+
+
 class TimmResNetCanonizer(AttributeCanonizer):
-    """Residual blocks of timm ResNets: the addition becomes a ``zennit.layer.Sum`` module."""
+    """Residual blocks of timm ResNets and EfficientNet / MobileNetV2: the addition becomes a
+    ``zennit.layer.Sum`` module."""
 
     def __init__(self) -> None:
         super().__init__(self._attribute_map)
@@ -69,6 +90,8 @@ class TimmResNetCanonizer(AttributeCanonizer):
     def _attribute_map(name: str, module: nn.Module):
         if isinstance(module, (BasicBlock, Bottleneck)):
             return {"forward": _block_forward.__get__(module), "canonizer_sum": Sum()}
+        if isinstance(module, (InvertedResidual, DepthwiseSeparableConv)) and module.has_skip:
+            return {"forward": _efficientnet_block_forward.__get__(module), "canonizer_sum": Sum()}
         return None
 
     def copy(self) -> "TimmResNetCanonizer":

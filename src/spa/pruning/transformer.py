@@ -16,7 +16,7 @@ from typing import Sequence
 import torch.nn as nn
 import torch_pruning as tp
 
-from spa.pruning.groups import ADAPTER_PRUNER, ADAPTER_TYPES, ChannelGroup
+from spa.pruning.groups import PRUNERS, ChannelGroup
 
 
 def is_transformer(model: nn.Module) -> bool:
@@ -26,12 +26,12 @@ def is_transformer(model: nn.Module) -> bool:
 
 
 def _prune_out(layer: nn.Module, idxs: Sequence[int]) -> None:
-    (ADAPTER_PRUNER.prune_out_channels if isinstance(layer, ADAPTER_TYPES) else tp.prune_linear_out_channels)(
+    (PRUNERS[type(layer)].prune_out_channels if type(layer) in PRUNERS else tp.prune_linear_out_channels)(
         layer, list(idxs))
 
 
 def _prune_in(layer: nn.Module, idxs: Sequence[int]) -> None:
-    (ADAPTER_PRUNER.prune_in_channels if isinstance(layer, ADAPTER_TYPES) else tp.prune_linear_in_channels)(
+    (PRUNERS[type(layer)].prune_in_channels if type(layer) in PRUNERS else tp.prune_linear_in_channels)(
         layer, list(idxs))
 
 
