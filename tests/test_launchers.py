@@ -36,6 +36,7 @@ def run_records(results: Path, exp: str) -> dict[str, dict]:
     return out
 
 
+@pytest.mark.slow     # subprocesses: minutes of the fast suite (make test-all runs it)
 def test_a_parallel_sweep_through_submitit_matches_the_sequential_one(tmp_path, image_folder):
     sequential, parallel = tmp_path / "sequential", tmp_path / "parallel"
     args, env = cli(sequential, image_folder, "grid", "1")
@@ -78,6 +79,7 @@ RACER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow     # subprocesses: minutes of the fast suite (make test-all runs it)
 def test_two_processes_racing_for_a_shared_stage_train_it_once(tmp_path, image_folder):
     """Two pruned runs (two criteria) of the same (data, learner, seed) start together: the
     unpruned run they share is trained by one of them while the other waits on its lock."""
@@ -120,6 +122,7 @@ def test_launcher_settings_can_be_shown_without_launching(tmp_path, launcher, ta
     assert not (tmp_path / "runs").exists()                # nothing was run or submitted
 
 
+@pytest.mark.slow     # subprocesses: minutes of the fast suite (make test-all runs it)
 def test_a_gpu_slot_is_held_by_one_process_at_a_time(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
@@ -147,6 +150,7 @@ def test_a_gpu_slot_is_held_by_one_process_at_a_time(tmp_path):
         claim_gpu_slot(count=0, lock_dir=tmp_path)
 
 
+@pytest.mark.slow     # subprocesses: minutes of the fast suite (make test-all runs it)
 def test_the_gpus_launcher_runs_jobs_in_parallel_workers_and_needs_gpus(tmp_path, image_folder):
     args, env = cli(tmp_path, image_folder, "pool", "1,2")
     # on a CPU machine the worker pool itself can still be exercised with device=cpu

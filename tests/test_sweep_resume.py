@@ -49,6 +49,7 @@ def records(results: Path) -> dict[str, pd.DataFrame]:
     return {str(p.parent.relative_to(runs)): pd.read_csv(p).drop(columns="time_s") for p in runs.rglob("steps.csv")}
 
 
+@pytest.mark.slow     # subprocesses: minutes of the fast suite (make test-all runs it)
 @pytest.mark.parametrize("launcher", ["local", "submitit_local"])
 def test_a_killed_sweep_relaunched_ends_with_the_tables_of_an_uninterrupted_one(tmp_path, image_folder, launcher):
     args, env = sweep(tmp_path / "through", image_folder)
