@@ -41,15 +41,8 @@ class AdapterPruner(tp.pruner.function.BasePruningFunc):
     TARGET_MODULES = ADAPTER_TYPES
 
     def prune_out_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
-        keep = _keep(layer.weight.shape[0], idxs)
         _refuse_grouped(layer)
-        layer.weight = _select(layer.weight, keep, 0, trainable=False)
-        if layer.bias is not None:
-            layer.bias = _select(layer.bias, keep, 0, trainable=layer.bias.requires_grad)
-        for name in ("B", "P"):
-            if hasattr(layer, name):
-                setattr(layer, name, _select(getattr(layer, name), keep, 0, trainable=True))
-        layer._cache.clear()
+        _keep_rows(layer, _keep(layer.weight.shape[0], idxs))
         return layer
 
     def prune_in_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
@@ -69,12 +62,23 @@ class AdapterPruner(tp.pruner.function.BasePruningFunc):
         return layer.weight.shape[1] * getattr(layer, "groups", 1)
 
 
+def _keep_rows(layer: AdapterLayer, keep: list[int]) -> None:
+    """Output rows ``keep`` of W (frozen), of B (SPLoRA) or P (SPPaRA) and of the bias."""
+    layer.weight = _select(layer.weight, keep, 0, trainable=False)
+    if layer.bias is not None:
+        layer.bias = _select(layer.bias, keep, 0, trainable=layer.bias.requires_grad)
+    for name in ("B", "P"):
+        if hasattr(layer, name):
+            setattr(layer, name, _select(getattr(layer, name), keep, 0, trainable=True))
+    layer._cache.clear()
+
+
 def _refuse_grouped(layer: AdapterLayer) -> None:
     if getattr(layer, "groups", 1) > 1:
         raise NotImplementedError(
-            f"pruning a grouped adapter conv ({layer.groups} groups of {layer.weight.shape[1]} inputs) is not "
-            f"supported; depthwise convs (one input per group) are. Exclude the layer from pruning's reach with "
-            f"adapter.options.exclude=[NAME], or use adapter=finetune.")
+            f"pruning a grouped adapter conv ({layer.groups} groups of {layer.weight.shape[1]} inputs each) is not "
+            f"supported; depthwise convs (one input per group) are. Prune this network with adapter=finetune, or "
+            f"adapt it without pruning (pruning=none).")
 
 
 class DepthwiseAdapterPruner(AdapterPruner):
@@ -87,14 +91,8 @@ class DepthwiseAdapterPruner(AdapterPruner):
 
     def prune_out_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
         keep = _keep(layer.weight.shape[0], idxs)
-        layer.weight = _select(layer.weight, keep, 0, trainable=False)
-        if layer.bias is not None:
-            layer.bias = _select(layer.bias, keep, 0, trainable=layer.bias.requires_grad)
-        for name in ("B", "P"):
-            if hasattr(layer, name):
-                setattr(layer, name, _select(getattr(layer, name), keep, 0, trainable=True))
+        _keep_rows(layer, keep)
         layer.groups = len(keep)
-        layer._cache.clear()
         return layer
 
     prune_in_channels = prune_out_channels
