@@ -3,7 +3,8 @@
 Writes results/benchmarks/<section>_<device kind>.{json,md}: the device, versions and settings,
 medians over repeated runs after warm-up, and every figure also as a ratio to a baseline measured
 in the same run.
-  inference  ResNet-50 (224 px; CIFAR stem at 32 px) and DeiT-S at densities 100/70/50/30/10 % as
+  inference  ResNet-50 (224 px; CIFAR stem at 32 px), DeiT-S, EfficientNet-Lite0 and MobileNetV2 (depthwise
+             convs, inverted residuals; 224 px) at densities 100/70/50/30/10 % as
              our pruning leaves them: latency, throughput, MACs, the latency ratio next to the MACs
              ratio (the ideal); widths rounded to multiples of 8 (pruning.round_to=8) at 30 %; and
              the masked-only network (what the paper's code ran).

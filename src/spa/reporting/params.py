@@ -35,6 +35,8 @@ DEFAULT_BACKBONES = (
     BackboneSpec("ResNet-50, 102 classes (Flowers)", "resnet50", 102),
     BackboneSpec("VGG-16, 10 classes", "vgg16", 10),
     BackboneSpec("DeiT-S/16, 10 classes", "deit_small_patch16_224", 10),
+    BackboneSpec("EfficientNet-Lite0, 10 classes", "tf_efficientnet_lite0", 10),
+    BackboneSpec("MobileNetV2, 10 classes", "mobilenetv2_100", 10),
 )
 DEFAULT_ADAPTERS = (
     AdapterSpec("finetune", "finetune"),
