@@ -106,11 +106,10 @@ def pruned_versions(spec: NetSpec, densities=DENSITIES, adapter: str = "finetune
     prunes ``spec`` in 10 % steps (the same groups and budgets as a run; seeded random weights, so
     which channels go differs from a trained network, but not how many). A density is taken at
     the first step within ``tolerance`` of it; one the schedule cannot reach gets the last model."""
-    torch.manual_seed(SEED)
     wanted = sorted(densities, reverse=True)
     session = model = None
     for _, session, model in weight_pruned(spec, adapter, adapter_options, 0.1, min(wanted), (spec.size, spec.size),
-                                           device, round_to=round_to):
+                                           device, round_to=round_to, seed=SEED):
         while wanted and session.density <= wanted[0] + tolerance:
             wanted.pop(0)
             yield round(session.density, 3), model, session

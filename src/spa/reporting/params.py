@@ -93,17 +93,19 @@ def parameter_markdown(table: pd.DataFrame) -> str:
 
 def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict | None = None,
                   step_fraction: float = 0.1, target_density: float = 0.1, input_size: tuple[int, int] = (32, 32),
-                  device: torch.device | None = None, round_to: int = 1):
+                  device: torch.device | None = None, round_to: int = 1, seed: int = 0):
     """Yield ``(step, session, model)`` for step 0 (unpruned) and after every step of a pruning
     schedule, with the network pruned as the data-free weight criterion (L1 of BN-folded filters)
-    leaves it: the same groups and budgets a run takes, no training and no data. The model is
-    pruned in place (eval mode); ``round_to`` as ``pruning.round_to``. Raises ValueError where the
-    adapter does not apply (SPPaRA on a transformer)."""
+    leaves it: the same groups and budgets a run takes, no training and no data. The model starts
+    from random weights drawn with ``seed`` (so the same channels go every time) and is pruned in
+    place (eval mode); ``round_to`` as ``pruning.round_to``. Raises ValueError where the adapter
+    does not apply (SPPaRA on a transformer)."""
     from spa.pruning.importance import CRITERIA
     from spa.pruning.schedule import Plan
     from spa.pruning.session import PruningSession
 
     device = device or torch.device("cpu")
+    torch.manual_seed(seed)
     model, _ = create_backbone(backbone.timm_name, backbone.num_classes, cifar_stem=backbone.cifar_stem,
                                kwargs=dict(backbone.kwargs))
     if kind != "finetune":
