@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from spa import config_dir, repo_root
-from spa.data import SampleDataset, build_datasets, build_transforms
+from spa.data import SampleDataset, build_datasets
 from spa.metrics.probe import features, fit_probe
 from spa.models import create_backbone, declared_normalization
 from spa.utils import atomic_write_text, seed_everything
@@ -41,8 +41,8 @@ def probe(name: str, data: Path, size: int, per_class: int = 100, test_per_class
     norm = declared_normalization("pretrained", cfg.packaged_weights)
     bundle = build_datasets("image_folder", data, image_size=size, transform="cifar", max_per_class=per_class,
                             test_max_per_class=test_per_class, mean_std=(norm["mean"], norm["std"]))
-    _, test_tf = build_transforms("cifar", size, (norm["mean"], norm["std"]))     # no augmentation for features
-    train, test = SampleDataset(bundle.train.samples, test_tf), SampleDataset(bundle.test.samples, test_tf)
+    test = bundle.test                                              # the test transform: no augmentation
+    train = SampleDataset(bundle.train.samples, test.transform)     # for the training features either
     rows = []
     for weights in ("pretrained", "none"):
         seed_everything(0)

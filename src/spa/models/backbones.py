@@ -103,7 +103,7 @@ def load_packaged(model: nn.Module, name: str) -> WeightsInfo:
              "ImageNet" if head_loaded else "new")
     return WeightsInfo("packaged", name=name, path=str(path), sha256=entry.sha256, package=entry.package,
                        version=entry.version, file=entry.file, license=entry.license, head_loaded=head_loaded,
-                       normalization={"mean": list(entry.mean), "std": list(entry.std), "source": f"weights:{name}"})
+                       normalization=entry.normalization)
 
 
 def declared_normalization(weights: str, packaged_weights: str | None = None) -> dict[str, Any] | None:
@@ -115,8 +115,7 @@ def declared_normalization(weights: str, packaged_weights: str | None = None) ->
         if not packaged_weights:
             return None
         from spa.models.weights import packaged
-        entry = packaged(packaged_weights)
-        return {"mean": list(entry.mean), "std": list(entry.std), "source": f"weights:{packaged_weights}"}
+        return packaged(packaged_weights).normalization
     if weights in ("none", None, ""):
         return None
     payload = load_model_file(weights, mmap=True)
@@ -128,6 +127,12 @@ def check_packaged(weights: str, packaged_weights: str | None) -> None:
     if weights == "pretrained" and packaged_weights:
         from spa.models.weights import locate, packaged
         locate(packaged(packaged_weights))
+
+
+def check_head_init(head_init: str) -> None:
+    """``backbone.head_init`` is ``timm`` or ``torch`` (checked before a run directory is written too)."""
+    if head_init not in ("timm", "torch"):
+        raise ValueError(f"backbone.head_init={head_init!r}: use timm (timm's own) or torch (nn.Linear's default)")
 
 
 def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", pretrained_tag: str | None = None,
@@ -159,8 +164,7 @@ def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", 
         apply_cifar_stem(model)
     if weights not in ("pretrained", "none", None, ""):
         info = load_weights_file(model, weights, load_head=load_head, expect_cifar_stem=cifar_stem)
-    if head_init not in ("timm", "torch"):
-        raise ValueError(f"backbone.head_init={head_init!r}: use timm (timm's own) or torch (nn.Linear's default)")
+    check_head_init(head_init)
     if head_init == "torch" and not info.head_loaded:
         for name in head_names(model):
             module = model.get_submodule(name)

