@@ -183,7 +183,8 @@ def write_checks(out: Path, device: torch.device, settings: dict) -> None:
     table = pd.DataFrame(rows)
     shown = table.assign(measured=table["measured"].map("{:.3f}".format),
                          met=table["met"].map({True: "yes", False: "**no**"}))
-    text = (f"{settings['device_name']}; from the reports in this folder ({', '.join(sections)})\n\n"
+    text = (f"{settings['device_name']}; torch {settings['versions'].get('torch')}; "
+            f"from the reports in this folder ({', '.join(sections)})\n\n"
             + shown.to_markdown(index=False, disable_numparse=True) + "\n")
     atomic_write_text(out / f"checks_{device.type}.md", text)
     print(text + f"written: {out / f'checks_{device.type}.md'}", flush=True)

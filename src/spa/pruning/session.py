@@ -4,8 +4,9 @@ groups for ViT/DeiT), and the history of what was removed, replayable on a fresh
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 import torch.nn as nn
@@ -96,16 +97,38 @@ def layer_widths(model: nn.Module) -> dict[str, list[int]]:
     return widths
 
 
+def _attention_flops(query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *args: Any,
+                     out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs (2 per MAC) of one scaled-dot-product attention: the two matmuls Q·K^T and attn·V, i.e.
+    (batch·heads)·Lq·Lk·(d_qk + d_v) MACs, softmax and scaling not counted. Heads may be grouped (GQA):
+    Lk and d_v come from the key/value shapes, batch·heads from the query's."""
+    *lead, lq, d_qk = query_shape
+    return 2 * math.prod(lead) * lq * key_shape[-2] * (d_qk + value_shape[-1])
+
+
+# The attention kernels (fused or not) as FlopCounterMode sees them, each given the formula above, so the
+# count does not depend on which kernels a torch version's counter knows (2.14 misses the CPU flash kernel).
+# A mapped op is counted once and not decomposed, so nothing inside it is counted again; ops a torch lacks
+# are skipped. The composite op normally decomposes before the counter sees it; its math path (and timm's
+# fused_attn=False) goes through plain matmuls, which the counter counts itself.
+_ATTENTION_OPS = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+                  "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                  "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable")
+MAC_FORMULAS = {getattr(torch.ops.aten, name): _attention_flops for name in _ATTENTION_OPS
+                if hasattr(torch.ops.aten, name)}
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int], device: torch.device | None = None) -> int:
     """Multiply-accumulates of one forward pass of a single image of ``input_size`` in eval mode
-    (``torch.utils.flop_counter`` counts 2 FLOPs per MAC; the paper's "FLOPs" are MACs)."""
+    (``torch.utils.flop_counter`` counts 2 FLOPs per MAC; the paper's "FLOPs" are MACs). Attention is
+    counted by :data:`MAC_FORMULAS` whichever kernel runs, so the count does not depend on the torch."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     x = torch.zeros(1, 3, *input_size, device=device)
     model(x)  # warm-up: adapter layers fuse their weights once per eval(); that is not per-image work
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=MAC_FORMULAS)
     with counter:
         model(x)
     model.train(was_training)
