@@ -274,3 +274,17 @@ def test_splora_convs_train_through_the_cheaper_form_with_the_same_gradients(mon
         branch, fused = grads(True), grads(False)
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(branch, fused))
         assert layer.weight.grad is None                           # the frozen weight learns nothing either way
+
+
+def test_a_tensor_shared_by_two_layers_is_counted_once():
+    """Two positions sharing one adapter tensor (tied blocks, SPLoPA's prototypes, Pear's shared
+    adapters) store it once: the counts go by tensor identity and agree with the fused model."""
+    model = timm.create_model("test_vit", num_classes=10)
+    apply_adapter(model, "splora", rank=8)
+    untied = count_parameters(model)
+    first, second = model.blocks[0].attn.qkv, model.blocks[1].attn.qkv
+    second.A, second.B = first.A, first.B
+    tied = count_parameters(model)
+    shared = first.A.numel() + first.B.numel()
+    assert untied.total - tied.total == untied.trainable - tied.trainable == shared
+    assert tied.deployable == untied.deployable == sum(p.numel() for p in fuse(model).parameters())

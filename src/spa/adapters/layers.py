@@ -89,7 +89,8 @@ class AdapterLayer(nn.Module):
         return super().train(mode)
 
     def learned_parameters(self) -> int:
-        """Per-task learned parameters of this layer: adapter terms (+ bias)."""
+        """Per-task learned parameters of this layer alone: adapter terms (+ bias). A tensor shared with
+        another layer counts in each; ``spa.metrics.count_parameters`` counts a model by identity."""
         return sum(p.numel() for p in self.adapter_parameters()) + (self.bias.numel() if self.bias is not None else 0)
 
     def _init_base(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:

@@ -5,6 +5,9 @@
   fine-tuning every parameter. With physical channel removal the kept channels are exact.
 - total: every parameter of the (adapted) model.
 - deployable: parameters of the fused model (``spa.adapters.fuse``): adapters folded into the weights.
+
+Every count is by tensor identity: a tensor that several layers share (a tied adapter, a prototype
+bank) is counted once, as it is stored once.
 """
 from __future__ import annotations
 
@@ -26,8 +29,9 @@ class ParamCounts:
 
 def count_parameters(model: nn.Module) -> ParamCounts:
     from spa.adapters.convert import adapter_layers
-    params = list(model.parameters())
-    adapter = sum(p.numel() for layer in adapter_layers(model).values() for p in layer.adapter_parameters())
+    params = list(model.parameters())         # unique tensors (nn.Module drops repeats)
+    adapters = {id(p): p for layer in adapter_layers(model).values() for p in layer.adapter_parameters()}
+    adapter = sum(p.numel() for p in adapters.values())
     total = sum(p.numel() for p in params)
     return ParamCounts(total=total, trainable=sum(p.numel() for p in params if p.requires_grad),
                        deployable=total - adapter)
