@@ -1,6 +1,7 @@
 """Shared fixtures: fake data in every format, and configs composed through Hydra's compose API."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,18 @@ def compose_cfg(tmp_path, image_folder) -> Callable[..., DictConfig]:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
             return compose("config", overrides=base + list(overrides))
     return _compose
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_cache_dir(tmp_path_factory):
+    """The readability cache of built data sets (``spa.data.readable``) goes to a temp folder, not ~/.cache."""
+    previous = os.environ.get("SPA_CACHE_DIR")
+    os.environ["SPA_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SPA_CACHE_DIR", None)
+    else:
+        os.environ["SPA_CACHE_DIR"] = previous
 
 
 @pytest.fixture(autouse=True)

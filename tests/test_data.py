@@ -1,16 +1,24 @@
 """The image-folder and official-format readers read what they should; subsets and splits are exact."""
 from __future__ import annotations
 
+import os
 from collections import Counter
+from pathlib import Path
 from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
 
-from spa.data import DatasetNotFoundError, SOURCES, build_datasets, build_transforms, load_source
-from spa.data import fake
+from spa.data import DatasetNotFoundError, SOURCES, UnreadableImagesError, build_datasets, build_transforms, load_source
+from spa.data import fake, readable
 from spa.data.datasets import split_validation, subsample
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The readability cache of these tests goes to tmp_path, not ~/.cache/spa."""
+    monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def test_image_folder_layout_is_detected_for_any_source(image_folder):
@@ -153,3 +161,77 @@ def test_download_path_fetches_checks_and_extracts_the_archive(tmp_path, monkeyp
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _folder_with_broken_images(tmp_path: Path) -> Path:
+    """2 classes x (3 train + 2 test) good PNGs, plus text in a .png and a JPEG cut in half: 12 files."""
+    root = fake.write_image_folder(tmp_path / "data", ["ant", "bee"], n_train=3, n_test=2)
+    fake.write_broken_image(root / "train" / "ant" / "text.png", "text")
+    fake.write_broken_image(root / "test" / "bee" / "cut.jpg", "truncated")
+    return root
+
+
+def test_unreadable_images_stop_the_build_naming_them_or_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+    root = _folder_with_broken_images(tmp_path)
+    with Image.open(root / "test" / "bee" / "cut.jpg") as img:
+        img.verify()                                       # verify() alone lets the truncated JPEG through
+    with pytest.raises(UnreadableImagesError) as err:
+        build_datasets("image_folder", root, image_size=32)
+    text = str(err.value)
+    assert text.startswith(f"2 of 12 image files under {root} cannot be read: ")
+    assert "train/ant/text.png (cannot identify image file)" in text
+    assert "test/bee/cut.jpg (image file is truncated" in text
+    assert "dataset.skip_unreadable=true" in text
+    data = build_datasets("image_folder", root, image_size=32, skip_unreadable=True)
+    assert data.sizes() == {"train": 6, "val": 0, "test": 4}
+    assert data.stats == {"unreadable_removed": 2, "converted_to_rgb": 0}
+    assert all(x.shape == (3, 32, 32) for split in (data.train, data.test) for x, _ in split)   # no crash mid-epoch
+    # Cats & Dogs keeps skipping by default, in either layout, through the same rule; false stops it
+    assert load_source("cats_vs_dogs", root, download=False).stats["unreadable_removed"] == 2
+    with pytest.raises(UnreadableImagesError, match="2 of 12"):
+        load_source("cats_vs_dogs", root, download=False, skip_unreadable=False)
+    fake.write_petimages(tmp_path / "pets", per_class=3, n_unreadable=1, n_gray=0)
+    with pytest.raises(UnreadableImagesError, match="Cat/3.jpg"):
+        load_source("cats_vs_dogs", tmp_path / "pets", download=False, split_seed=0, skip_unreadable=False)
+
+
+def test_many_unreadable_files_are_listed_first_few_and_counted(tmp_path):
+    root = fake.write_image_folder(tmp_path / "data", ["ant"], n_train=1, n_test=1)
+    for i in range(8):
+        fake.write_broken_image(root / "train" / "ant" / f"bad{i}.png")
+    with pytest.raises(UnreadableImagesError) as err:
+        load_source("image_folder", root, download=False)
+    assert str(err.value).count("(cannot identify image file)") == readable.SHOWN and " and 3 more." in str(err.value)
+
+
+def test_a_second_build_reuses_the_cached_check(tmp_path, monkeypatch):
+    from PIL import Image
+    root = _folder_with_broken_images(tmp_path)
+    checked, opened = [], []
+    check, open_ = readable.check_image, Image.open
+    monkeypatch.setattr(readable, "check_image", lambda path: checked.append(Path(path).name) or check(path))
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(a[0]) or open_(*a, **k))
+    build_datasets("image_folder", root, skip_unreadable=True)
+    assert len(checked) == 12 and len(opened) == 12
+    assert len(list((tmp_path / "cache" / "readable").glob("*.json"))) == 1
+    checked.clear(), opened.clear()
+    again = build_datasets("image_folder", root, skip_unreadable=True)
+    assert checked == [] and opened == [] and again.stats["unreadable_removed"] == 2   # nothing opened, same record
+    changed = root / "train" / "bee" / "00001.png"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    build_datasets("image_folder", root, skip_unreadable=True)
+    assert checked == ["00001.png"]                                   # only the changed file is checked again
+
+
+def test_the_check_works_without_a_writable_cache(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SPA_CACHE_DIR", str(blocker / "cache"))      # under a file: cannot be created
+    root = _folder_with_broken_images(tmp_path)
+    assert build_datasets("image_folder", root, skip_unreadable=True).stats["unreadable_removed"] == 2
+    monkeypatch.delenv("SPA_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert readable.cache_dir() == tmp_path / "xdg" / "spa"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert readable.cache_dir() == Path.home() / ".cache" / "spa"

@@ -128,11 +128,13 @@ def build_datasets(source: str, root: str | Path, *, download: bool = False, ima
                    train_fraction: float = 1.0, max_per_class: int | None = None,
                    test_max_per_class: int | None = None, val_fraction: float = 0.0,
                    split_seed: int = 0, source_options: dict[str, Any] | None = None,
-                   mean_std: tuple[Sequence[float], Sequence[float]] | None = None) -> DataBundle:
+                   mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
+                   skip_unreadable: bool | None = None) -> DataBundle:
     """Read, subset and wrap a data set. All randomness here depends on ``split_seed`` only,
     so every training seed sees the same train/val/test split. ``mean_std`` overrides the
-    normalisation of the ``transform`` style (weights that declare their own)."""
-    raw = load_source(source, root, download, split_seed=split_seed, **(source_options or {}))
+    normalisation of the ``transform`` style (weights that declare their own). Unreadable image
+    files raise before training starts, or are left out with ``skip_unreadable`` (see :func:`load_source`)."""
+    raw = load_source(source, root, download, skip_unreadable, split_seed=split_seed, **(source_options or {}))
     raw = select_classes(raw, classes)
     train = subsample(raw.train, split_seed, train_fraction, max_per_class)
     test = subsample(raw.test, split_seed, 1.0, test_max_per_class)

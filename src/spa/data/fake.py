@@ -4,6 +4,7 @@ Each class gets its own colour and stripe direction, so a tiny network can learn
 """
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -94,3 +95,17 @@ def write_petimages(root: str | Path, per_class: int = 10, n_unreadable: int = 1
         for j in range(n_unreadable):
             (folder / f"{per_class + j}.jpg").write_bytes(b"not a jpeg")
     return Path(root)
+
+
+def write_broken_image(path: str | Path, kind: str = "text", size: int = 64) -> Path:
+    """A file PIL cannot read: ``text`` (text under an image name) or ``truncated`` (a JPEG cut in half,
+    which still opens and passes ``verify()``; only a decode finds it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "text":
+        path.write_text("this is not an image\n")
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(class_image(0, 0, size)).save(buffer, format="JPEG")
+        path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path

@@ -5,7 +5,6 @@ file path or an HWC uint8 array (CIFAR). Nothing here applies transforms or subs
 """
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import random
@@ -14,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from PIL import Image
+
+from spa.data.readable import drop_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ def _folder_samples(split_dir: Path, class_index: dict[str, int]) -> list[Sample
     return samples
 
 
-def read_image_folder(root: Path) -> RawSplits:
-    """``root/{train,test}/<class>/<image>``; classes = sorted folder names under ``train``."""
+def read_image_folder(root: Path, skip_unreadable: bool = False) -> RawSplits:
+    """``root/{train,test}/<class>/<image>``; classes = sorted folder names under ``train``. Unreadable
+    files raise, or are left out and counted with ``skip_unreadable`` (:func:`drop_unreadable`)."""
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     unknown = sorted({p.name for p in (root / "test").iterdir() if p.is_dir()} - set(classes))
     if unknown:
@@ -75,7 +76,8 @@ def read_image_folder(root: Path) -> RawSplits:
     train, test = _folder_samples(root / "train", index), _folder_samples(root / "test", index)
     if not train or not test:
         raise ValueError(f"image folder {root} has no images in train/ or test/ ({len(train)}, {len(test)})")
-    return RawSplits(classes, train, test, layout="image_folder")
+    (train, test), stats = drop_unreadable(root, [train, test], skip_unreadable)
+    return RawSplits(classes, train, test, layout="image_folder", stats=stats)
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -138,8 +140,9 @@ def flowers_present(root: Path) -> bool:
     return (base / "jpg").is_dir() and (base / "imagelabels.mat").is_file() and (base / "setid.mat").is_file()
 
 
-def read_flowers102(root: Path) -> RawSplits:
-    """Official layout ``flowers-102/{jpg/, imagelabels.mat, setid.mat}``; train = trn + val (2,040)."""
+def read_flowers102(root: Path, skip_unreadable: bool = False) -> RawSplits:
+    """Official layout ``flowers-102/{jpg/, imagelabels.mat, setid.mat}``; train = trn + val (2,040).
+    Unreadable files raise, or are left out and counted with ``skip_unreadable`` (:func:`drop_unreadable`)."""
     from scipy.io import loadmat
     base = root / "flowers-102"
     labels = loadmat(base / "imagelabels.mat")["labels"].reshape(-1)
@@ -150,7 +153,8 @@ def read_flowers102(root: Path) -> RawSplits:
         return [(str(base / "jpg" / f"image_{i:05d}.jpg"), int(labels[i - 1]) - 1) for i in sorted(ids)]
 
     classes = [f"{i:03d}" for i in range(1, int(labels.max()) + 1)]
-    return RawSplits(classes, pick("trnid") + pick("valid"), pick("tstid"), layout="flowers102")
+    (train, test), stats = drop_unreadable(base, [pick("trnid") + pick("valid"), pick("tstid")], skip_unreadable)
+    return RawSplits(classes, train, test, layout="flowers102", stats=stats)
 
 
 def download_flowers102(root: Path) -> None:
@@ -165,46 +169,10 @@ def download_flowers102(root: Path) -> None:
 PETIMAGES_URL = ("https://download.microsoft.com/download/3/E/1/3E1C3F21-ECDB-4869-8368-6DEBA77B919F/"
                  "kagglecatsanddogs_5340.zip")
 PET_CLASSES = ("Cat", "Dog")
-INDEX_NAME = ".spa_index.json"
 
 
 def petimages_present(root: Path) -> bool:
     return all((root / "PetImages" / c).is_dir() for c in PET_CLASSES)
-
-
-def _check_image(path: Path) -> str:
-    """'ok', 'converted' (readable but not RGB) or 'unreadable'."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return "ok" if img.mode == "RGB" else "converted"
-    except Exception:  # PIL raises many types for broken files
-        return "unreadable"
-
-
-def index_petimages(root: Path) -> dict[str, Any]:
-    """Scan PetImages once, dropping unreadable files; cached in ``PetImages/.spa_index.json``."""
-    base = root / "PetImages"
-    cache = base / INDEX_NAME
-    files = sorted((str(p.relative_to(base)) for c in PET_CLASSES for p in (base / c).iterdir()
-                    if p.suffix.lower() in IMG_EXTENSIONS), key=_pet_sort_key)
-    if cache.is_file():
-        index = json.loads(cache.read_text())
-        if index.get("files_seen") == len(files):
-            return index
-    status = {rel: _check_image(base / rel) for rel in files}
-    index = {
-        "files_seen": len(files),
-        "samples": [[rel, PET_CLASSES.index(rel.split("/")[0])] for rel in files if status[rel] != "unreadable"],
-        "unreadable": sorted(r for r, s in status.items() if s == "unreadable"),
-        "converted_to_rgb": sum(s == "converted" for s in status.values()),
-    }
-    try:
-        from spa.utils import atomic_write_json
-        atomic_write_json(cache, index)
-    except OSError:  # read-only data folder: keep the index in memory only
-        pass
-    return index
 
 
 def _pet_sort_key(rel: str) -> tuple[str, int, str]:
@@ -213,19 +181,19 @@ def _pet_sort_key(rel: str) -> tuple[str, int, str]:
     return (cls, int(stem) if stem.isdigit() else -1, name)
 
 
-def read_petimages(root: Path, split_seed: int, train_fraction: float = 0.7,
-                   train_size: int | None = 8005, test_size: int | None = 2023) -> RawSplits:
-    """Microsoft PetImages: seeded shuffle, 70/30 split, truncated to 8,005 / 2,023 as the paper."""
-    index = index_petimages(root)
-    samples = [(str(root / "PetImages" / rel), label) for rel, label in index["samples"]]
+def read_petimages(root: Path, split_seed: int, train_fraction: float = 0.7, train_size: int | None = 8005,
+                   test_size: int | None = 2023, skip_unreadable: bool = True) -> RawSplits:
+    """Microsoft PetImages: seeded shuffle, 70/30 split, truncated to 8,005 / 2,023 as the paper. The
+    archive ships broken files, left out and counted by default (:func:`drop_unreadable`)."""
+    base = root / "PetImages"
+    files = sorted((str(p.relative_to(base)) for c in PET_CLASSES for p in (base / c).iterdir()
+                    if p.suffix.lower() in IMG_EXTENSIONS), key=_pet_sort_key)
+    (samples,), stats = drop_unreadable(base, [[(str(base / rel), PET_CLASSES.index(rel.split("/")[0]))
+                                                 for rel in files]], skip_unreadable)
     random.Random(split_seed).shuffle(samples)
     cut = int(round(train_fraction * len(samples)))
     train, test = samples[:cut], samples[cut:]
     train, test = train[:train_size] if train_size else train, test[:test_size] if test_size else test
-    stats = {"unreadable_removed": len(index["unreadable"]), "converted_to_rgb": index["converted_to_rgb"]}
-    if stats["unreadable_removed"] or stats["converted_to_rgb"]:
-        log.info("PetImages: removed %d unreadable images, %d non-RGB images are converted on load",
-                 stats["unreadable_removed"], stats["converted_to_rgb"])
     return RawSplits([c.lower() for c in PET_CLASSES], train, test, layout="petimages", stats=stats)
 
 
@@ -242,6 +210,7 @@ class Source:
     present: Callable[[Path], bool] | None
     read: Callable[..., RawSplits] | None
     download: Callable[[Path], None] | None
+    skip_unreadable: bool = False                     # what dataset.skip_unreadable=null means for this source
 
 
 SOURCES: dict[str, Source] = {
@@ -250,21 +219,26 @@ SOURCES: dict[str, Source] = {
     "cifar100": Source("CIFAR-100", "cifar-100-python/", lambda r: cifar_present(r, "cifar100"),
                        lambda r, **_: read_cifar(r, "cifar100"), lambda r: download_cifar(r, "cifar100")),
     "flowers102": Source("Oxford Flowers 102", "flowers-102/{jpg/,imagelabels.mat,setid.mat}", flowers_present,
-                         lambda r, **_: read_flowers102(r), download_flowers102),
+                         lambda r, skip_unreadable=False, **_: read_flowers102(r, skip_unreadable),
+                         download_flowers102),
     "cats_vs_dogs": Source("Cats & Dogs (PetImages)", "PetImages/{Cat,Dog}/", petimages_present,
-                           read_petimages, download_petimages),
+                           read_petimages, download_petimages, skip_unreadable=True),
     "image_folder": Source("Image folder", "train/<class>/*, test/<class>/*", None, None, None),
 }
 
 
-def load_source(source: str, root: str | Path, download: bool, **options: Any) -> RawSplits:
+def load_source(source: str, root: str | Path, download: bool, skip_unreadable: bool | None = None,
+                **options: Any) -> RawSplits:
     """Read ``source`` from ``root``: image-folder layout if present, else the official format,
-    downloading it first when allowed. Raises :class:`DatasetNotFoundError` naming the fix."""
+    downloading it first when allowed. Raises :class:`DatasetNotFoundError` naming the fix.
+    ``skip_unreadable``: leave unreadable image files out (True) or raise naming them (False);
+    None is the source's own rule (skip for Cats & Dogs, whose archive ships broken files)."""
     if source not in SOURCES:
         raise ValueError(f"dataset.source={source!r} is unknown; use one of {sorted(SOURCES)}")
     spec, root = SOURCES[source], Path(root).expanduser()
+    skip = spec.skip_unreadable if skip_unreadable is None else bool(skip_unreadable)
     if root.is_dir() and has_image_folder_layout(root):
-        return read_image_folder(root)
+        return read_image_folder(root, skip)
     if spec.present is None:  # the generic image folder has no official format
         raise not_found(spec.display, root, spec.expected)
     if not spec.present(root):
@@ -278,4 +252,4 @@ def load_source(source: str, root: str | Path, download: bool, **options: Any) -
             raise not_found(spec.display, root, spec.expected, cause=f"{type(err).__name__}: {err}") from err
         if not spec.present(root):
             raise not_found(spec.display, root, spec.expected, cause="the archive did not contain the expected files")
-    return spec.read(root, **options)
+    return spec.read(root, skip_unreadable=skip, **options)
