@@ -1,6 +1,8 @@
 """Table 1 from the run tree, side by side with the paper: python scripts/table1.py [EXP_NAME]
 
-Writes results/tables/<exp>.{csv,md,tex}, <exp>_vs_paper.{csv,md} and <exp>_claims.md.
+Writes results/tables/<exp>.{csv,md,tex}, <exp>_vs_paper.{csv,md}, <exp>_claims.md, <exp>_curves.csv and
+<exp>_versions.json (the runs' torch versions). Refuses an experiment whose config sets ``report: true``:
+its <exp>.{csv,md} belong to the generic per-run report (spa.reporting.report).
 """
 from __future__ import annotations
 
@@ -9,9 +11,8 @@ import sys
 from pathlib import Path
 
 from spa import repo_root
-from spa.reporting import collect_steps
-from spa.reporting.paper import load_table1
-from spa.reporting.table1 import swept_seeds, write_table1
+from spa.reporting.report import report_setting
+from spa.reporting.table1 import table1_report
 
 
 def main() -> int:
@@ -22,12 +23,16 @@ def main() -> int:
                         help="seeds a cell needs for the table to be final (default: the seeds the experiment "
                              "config sweeps, else 3)")
     args = parser.parse_args()
-    seeds = args.seeds or swept_seeds(args.exp_name) or 3
-    steps = collect_steps(args.results_dir / "runs" / args.exp_name)
-    if steps.empty:
-        print(f"no finished runs under {args.results_dir / 'runs' / args.exp_name}", file=sys.stderr)
+    if report_setting(args.exp_name) is True:
+        print(f"configs/experiment/{args.exp_name}.yaml sets report: true, so its tables are the generic report's "
+              f"(python scripts/report.py {args.exp_name}); set report: table1 there for Table 1", file=sys.stderr)
+        return 2
+    try:
+        paths = table1_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables", args.exp_name,
+                              args.seeds)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
         return 1
-    paths = write_table1(steps, load_table1(), args.results_dir / "tables", args.exp_name, seeds)
     print(paths["md"].read_text())
     for kind, path in paths.items():
         print(f"{kind}: {path}")

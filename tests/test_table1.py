@@ -1,45 +1,23 @@
 """A synthetic run tree -> Table 1 in the paper's layout (golden values), the comparison with the
-paper, the partial-table flag and the claims on our own numbers."""
+paper, the partial-table flag and the claims on our own numbers; datasets beyond the paper's (the
+ICLR grid's CIFAR-100) and SPPaRA; one writer per table file; the torch version in every header."""
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
+from typing import Callable
 
+import matplotlib.image
 import pandas as pd
 import pytest
 
-from spa.reporting import collect_steps
+from helpers import ICLR_DATASETS, RUNS, SPPARA, iclr_tree, run_tree
+from scripts_path import load_script
+from spa.reporting import collect_steps, experiment_report
 from spa.reporting.paper import load_table1
-from spa.reporting.table1 import aggregate, cells, wide, write_table1
-
-# (adapter, pruning, seed) -> [(density, top1, learned params, MACs at 32 px)], one tuple per step
-RUNS = {
-    ("finetune", "none", 1): [(1.0, 97.0, 23_520_842, 1_300e6)],
-    ("finetune", "none", 2): [(1.0, 96.0, 23_520_842, 1_300e6)],
-    ("splora_r8", "none", 1): [(1.0, 95.0, 466_338, 1_300e6)],
-    ("splora_r8", "none", 2): [(1.0, 95.5, 466_338, 1_300e6)],
-    ("finetune", "taylor", 1): [(1.0, 97.0, 23_520_842, 1_300e6), (0.5, 96.5, 9e6, 800e6),
-                                (0.3004, 96.0, 4_000_000, 500e6), (0.0998, 88.0, 600_000, 240e6)],
-    ("finetune", "taylor", 2): [(1.0, 96.0, 23_520_842, 1_300e6), (0.5, 96.0, 9e6, 800e6),
-                                (0.2998, 95.0, 4_200_000, 520e6), (0.1001, 90.0, 580_000, 236e6)],
-    ("splora_r8", "taylor", 1): [(1.0, 95.0, 466_338, 1_300e6), (0.3001, 94.0, 200_000, 560e6),
-                                 (0.1, 91.0, 128_000, 243e6)],
-    ("splora_r8", "taylor", 2): [(1.0, 95.5, 466_338, 1_300e6), (0.3, 93.0, 210_000, 570e6),
-                                 (0.1, 92.0, 129_000, 245e6)],
-}
-
-
-def run_tree(root: Path) -> Path:
-    for (adapter, pruning, seed), steps in RUNS.items():
-        run = root / "cifar10" / "resnet50" / pruning / adapter / f"seed_{seed}"
-        run.mkdir(parents=True)
-        (run / "summary.json").write_text(json.dumps({"dataset": "cifar10", "backbone": "resnet50",
-                                                     "adapter": adapter, "pruning": pruning, "seed": seed}))
-        pd.DataFrame([{"step": i, "density": d, "top1": a, "params_learned": p, "macs_32": m}
-                      for i, (d, a, p, m) in enumerate(steps)]).to_csv(run / "steps.csv", index=False)
-    return root
-
+from spa.reporting.table1 import aggregate, cells, table1_report, wide, write_table1
 
 def test_golden_table(tmp_path):
     steps = collect_steps(run_tree(tmp_path / "runs"))
@@ -69,7 +47,9 @@ def test_written_tables_compare_with_the_paper_and_flag_partial_tables(tmp_path)
     claims = paths["claims"].read_text()
     assert re.search(r"10 % density\s*\|\s*\|\s*\+6\.91\s*\|", claims)     # no r32 runs here; the paper's +6.91
     assert re.search(r"30 % density\s*\|\s*-2\.00\s*\|\s*-1\.60\s*\|", claims)  # ours 93.5 - 95.5; paper -1.60
-    assert paths["tex"].read_text().lstrip().startswith("\\begin{tabular}")
+    tex = paths["tex"].read_text()
+    assert tex.startswith("% torch 2.14.1\n\\begin{tabular}")
+    assert "taylor & splora_r8 & 0.10 & 128.50 & 0.71 & 244.00 & 1.41 & 91.50 & 0.71 & 2 &" in tex
 
 
 def test_figures_are_drawn_from_the_curves_table(tmp_path):
@@ -83,4 +63,81 @@ def test_figures_are_drawn_from_the_curves_table(tmp_path):
     figures = write_figures(paths["curves"], tmp_path / "figures", "table1")
     assert sorted(p.name for p in figures) == sorted(f"table1_{kind}_cifar10.{ext}" for kind in ("figure6", "density")
                                                      for ext in ("png", "pdf"))
-    assert all(p.stat().st_size > 5_000 for p in figures)
+    for png in (p for p in figures if p.suffix == ".png"):     # one criterion: one column of panels, drawn
+        image = matplotlib.image.imread(png)
+        assert image.shape[:2] == ((832, 468) if "figure6" in png.name else (442, 468)) and image.std() > 0.05
+    assert all(p.read_bytes().startswith(b"%PDF") and p.stat().st_size > 5_000 for p in figures if p.suffix == ".pdf")
+
+
+def test_datasets_come_from_the_runs_so_cifar100_and_sppara_rows_are_in_table1(tmp_path):
+    """experiment=table1_iclr adds CIFAR-100 and SPPaRA: both must be in the tables (issue 13, item 5)."""
+    paths = table1_report(iclr_tree(tmp_path / "runs"), tmp_path / "tables", "table1_iclr")
+    table = pd.read_csv(paths["csv"])
+    assert list(table.columns[7:]) == [f"{d}{s}" for d in ("cifar10", "flowers102", "cats_vs_dogs", "cifar100")
+                                       for s in ("", "_std", "_seeds")]
+    cell = table[(table.pruning == "taylor") & (table.learning == "sppara") & (table.density == 0.1)]
+    assert cell[["cifar10", "cifar100", "cifar100_std", "cifar100_seeds", "flowers102", "cats_vs_dogs"]].round(4
+                                                                                ).values.tolist() == [
+        [89.5, 59.5, 0.7071, 2, 79.5, 90.5]]
+    assert table[(table.pruning == "none") & (table.learning == "sppara")]["cifar100"].tolist() == [64.25]
+    assert table[(table.pruning == "taylor") & (table.learning == "finetune") & (table.density == 0.1)][
+        "cifar100"].tolist() == [59.0]
+    md = paths["md"].read_text()
+    assert md.startswith("Table 1 (partial: 0 of 36 cells have 3 seeds)") and "\n\ntorch 2.14.1\n\n|" in md
+    header = next(line for line in md.splitlines() if line.startswith("| criterion"))
+    assert re.search(r"CIFAR-10 .*\| Flowers 102 .*\| Cats & Dogs .*\| CIFAR-100 +\|$", header)
+    sppara = [line for line in md.splitlines() if "| SPPaRA" in line]
+    assert len(sppara) == 3 and "59.50 ± 0.71 (2) [+0.50]" in sppara[2] and "89.50 ± 0.71 (2) [+0.50]" in sppara[2]
+    # the comparison with the paper covers the paper's datasets only
+    vs = pd.read_csv(paths["vs_csv"])
+    assert set(vs["dataset"]) == {"cifar10", "flowers102", "cats_vs_dogs"}
+    assert vs[(vs.learning == "sppara") & (vs.density == 0.1)]["top1"].sort_values().tolist() == [79.5, 89.5, 90.5]
+    claims = paths["claims"].read_text()
+    assert "CIFAR-100" not in claims and re.search(r"30 % density\s*\|\s*-2\.00\s*\|\s*-1\.60\s*\|", claims)
+
+
+def test_a_table1_experiment_has_one_writer_per_table_file(tmp_path, monkeypatch):
+    """The per-run report of ``report: table1`` (issue 13, item 6) writes Table 1 exactly as scripts/table1.py
+    does, and neither script writes tables/<exp>.{csv,md} of an experiment the other owns."""
+    results = tmp_path / "results"
+    tables, exp_dir = results / "tables", results / "runs" / "table1_iclr"
+    experiment_report(iclr_tree(exp_dir, pruned=False), results, "table1_iclr")    # early: unpruned runs only
+    assert (tables / "table1_iclr.md").read_text().startswith("Table 1 (partial: 0 of 12 cells")
+    outputs = experiment_report(iclr_tree(exp_dir, pruned=True), results, "table1_iclr")   # as pipeline.run does
+    assert outputs["table"] == tables / "table1_iclr.md"
+    reported = {p.name: p.read_bytes() for p in tables.iterdir()}
+    assert pd.read_csv(tables / "table1_iclr.csv").columns[:3].tolist() == ["pruning", "learning", "density"]
+    monkeypatch.setattr(sys, "argv", ["table1.py", "table1_iclr", "--results-dir", str(results)])
+    assert load_script("table1").main() == 0
+    assert {p.name: p.read_bytes() for p in tables.iterdir()} == reported           # same files, same bytes
+    assert {"table1_iclr_runs.csv", "table1_iclr_steps.csv", "table1_iclr.tex"} <= set(reported)
+    # the pipeline passes its config's report setting: the same layout under any experiment name
+    experiment_report(exp_dir, results, "renamed", report="table1")
+    assert (tables / "renamed.csv").read_bytes() == reported["table1_iclr.csv"]
+    # report: true (demo): the generic summary owns demo.{csv,md}; scripts/table1.py leaves them alone
+    demo = experiment_report(exp_dir, results, "demo")["table"]
+    assert demo.read_text().startswith("torch 2.14.1\n\n| data ")
+    assert pd.read_csv(tables / "demo.csv").columns[:3].tolist() == ["dataset", "backbone", "adapter"]
+    before = demo.read_bytes()
+    monkeypatch.setattr(sys, "argv", ["table1.py", "demo", "--results-dir", str(results)])
+    assert load_script("table1").main() == 2 and demo.read_bytes() == before
+    # report: false (table1_mini): its Table 1 comes from scripts/table1.py, scripts/report.py refuses
+    monkeypatch.setattr(sys, "argv", ["report.py", "table1_mini", "--results-dir", str(results)])
+    assert load_script("report").main() == 2 and not (tables / "table1_mini.csv").exists()
+
+
+def test_tables_state_the_torch_versions_of_their_runs(tmp_path):
+    """Every table the reporting writes names the torch version(s) of the runs behind it: in Markdown
+    above the table, in LaTeX as a comment, for CSV in the sidecar <exp>_versions.json."""
+    two = lambda dataset, adapter, pruning, seed: "2.13.0" if seed == 2 else "2.14.1"  # noqa: E731
+    root = run_tree(tmp_path / "runs", torch=two)
+    paths = table1_report(root, tmp_path / "tables", "mixed")
+    both = "torch 2.13.0, 2.14.1"
+    assert f"\n\n{both}\n\n|" in paths["md"].read_text() and paths["tex"].read_text().startswith(f"% {both}\n")
+    assert paths["vs_md"].read_text().startswith(f"{both}\n\n|") and paths["claims"].read_text().startswith(both)
+    assert json.loads(paths["versions"].read_text()) == {"torch": ["2.13.0", "2.14.1"]}
+    assert pd.read_csv(paths["csv"]).columns[0] == "pruning"                           # the CSV stays plain
+    table = experiment_report(root, tmp_path, "mixed_generic", report=True)["table"]
+    assert table.read_text().startswith(f"{both}\n\n| data ")
+    sidecar = json.loads((tmp_path / "tables" / "mixed_generic_versions.json").read_text())
+    assert sidecar == {"torch": ["2.13.0", "2.14.1"]}

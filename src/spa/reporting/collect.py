@@ -1,4 +1,5 @@
-"""Read the run tree: every finished run's ``summary.json`` (and ``epochs.jsonl``) into pandas."""
+"""Read the run tree: every finished run's ``summary.json`` (and ``epochs.jsonl``) into pandas, with the torch
+version each run recorded (``torch`` column), so every table written from them can state what produced it."""
 from __future__ import annotations
 
 import json
@@ -8,10 +9,11 @@ from typing import Callable
 import pandas as pd
 
 from spa.records import STEPS, SUMMARY, RunDir
+from spa.utils import atomic_write_text
 
 RUN_COLUMNS = ["exp_name", "dataset", "num_classes", "backbone", "adapter", "pruning", "seed", "weights", "epochs",
                "density", "test_top1", "test_top5", "val_top1", "params_total", "params_trainable", "wall_time_s",
-               "device", "config_hash", "run_dir"]
+               "device", "config_hash", "run_dir", "torch"]
 
 
 def _row(summary: dict) -> dict:
@@ -23,7 +25,13 @@ def _row(summary: dict) -> dict:
         "test_top1": summary["metrics"]["test_top1"], "test_top5": summary["metrics"]["test_top5"],
         "val_top1": summary["metrics"].get("val_top1"),
         "params_total": summary["params"]["total"], "params_trainable": summary["params"]["trainable"],
+        "torch": _torch(summary),
     }
+
+
+def _torch(summary: dict) -> str | None:
+    """The torch version a run recorded in ``summary.json`` (``versions.torch``), None where absent."""
+    return (summary.get("versions") or {}).get("torch")
 
 
 def collect_runs(root: str | Path) -> pd.DataFrame:
@@ -57,4 +65,22 @@ def collect_epochs(root: str | Path) -> pd.DataFrame:
 
 def collect_steps(root: str | Path) -> pd.DataFrame:
     """One row per pruning step (``steps.csv``) of every finished run under ``root``."""
-    return _per_run(root, lambda run: pd.read_csv(run.file(STEPS)) if run.file(STEPS).is_file() else pd.DataFrame())
+    return _per_run(root, lambda run: pd.read_csv(run.file(STEPS)) if run.file(STEPS).is_file() else pd.DataFrame(),
+                    extra=lambda summary: {"torch": _torch(summary)})
+
+
+def torch_versions(frame: pd.DataFrame) -> list[str]:
+    """The distinct torch versions of the runs behind ``frame`` (its ``torch`` column), sorted."""
+    return sorted({str(v) for v in frame["torch"].dropna()}) if "torch" in frame else []
+
+
+def versions_line(versions: list[str]) -> str:
+    """``torch 2.14.1`` (every version where runs disagree): the line above each Markdown table."""
+    return f"torch {', '.join(versions)}" if versions else "torch not recorded"
+
+
+def write_versions(path: Path, versions: list[str]) -> Path:
+    """The sidecar ``<name>_versions.json`` of an experiment's CSV tables, which stay plain CSV:
+    ``{"torch": [...]}``, the versions of the runs they were built from."""
+    atomic_write_text(path, json.dumps({"torch": versions}, indent=2) + "\n")
+    return path

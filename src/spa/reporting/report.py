@@ -1,12 +1,22 @@
-"""Tables and figures of one experiment. Pretty labels live here, and only here."""
+"""Tables and figures of one experiment. Pretty labels live here, and only here.
+
+One writer per file: the experiment's ``report`` setting says who writes ``tables/<name>.{csv,md}``:
+``true``, this module's generic summary (one row per group of seeds); ``table1``, the paper's Table 1
+layout (:func:`spa.reporting.table1.table1_report`, as ``scripts/table1.py`` writes it);
+``false``, not the per-run report but a script after the sweep (``scripts/table1.py`` or
+``scripts/select_lr.py``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 from matplotlib.figure import Figure
 import pandas as pd
+from omegaconf import OmegaConf
 
-from spa.reporting.collect import collect_epochs, collect_runs, collect_steps
+from spa import config_dir
+from spa.reporting.collect import (collect_epochs, collect_runs, collect_steps, torch_versions, versions_line,
+                                   write_versions)
 from spa.utils import atomic_write_text
 
 LABELS = {
@@ -23,6 +33,19 @@ GROUP = ["dataset", "backbone", "adapter", "pruning", "weights"]
 
 def label(value: object) -> str:
     return LABELS.get(str(value), str(value))
+
+
+def report_setting(exp_name: str) -> bool | str | None:
+    """The ``report`` value of ``configs/experiment/<exp_name>.yaml``, or of the experiment it builds on
+    (a plain name in its ``defaults``); None where no config sets it."""
+    path = config_dir() / "experiment" / f"{exp_name}.yaml"
+    if not path.is_file():
+        return None
+    cfg = OmegaConf.load(path)
+    if "report" in cfg:
+        return cfg.report
+    parents = [d for d in cfg.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return next((r for r in map(report_setting, parents) if r is not None), None)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -119,20 +142,29 @@ def density_curves(steps: pd.DataFrame, path_stem: Path) -> list[Path]:
     return _save(fig, path_stem)
 
 
-def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str) -> dict[str, Path]:
-    """Write ``tables/<name>.{csv,md}`` (mean ± std over seeds), ``tables/<name>_runs.csv`` (one row
-    per run), ``figures/<name>_curves.{png,pdf}`` and, with pruned runs, ``tables/<name>_steps.csv``
-    and ``figures/<name>_density.{png,pdf}`` (accuracy vs density) from the runs under ``exp_dir``."""
+def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str,
+                      report: bool | str | None = None) -> dict[str, Path]:
+    """From the runs under ``exp_dir``: ``tables/<name>.{csv,md}`` in the layout ``report`` names (None:
+    the experiment config's, :func:`report_setting`): mean ± std over seeds, or with ``table1`` the
+    paper's Table 1 and the files :func:`~spa.reporting.table1.table1_report` writes beside it; and
+    ``tables/<name>_runs.csv`` (one row per run), ``figures/<name>_curves.{png,pdf}`` and, with pruned
+    runs, ``tables/<name>_steps.csv`` and ``figures/<name>_density.{png,pdf}`` (accuracy vs density).
+    Markdown tables state the runs' torch versions above the table, CSV ones in ``<name>_versions.json``."""
+    from spa.reporting.table1 import table1_report
     results_dir = Path(results_dir)
     runs = collect_runs(exp_dir)
     if runs.empty:
         raise FileNotFoundError(f"no finished runs under {exp_dir}")
-    summary = summarise(runs)
     tables = results_dir / "tables"
-    atomic_write_text(tables / f"{name}_runs.csv", runs.drop(columns=["run_dir"]).to_csv(index=False))
-    atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(tables / f"{name}.md", markdown_table(summary))
-    outputs = {"table": tables / f"{name}.md"}
+    atomic_write_text(tables / f"{name}_runs.csv", runs.drop(columns=["run_dir", "torch"]).to_csv(index=False))
+    if (report_setting(name) if report is None else report) == "table1":
+        outputs = {"table": table1_report(exp_dir, tables, name)["md"]}
+    else:
+        summary, versions = summarise(runs), torch_versions(runs)
+        atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False, float_format="%.4f"))
+        atomic_write_text(tables / f"{name}.md", f"{versions_line(versions)}\n\n" + markdown_table(summary))
+        write_versions(tables / f"{name}_versions.json", versions)
+        outputs = {"table": tables / f"{name}.md"}
     outputs["figure"] = learning_curves(collect_epochs(exp_dir), results_dir / "figures" / f"{name}_curves")[0]
     steps = collect_steps(exp_dir)
     if not steps.empty and (steps["pruning"] != "none").any():

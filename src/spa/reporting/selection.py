@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spa.reporting.collect import collect_runs
+from spa.reporting.collect import collect_runs, torch_versions, versions_line, write_versions
 from spa.records import RunDir
 from spa.reporting.report import label
 from spa.utils import atomic_write_text
@@ -22,7 +22,8 @@ def _setting(run_dir: str, dotted: str):
 
 def selection_table(root: str | Path, setting: str = "optim.lr") -> pd.DataFrame:
     """One row per (dataset, adapter, value of ``setting``): validation top-1 (mean over seeds), and
-    ``selected`` on the best value of each (dataset, adapter); ties go to the smaller value."""
+    ``selected`` on the best value of each (dataset, adapter); ties go to the smaller value. The runs'
+    torch versions ride along in ``attrs["torch"]`` for the tables' header."""
     runs = collect_runs(root)
     if runs.empty:
         raise FileNotFoundError(f"no finished runs under {root}")
@@ -34,7 +35,9 @@ def selection_table(root: str | Path, setting: str = "optim.lr") -> pd.DataFrame
         val_top1=("val_top1", "mean"), seeds=("seed", "nunique"), epochs=("epochs", "first")).reset_index()
     best = table.sort_values(["val_top1", "value"], ascending=[False, True]).drop_duplicates(["dataset", "adapter"])
     table["selected"] = table.index.isin(best.index)
-    return table.rename(columns={"value": setting})
+    table = table.rename(columns={"value": setting})
+    table.attrs["torch"] = torch_versions(runs)
+    return table
 
 
 def selected(table: pd.DataFrame, setting: str = "optim.lr") -> dict[str, dict[str, float]]:
@@ -44,9 +47,13 @@ def selected(table: pd.DataFrame, setting: str = "optim.lr") -> dict[str, dict[s
 
 
 def write_selection(table: pd.DataFrame, out_dir: str | Path, name: str, setting: str = "optim.lr") -> dict[str, Path]:
+    """``<name>.{csv,md}`` and ``<name>_versions.json`` (the torch versions of the runs, which the
+    Markdown states above the table) under ``out_dir``."""
     out_dir = Path(out_dir)
     csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    versions = table.attrs.get("torch", [])
     atomic_write_text(csv, table.to_csv(index=False))
+    write_versions(out_dir / f"{name}_versions.json", versions)
     wide = table.pivot(index=["dataset", "adapter"], columns=setting, values="val_top1")
     chosen = table[table["selected"]].set_index(["dataset", "adapter"])[setting]
     rows = pd.DataFrame({"data": [label(d) for d, _ in wide.index], "learning": [label(a) for _, a in wide.index]})
@@ -56,6 +63,6 @@ def write_selection(table: pd.DataFrame, out_dir: str | Path, name: str, setting
     seeds, epochs = int(table["seeds"].max()), int(table["epochs"].max())
     text = (f"Validation top-1 (%) on the held-out part of the training images, {epochs} epochs, {seeds} seed(s); "
             f"the highest per row is selected (ties: the smaller value). The test split is not read.\n\n"
-            + rows.to_markdown(index=False, disable_numparse=True) + "\n")
+            f"{versions_line(versions)}\n\n" + rows.to_markdown(index=False, disable_numparse=True) + "\n")
     atomic_write_text(md, text)
     return {"csv": csv, "md": md}

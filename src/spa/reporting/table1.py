@@ -4,24 +4,34 @@ Rows come from ``steps.csv``: the unpruned runs give the fine-tuning and LoRA ro
 SPLoRA without pruning is LoRA, as in the paper), and each pruned run gives the step whose density
 is closest to each reported density (30 % and 10 %). Cells are mean ± std over seeds, with the seed
 count; learned parameters (thousands) and MACs at 32 × 32 (millions, the paper's "FLOPs") are
-given once per row, from CIFAR-10 where present, as the paper does.
+given once per row, from CIFAR-10 where present, as the paper does. Datasets come from the runs:
+the paper's three first, in its order, then any others (CIFAR-100 of ``table1_iclr``) by name; the
+comparison with the paper and the claims cover the paper's datasets only.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
-from spa.reporting.paper import DATASETS, compare
+from spa.reporting.collect import collect_steps, torch_versions, versions_line, write_versions
+from spa.reporting.paper import DATASETS, compare, load_table1
 from spa.utils import atomic_write_text
 
 REPORTED_DENSITIES = (0.30, 0.10)
 PRUNING_ORDER = ("none", "weight", "gradient", "taylor", "lrp")
 LEARNING_ORDER = ("finetune", "lora_r32", "lora_r8", "splora_r32", "splora_r8", "sppara")
-LABELS = {"cifar10": "CIFAR-10", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
+LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
           "finetune": "Fine-tuning", "lora_r32": "LoRA-r32", "lora_r8": "LoRA-r8",
-          "splora_r32": "SPLoRA-r32", "splora_r8": "SPLoRA-r8", "none": "—", "weight": "Weight",
+          "splora_r32": "SPLoRA-r32", "splora_r8": "SPLoRA-r8", "sppara": "SPPaRA", "none": "—", "weight": "Weight",
           "gradient": "Gradient", "taylor": "Taylor", "lrp": "LRP"}
+
+
+def dataset_order(names: Iterable[str]) -> list[str]:
+    """The paper's datasets (always, in its order: its CSV layout) and then the others among ``names``
+    by name, so a grid with more datasets than the paper's keeps all of them."""
+    return list(DATASETS) + sorted(set(names) - set(DATASETS))
 
 
 def _learning(adapter: str, pruning: str) -> str:
@@ -53,7 +63,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     agg[["params_k", "params_k_std"]] /= 1e3
     agg[["flops_m", "flops_m_std"]] /= 1e6
     agg = agg.fillna({"top1_std": 0.0, "params_k_std": 0.0, "flops_m_std": 0.0})
-    order = {"pruning": PRUNING_ORDER, "learning": LEARNING_ORDER, "dataset": DATASETS}
+    order = {"pruning": PRUNING_ORDER, "learning": LEARNING_ORDER, "dataset": dataset_order(agg["dataset"])}
     rank = lambda col: col.map({v: i for i, v in enumerate(order[col.name])}).fillna(len(order[col.name]))  # noqa: E731
     return agg.sort_values(["pruning", "density", "learning", "dataset"], ascending=[True, False, True, True],
                            key=lambda col: rank(col) if col.name in order else col, ignore_index=True)
@@ -79,17 +89,23 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
     order = long[keys].drop_duplicates()
     per_row = long.sort_values("dataset", key=lambda d: d.map({"cifar10": 0}).fillna(1)).drop_duplicates(keys)
     out = order.merge(per_row[keys + ["params_k", "params_k_std", "flops_m", "flops_m_std"]], on=keys)
-    for dataset in DATASETS:
+    for dataset in dataset_order(long["dataset"]):
         part = long[long["dataset"] == dataset].set_index(keys)
         for col, src in ((dataset, "top1"), (f"{dataset}_std", "top1_std"), (f"{dataset}_seeds", "seeds")):
             out[col] = out.set_index(keys).index.map(part[src]) if not part.empty else None
     return out
 
 
+def _paper_datasets(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Our cells of the datasets the paper reports: the only ones a comparison with it can cover."""
+    return ours[ours["dataset"].isin(set(paper["dataset"]))]
+
+
 def versus(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: our top-1, the paper's, and ours minus the paper's."""
+    """Per cell of the paper's datasets: our top-1, the paper's, and ours minus the paper's."""
     keys = ["pruning", "learning", "density", "dataset"]
-    both = ours.merge(paper[keys + ["top1"]].rename(columns={"top1": "paper"}), on=keys, how="outer")
+    theirs = paper[keys + ["top1"]].rename(columns={"top1": "paper"})
+    both = _paper_datasets(ours, paper).merge(theirs, on=keys, how="outer")
     both["paper"] = both["paper"].astype(float)
     return both.assign(diff=both["top1"] - both["paper"])[keys + ["seeds", "top1", "paper", "diff"]]
 
@@ -100,34 +116,39 @@ def _cell(mean, std, seeds) -> str:
     return f"{mean:.2f} ± {std:.2f} ({int(seeds)})" if seeds and seeds > 1 else f"{mean:.2f} ({int(seeds or 0)})"
 
 
-def markdown(long: pd.DataFrame, expected_seeds: int = 3) -> str:
+def markdown(long: pd.DataFrame, expected_seeds: int = 3, versions: list[str] | None = None) -> str:
     """Table 1 as Markdown: accuracy (mean ± std (seeds)) per dataset and the change vs fine-pruning
-    with the same criterion and density; a header line says whether the table is complete."""
+    with the same criterion and density; header lines say whether the table is complete and which
+    torch ``versions`` the runs recorded."""
     table = wide(long)
     complete = int((long["seeds"] >= expected_seeds).sum())
-    status = "final" if complete == len(long) else f"partial: {complete} of {len(long)} cells have {expected_seeds} seeds"
+    status = ("final" if complete == len(long)
+              else f"partial: {complete} of {len(long)} cells have {expected_seeds} seeds")
     learning = ["Fine-pruning" if lr == "finetune" and pr != "none" else LABELS.get(lr, lr)
                 for lr, pr in zip(table["learning"], table["pruning"])]
     lines = {"criterion": table["pruning"].map(LABELS), "learning": learning,
-             "density": table["density"].map("{:.0%}".format), "learned params (K)": table["params_k"].map("{:,.1f}".format),
+             "density": table["density"].map("{:.0%}".format),
+             "learned params (K)": table["params_k"].map("{:,.1f}".format),
              "FLOPs (M, 32 px)": table["flops_m"].map("{:,.1f}".format)}
     base = table[table["learning"] == "finetune"].set_index(["pruning", "density"])
-    for dataset in DATASETS:
+    for dataset in dataset_order(long["dataset"]):
         if table[dataset].isna().all():
             continue
         ref = [base[dataset].get((p, d)) if (p, d) in base.index else None
                for p, d in zip(table["pruning"], table["density"])]
-        lines[LABELS[dataset]] = [
-            _cell(m, s, n) + ("" if r is None or pd.isna(r) or pd.isna(m) or learn == "finetune" else f" [{m - r:+.2f}]")
+        lines[LABELS.get(dataset, dataset)] = [
+            _cell(m, s, n)
+            + ("" if r is None or pd.isna(r) or pd.isna(m) or learn == "finetune" else f" [{m - r:+.2f}]")
             for m, s, n, r, learn in zip(table[dataset], table[f"{dataset}_std"], table[f"{dataset}_seeds"], ref,
                                          table["learning"])]
     body = pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
     return (f"Table 1 ({status}). Top-1 (%) mean ± std (seeds); [change vs fine-pruning, same criterion and "
-            f"density].\n\n{body}\n")
+            f"density].\n\n{versions_line(versions or [])}\n\n{body}\n")
 
 
 def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
-    rows = []
+    """The two headline claims (spa.md §4) on our cells and on the paper's, over the paper's datasets."""
+    ours, rows = _paper_datasets(ours, paper), []
     for learner, density, what in (("splora_r32", 0.10, "SPLoRA-r32 − fine-pruning, 10 % density"),
                                    ("splora_r8", 0.30, "SPLoRA-r8 − fine-pruning, 30 % density")):
         claims = []
@@ -137,7 +158,8 @@ def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
             except KeyError:          # a learner missing from a partial table
                 claims.append(None)
         fmt = lambda c: "" if c is None or pd.isna(c.mean) else f"{c.mean:+.2f}"  # noqa: E731
-        per = lambda c: "" if c is None else ", ".join(f"{LABELS.get(k, k)} {v:+.2f}" for k, v in c.per_dataset.items())  # noqa: E731
+        per = lambda c: "" if c is None else ", ".join(  # noqa: E731
+            f"{LABELS.get(k, k)} {v:+.2f}" for k, v in c.per_dataset.items())
         rows.append({"claim": what, "ours": fmt(claims[0]), "paper": fmt(claims[1]),
                      "ours per dataset": per(claims[0]), "paper per dataset": per(claims[1])})
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
@@ -155,20 +177,36 @@ def swept_seeds(exp_name: str) -> int | None:
 
 def write_table1(steps: pd.DataFrame, paper: pd.DataFrame, out_dir: str | Path, name: str = "table1",
                  expected_seeds: int = 3) -> dict[str, Path]:
-    """``<name>.{csv,md,tex}``, ``<name>_vs_paper.{csv,md}``, ``<name>_claims.md`` and
-    ``<name>_curves.csv`` (every density, for the figures) under ``out_dir``."""
+    """``<name>.{csv,md,tex}``, ``<name>_vs_paper.{csv,md}``, ``<name>_claims.md``, ``<name>_curves.csv``
+    (every density, for the figures) and ``<name>_versions.json`` (the torch versions of the runs, which
+    the Markdown and LaTeX tables state in their header and the CSV files leave out) under ``out_dir``."""
     out_dir = Path(out_dir)
     ours = aggregate(cells(steps))
     table = wide(ours)
+    versions = torch_versions(steps)
+    header = versions_line(versions)
     paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "tex": out_dir / f"{name}.tex",
              "vs_csv": out_dir / f"{name}_vs_paper.csv", "vs_md": out_dir / f"{name}_vs_paper.md",
-             "claims": out_dir / f"{name}_claims.md", "curves": out_dir / f"{name}_curves.csv"}
+             "claims": out_dir / f"{name}_claims.md", "curves": out_dir / f"{name}_curves.csv",
+             "versions": out_dir / f"{name}_versions.json"}
     atomic_write_text(paths["csv"], table.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(paths["md"], markdown(ours, expected_seeds))
-    atomic_write_text(paths["tex"], table.to_latex(index=False, float_format="%.2f", na_rep=""))
+    atomic_write_text(paths["md"], markdown(ours, expected_seeds, versions))
+    atomic_write_text(paths["tex"], f"% {header}\n" + table.to_latex(index=False, float_format="%.2f", na_rep=""))
     vs = versus(ours, paper)
     atomic_write_text(paths["vs_csv"], vs.to_csv(index=False, float_format="%.4f"))
-    atomic_write_text(paths["vs_md"], vs.to_markdown(index=False, floatfmt=".2f") + "\n")
-    atomic_write_text(paths["claims"], claims_markdown(ours, paper))
+    atomic_write_text(paths["vs_md"], f"{header}\n\n" + vs.to_markdown(index=False, floatfmt=".2f") + "\n")
+    atomic_write_text(paths["claims"], f"{header}\n\n" + claims_markdown(ours, paper))
     atomic_write_text(paths["curves"], curves(steps).to_csv(index=False, float_format="%.4f"))
+    write_versions(paths["versions"], versions)
     return paths
+
+
+def table1_report(exp_dir: str | Path, tables_dir: str | Path, name: str,
+                  expected_seeds: int | None = None) -> dict[str, Path]:
+    """Table 1 of the finished runs under ``exp_dir`` (:func:`write_table1`, against the paper's table):
+    the one writer of these files, for ``scripts/table1.py`` and for the per-run report of a
+    ``report: table1`` experiment alike. ``expected_seeds`` defaults to the seeds the config sweeps, else 3."""
+    steps = collect_steps(exp_dir)
+    if steps.empty:
+        raise FileNotFoundError(f"no finished runs under {exp_dir}")
+    return write_table1(steps, load_table1(), tables_dir, name, expected_seeds or swept_seeds(name) or 3)
