@@ -6,6 +6,8 @@ sweep; every machine writes to the same run tree layout, and re-running skips fi
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +15,7 @@ from omegaconf import DictConfig
 
 import spa  # noqa: F401  (registers the config resolvers)
 from spa import pipeline
+from spa.settings import SettingError
 
 
 def in_shard(shard: str | None, job_num: int) -> bool:
@@ -27,13 +30,26 @@ def in_shard(shard: str | None, job_num: int) -> bool:
     return job_num % count == index
 
 
+def remove_empty_dirs(path: Path, stop: Path) -> None:
+    """Hydra makes the run directory before the job starts: a run refused on a setting leaves none."""
+    path, stop = path.resolve(), stop.resolve()
+    while path != stop and stop in path.parents and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     job_num = HydraConfig.get().job.get("num") or 0
     if not in_shard(cfg.get("shard"), job_num):
         logging.getLogger(__name__).info("job %d is not in shard %s: skipped", job_num, cfg.shard)
         return None
-    summary = pipeline.run(cfg)
+    try:
+        summary = pipeline.run(cfg)
+    except SettingError as err:     # a wrong value on the command line: one line, no traceback
+        remove_empty_dirs(Path(cfg.paths.run_dir), Path(cfg.paths.runs_dir))
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     return float(summary["metrics"]["test_top1"])
 
 

@@ -18,6 +18,8 @@ from spa.data import DatasetNotFoundError
 from spa.models import create_backbone
 from spa.records import ConfigChangedError, config_hash
 
+from helpers import cli
+
 RECORDS = ["config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt"]
 
 
@@ -35,7 +37,11 @@ def test_smoke_run_writes_all_records(compose_cfg):
     assert stored["metrics"]["test_top1"] == epochs[-1]["test_top1"]
     assert stored["data"]["train"] == 48 and stored["data"]["test"] == 16 and stored["data"]["num_classes"] == 4
     assert stored["config_hash"] == config_hash(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    assert stored["git"]["sha"] is None or len(stored["git"]["sha"]) == 40
+    if (repo_root() / ".git").exists():                                   # a checkout: the commit is recorded
+        assert len(stored["git"]["sha"]) == 40 and isinstance(stored["git"]["dirty"], bool)
+    else:
+        assert stored["git"]["sha"] is None
+    assert stored["data"]["fingerprint"]["train"] == 48 and len(stored["data"]["fingerprint"]["digest"]) == 16
     assert torch.__version__.startswith(stored["versions"]["torch"]) and stored["versions"]["timm"]
     assert stored["params"]["trainable"] == stored["params"]["total"] > 0
     assert stored["weights"]["source"] == "none" and stored["wall_time_s"] > 0
@@ -153,16 +159,6 @@ def test_random_weights_transfer_warns_and_is_recorded(compose_cfg):
 def test_missing_dataset_raises_the_clear_error(compose_cfg, tmp_path):
     with pytest.raises(DatasetNotFoundError, match="SPA_DATA_DIR"):
         pipeline.run(compose_cfg("dataset=cifar10", f"dataset.root={tmp_path}/none", "dataset.download=false"))
-
-
-def cli(results: Path, image_folder: Path, exp_name: str, seeds: str) -> tuple[list[str], dict[str, str]]:
-    """``scripts/run.py -m`` on the fake image folder with tiny settings, results under ``results``."""
-    env = {**os.environ, "SPA_RESULTS_DIR": str(results), "PYTHONUNBUFFERED": "1"}
-    args = [sys.executable, str(repo_root() / "scripts" / "run.py"), "-m", "dataset=image_folder",
-            f"dataset.root={image_folder}", "dataset.transform=cifar", "dataset.image_size=32", "backbone=test_resnet",
-            "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "device=cpu", f"exp_name={exp_name}",
-            f"seed={seeds}"]
-    return args, env
 
 
 def test_command_line_run_and_sweep(tmp_path, image_folder):

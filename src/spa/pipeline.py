@@ -20,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError
 
 from spa import config_dir, repo_root
-from spa.adapters import adapter_layers, apply_adapter, fuse, save_task
+from spa.adapters import adapter_layers, apply_adapter, fuse, rank_report, save_task
 from spa.data import build_datasets, make_loader, normalization
+from spa.data.fingerprint import fingerprint
+from spa.data.sources import SOURCES
 from spa.metrics import count_parameters
 from spa.models import check_head_init, check_packaged, create_backbone, declared_normalization, save_model_file
 from spa.pruning import check_pruning
@@ -29,8 +31,10 @@ from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan, check_round_to
 from spa.pruning.session import PruningSession, count_macs
-from spa.records import CHECKPOINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
-from spa.training import apply_channels_last, build_scheduler, check_compile, compiled, evaluate, fit
+from spa.records import CHECKPOINT, FINGERPRINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
+from spa.settings import (SettingError, check_adapter_options, check_choice, check_device, check_optimizer,
+                          check_values, checked)
+from spa.training import SCHEDULERS, apply_channels_last, build_scheduler, check_compile, compiled, evaluate, fit
 from spa.utils import (atomic_torch_save, atomic_write_json, device_description, git_state, package_versions,
                        resolve_device, seed_everything)
 
@@ -42,10 +46,15 @@ BASE_WEIGHTS = "base"   # backbone.weights value of a run whose weights come fro
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the base stage (if any) and then this run; return this run's summary (a dict)."""
+    """Run the base stage (if any) and then this run; return this run's summary (a dict). Every
+    stage's settings are checked before the first stage starts."""
+    base_cfg = base_config(cfg) if cfg.get("base") else None
+    for stage in (base_cfg, cfg):
+        if stage is not None:
+            check_settings(stage)
     base_dir = None
-    if cfg.get("base"):
-        base_dir = run_single(base_config(cfg))["run_dir"]
+    if base_cfg is not None:
+        base_dir = run_single(base_cfg)["run_dir"]
         # the config says "base" (location-free, so the config hash survives moving the results);
         # the summary records the file's path and SHA-256
         cfg = copy.deepcopy(cfg)
@@ -58,7 +67,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     summary = run_single(cfg, base_run=base_dir, initial_run=initial_dir)
     if cfg.get("report"):
         from spa.reporting import experiment_report
-        outputs = experiment_report(Path(cfg.paths.runs_dir) / cfg.exp_name, Path(cfg.paths.results_dir), cfg.exp_name)
+        outputs = experiment_report(Path(cfg.paths.runs_dir) / cfg.exp_name, Path(cfg.paths.results_dir), cfg.exp_name,
+                                    report=cfg.report)
         for kind, path in outputs.items():
             log.info("%s: %s", kind, path)
     return summary
@@ -99,59 +109,93 @@ def unpruned_config(cfg: DictConfig) -> DictConfig:
 
 
 def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | None = None) -> dict[str, Any]:
-    """One run: skip if finished with this config, refuse a changed config, else train and record."""
+    """One run: skip if finished with this config on the same data, refuse a changed config, else
+    train and record. Settings and data are checked before the run directory is written."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    check_settings(cfg)
+    check_settings(cfg, resolved)
+    data, norm, declared = build_data(cfg, base_run)
+    resolved[FINGERPRINT] = fingerprint(data, cfg.dataset.root)
     rundir = RunDir(cfg.paths.run_dir)
     with rundir.lock():
         status, done = rundir.prepare(resolved, overwrite=bool(cfg.get("overwrite", False)))
         if status == "done":
-            log.info("skipping %s: finished with the same config (test top-1 %.2f%%)",
+            log.info("skipping %s: finished with the same config and data (test top-1 %.2f%%)",
                      rundir.path, done["metrics"]["test_top1"])
             return done
         with rundir.logging_to_file():
-            summary = _execute(cfg, resolved, rundir, base_run, status, initial_run)
+            summary = _execute(cfg, resolved, rundir, base_run, status, initial_run, Data(data, norm, declared))
     return summary.to_dict()
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """Settings a run would only trip over later, checked before its directory is written (a typo
-    must not leave a run directory that the corrected command then refuses as a changed config)."""
-    check_compile(cfg.train.get("compile", False))
-    use_channels_last(cfg.train.channels_last, torch.device("cpu"))
-    check_round_to(cfg.pruning.get("round_to", 1))
-    check_packaged(str(cfg.backbone.weights), cfg.backbone.get("packaged_weights"))
-    check_head_init(cfg.backbone.get("head_init", "timm"))
+def check_settings(cfg: DictConfig, resolved: dict[str, Any] | None = None) -> None:
+    """Every setting that can be checked before training, checked before the run directory is
+    written (a typo must not leave a run directory behind): value types and ranges
+    (``spa.settings``), the named choices, the optimiser, the pruning method and schedule, and the
+    adapter options on a weightless (meta-device) copy of the backbone. Raises :class:`SettingError`."""
+    resolved = OmegaConf.to_container(cfg, resolve=True) if resolved is None else resolved
+    check_values(resolved)
+    t, d, b = cfg.train, cfg.dataset, cfg.backbone
+    checked("train.compile", check_compile, t.get("compile", False))
+    checked("train.channels_last", use_channels_last, t.channels_last, torch.device("cpu"))
+    checked("train.scheduler", check_choice, "train.scheduler", t.scheduler, SCHEDULERS)
+    checked("dataset.source", check_choice, "dataset.source", d.source, tuple(SOURCES))
+    checked("dataset.transform", normalization, d.transform)
+    checked("device", check_device, str(cfg.device))
+    checked("optim", check_optimizer, OmegaConf.to_container(cfg.optim))
+    checked("backbone.head_init", check_head_init, b.get("head_init", "timm"))
+    check_packaged(str(b.weights), b.get("packaged_weights"))
+    if cfg.pruning.name != "none":
+        checked("pruning", check_pruning, cfg.pruning.get("criterion", cfg.pruning.name))
+        checked("pruning.round_to", check_round_to, cfg.pruning.get("round_to", 1))
+        if not cfg.adapter.get("prunable", True):
+            raise SettingError(f"adapter={cfg.adapter.name} is the unpruned baseline (prunable: false); to prune "
+                               f"with this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}")
+        checked("schedule", Plan, 1, cfg.schedule.step_fraction, cfg.schedule.target_density)
+    check_adapter_options(b.timm_name, OmegaConf.to_container(b.kwargs), bool(b.cifar_stem), cfg.adapter.kind,
+                          OmegaConf.to_container(cfg.adapter.options))
 
 
-def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
-             status: str = "fresh", initial_run: str | None = None) -> RunSummary:
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
-    log.info("run %s", rundir.path)
-    check_pruning(cfg.pruning.get("criterion", cfg.pruning.name))
-    if cfg.pruning.name != "none" and not cfg.adapter.get("prunable", True):
-        raise ValueError(f"adapter={cfg.adapter.name} is the unpruned baseline (prunable: false); to prune with "
-                         f"this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}")
-    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
-    device = resolve_device(cfg.device)
-    warnings: list[str] = []
+@dataclass
+class Data:
+    """The data of a run, built before its directory is written, and its input normalisation."""
+    bundle: Any
+    norm: dict[str, Any]                  # what the images are normalised with (mean, std, source)
+    declared: dict[str, Any] | None       # ... when the weights declared it (travels into model.pt)
 
-    b = cfg.backbone
-    kwargs = OmegaConf.to_container(b.kwargs)
-    if b.weights == BASE_WEIGHTS and base_run is None:
-        raise ValueError("backbone.weights=base needs a base stage (a `base:` section in the experiment config)")
-    source = str(Path(base_run) / MODEL) if base_run is not None else str(b.weights)
-    packaged = b.get("packaged_weights")
-    declared = declared_normalization(source, packaged)   # weights that declare their normalisation win
+
+def weights_source(cfg: DictConfig, base_run: str | None) -> str:
+    """The ``backbone.weights`` a run starts from: its base stage's model.pt, or the config's value."""
+    if cfg.backbone.weights == BASE_WEIGHTS and base_run is None:
+        raise SettingError("backbone.weights=base needs a base stage (a `base:` section in the experiment config)")
+    return str(Path(base_run) / MODEL) if base_run is not None else str(cfg.backbone.weights)
+
+
+def build_data(cfg: DictConfig, base_run: str | None) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+    """The data set of a run, normalised as its weights declare (else as its transform style says)."""
+    declared = declared_normalization(weights_source(cfg, base_run), cfg.backbone.get("packaged_weights"))
     d = cfg.dataset
     norm = declared or style_normalization(d.transform)
-    mean_std = (tuple(norm["mean"]), tuple(norm["std"]))
     data = build_datasets(d.source, d.root, download=d.download, image_size=d.image_size, transform=d.transform,
                           classes=OmegaConf.to_container(d.classes) if d.classes is not None else None,
                           train_fraction=d.train_fraction, max_per_class=d.max_per_class,
                           test_max_per_class=d.test_max_per_class, val_fraction=d.val_fraction,
                           split_seed=d.split_seed, source_options=OmegaConf.to_container(d.options),
-                          mean_std=mean_std)
+                          mean_std=(tuple(norm["mean"]), tuple(norm["std"])), skip_unreadable=d.get("skip_unreadable"))
+    return data, norm, declared
+
+
+def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
+             status: str, initial_run: str | None, built: Data) -> RunSummary:
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    log.info("run %s", rundir.path)
+    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
+    device = resolve_device(cfg.device)
+    warnings: list[str] = []
+
+    b, d, data, norm = cfg.backbone, cfg.dataset, built.bundle, built.norm
+    kwargs = OmegaConf.to_container(b.kwargs)
+    source, packaged = weights_source(cfg, base_run), b.get("packaged_weights")
+    mean_std = (tuple(norm["mean"]), tuple(norm["std"]))
     log.info("data %s (%s layout): %s, %d classes; normalised with mean %s, std %s (%s)", d.name, data.layout,
              data.sizes(), data.num_classes, norm["mean"], norm["std"], norm["source"])
 
@@ -165,6 +209,8 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
         warnings.append(msg)
     adapter_options = OmegaConf.to_container(cfg.adapter.options)
     model = apply_adapter(model, cfg.adapter.kind, **adapter_options)
+    ranks = rank_report(model, adapter_options["rank"], adapter_options.get("rank_limit", "paper")) \
+        if "rank" in adapter_options else None
     channels_last = use_channels_last(cfg.train.channels_last, device)
     model.to(device)
     if channels_last:
@@ -202,7 +248,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
                                                   "original_filters": session.original_filters}
         deployable = fuse(model) if adapter_layers(model) else model
         save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
-                        kwargs=kwargs, classes=data.classes, structure=structure, normalization=declared)
+                        kwargs=kwargs, classes=data.classes, structure=structure, normalization=built.declared)
         files[MODEL] = rundir.file(MODEL).stat().st_size
         if cfg.adapter.kind != "finetune":
             save_task(model, rundir.file(TASK), adapter={"kind": cfg.adapter.kind, "options": adapter_options},
@@ -214,8 +260,8 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
         versions=package_versions(), device=str(device), device_name=device_description(device),
         data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
               "root": str(Path(d.root).expanduser().resolve()), **data.stats,
-              "normalization": norm},
-        weights=weights.to_dict(), files=files,
+              "normalization": norm, "fingerprint": resolved[FINGERPRINT]},
+        weights=weights.to_dict(), files=files, ranks=ranks,
         params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
         epochs=initial_epochs(cfg), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
         metrics=metrics, pruning_steps=len(rows) - 1,

@@ -2,7 +2,12 @@
 
 ``config.yaml`` (resolved), ``run.log``, ``epochs.jsonl`` and ``summary.json``, written last: its
 presence marks the run finished. A finished run with the same config is skipped; a different
-config in the same directory is refused unless ``overwrite=true``.
+config in the same directory is refused unless ``overwrite=true``, except where that run stopped
+before its first epoch (a setting that failed early: nothing is lost by replacing it).
+
+"The same run" means the same config (:func:`config_hash`) and the same data: the resolved config
+carries ``data_fingerprint`` (``spa.data.fingerprint``), so the same command on other data (another
+``dataset.root``) is refused instead of skipped with the other data's numbers.
 """
 from __future__ import annotations
 
@@ -29,10 +34,12 @@ VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "train.num_w
                  "dataset.download", "base.dataset.root", "base.dataset.download")
 # Keys added after runs existed, at the value that computes what those runs computed: left out of
 # the hash at that value, so adding a key with its neutral default keeps every finished run valid.
-NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False}
+NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False, "dataset.skip_unreadable": None,
+                    "adapter.options.rank_limit": "paper", "base.dataset.skip_unreadable": None}
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
 STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"
+FINGERPRINT = "data_fingerprint"   # top-level key of the resolved config: what data the run saw
 
 
 def _number(value: str) -> Any:
@@ -125,6 +132,7 @@ class RunSummary:
     pruning_steps: int = 0
     files: dict[str, int] = field(default_factory=dict)   # bytes of model.pt (fused) and task.pt
     warnings: list[str] = field(default_factory=list)
+    ranks: dict[str, Any] | None = None   # SPLoRA: asked rank, rank_limit, layers above min(in / groups, out)
     status: str = "finished"
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,17 +178,25 @@ class RunDir:
         """``("done", summary)`` if this exact run is finished; ``("resume", None)`` if it stopped
         after a completed pruning step (``checkpoint.pt``); else ``("fresh", None)`` with the
         directory made ready. Refuses (:class:`ConfigChangedError`) a different stored config
-        unless ``overwrite``."""
-        old = self.read_config()
+        unless ``overwrite`` or unless the stored run never trained (it failed on a setting)."""
+        old = self._with_legacy_fingerprint(self.read_config(), cfg)
         if old is not None and config_hash(old) != config_hash(cfg):
-            if not overwrite:
+            if not overwrite and not self.trained:
+                log.info("%s holds a run with another config that stopped before its first epoch: replacing it (%s)",
+                         self.path, "; ".join(config_diff(old, cfg)[:6]))
+                self.clear()
+            elif not overwrite:
                 changes = config_diff(old, cfg)
+                other_data = " (the same settings on other data: dataset.root holds other files)" \
+                    if all(c.startswith(FINGERPRINT + ".") for c in changes) else ""
                 raise ConfigChangedError(
                     f"{self.path} already holds a {'finished' if self.finished else 'started'} run with another "
-                    f"config ({len(changes)} change(s): {'; '.join(changes[:6])}). Fix: pass overwrite=true to replace "
-                    f"it, or exp_name=NEW to keep both.")
-            log.warning("overwrite=true: replacing the run in %s (%s)", self.path, "; ".join(config_diff(old, cfg)[:6]))
-            self.clear()
+                    f"config{other_data} ({len(changes)} change(s): {'; '.join(changes[:6])}). Fix: pass "
+                    f"overwrite=true to replace it, or exp_name=NEW to keep both.")
+            else:
+                log.warning("overwrite=true: replacing the run in %s (%s)", self.path,
+                            "; ".join(config_diff(old, cfg)[:6]))
+                self.clear()
         elif old is not None and self.finished:
             return "done", self.read_summary()
         elif old is not None and self.file(CHECKPOINT).is_file():
@@ -191,6 +207,24 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.file(CONFIG), yaml.safe_dump(cfg, sort_keys=False))
         return "fresh", None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the stored run got as far as one epoch (records, a checkpoint or a summary)."""
+        epochs = self.file(EPOCHS)
+        return self.finished or self.file(CHECKPOINT).is_file() or (epochs.is_file() and epochs.stat().st_size > 0)
+
+    def _with_legacy_fingerprint(self, old: dict[str, Any] | None, cfg: dict[str, Any]) -> dict[str, Any] | None:
+        """A config stored before runs recorded their data's fingerprint takes the new one where the
+        run's records agree with it (a finished run: the split sizes and class count of its summary;
+        an unfinished one records none), so that upgrading keeps finished runs valid."""
+        if old is None or FINGERPRINT in old or FINGERPRINT not in cfg:
+            return old
+        fp = cfg[FINGERPRINT]
+        data = self.read_summary().get("data", {}) if self.finished else fp
+        if all(data.get(k) == fp.get(k) for k in ("train", "val", "test", "num_classes")):
+            return {**old, FINGERPRINT: fp}
+        return {**old, FINGERPRINT: {k: data.get(k) for k in ("train", "val", "test", "num_classes")}}
 
     def clear(self) -> None:
         for child in self.path.iterdir():

@@ -8,13 +8,18 @@ from typing import Iterable, Sequence
 
 import torch.nn as nn
 
-from spa.adapters.layers import CONV_CLASSES, AdapterLayer, SPLoRALinear, conv_adapter_class
+from spa.adapters.layers import CONV_CLASSES, AdapterLayer, SPLoRALinear, conv_adapter_class, resolve_rank
 from spa.models.backbones import head_names
 
 log = logging.getLogger(__name__)
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 DEFAULT_EXCLUDE = ("patch_embed.proj",)   # ViT patch embedding stays as pretrained (plus the head)
+# adapter.options.rank_limit: what a rank above a layer's usable rank min(in / groups, out) does.
+# paper: the rank is taken literally (the authors' rule; e.g. rank 8 at a 3-channel stem, 8 x 1 on a
+# depthwise conv), logged per layer, and refused only when no adapted layer can use it (a typo);
+# clamp: each such layer gets rank min(in / groups, out), logged and recorded.
+RANK_LIMITS = ("paper", "clamp")
 
 
 def _excluded(name: str, patterns: Iterable[str]) -> bool:
@@ -26,8 +31,60 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def usable_rank(layer: nn.Module) -> int:
+    """The largest rank a SPLoRA update B·A of ``layer`` can have: min(in / groups, out)."""
+    if isinstance(layer, nn.Linear):
+        return min(layer.in_features, layer.out_features)
+    return min(layer.in_channels // layer.groups, layer.out_channels)
+
+
+def out_width(layer: nn.Module) -> int:
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+
+
+def layer_ranks(planned: list[tuple[str, nn.Module]], rank: int | float, rank_limit: str) -> dict[str, int]:
+    """The rank each planned layer gets under ``rank_limit`` (see :data:`RANK_LIMITS`); raises where
+    ``rank`` is of no use to any layer (``paper``) or ``rank_limit`` is unknown."""
+    if rank_limit not in RANK_LIMITS:
+        raise ValueError(f"adapter.options.rank_limit={rank_limit!r}: use paper (the rank as given) or clamp "
+                         f"(at most min(in / groups, out) per layer)")
+    asked = {name: resolve_rank(rank, out_width(m)) for name, m in planned}
+    usable = {name: usable_rank(m) for name, m in planned}
+    above = [name for name in asked if asked[name] > usable[name]]
+    if rank_limit == "clamp":
+        if above:
+            log.info("rank_limit=clamp: %d of %d layers get a rank below %s (their min(in / groups, out)): %s",
+                     len(above), len(asked), rank, [f"{n}={usable[n]}" for n in above[:5]])
+        return {name: min(asked[name], usable[name]) for name in asked}
+    if planned and len(above) == len(planned):
+        best = max(usable, key=usable.get)
+        raise ValueError(
+            f"adapter.options.rank={rank} is above what every adapted layer can use: a SPLoRA update B·A has rank "
+            f"at most min(in / groups, out), {usable[best]} at the widest layer ({best}), so the run would learn "
+            f"{sum(asked[n] * (m.weight.shape[1] + out_width(m)) for n, m in planned):,} adapter parameters for "
+            f"nothing. Fix: adapter.options.rank<={usable[best]}, or adapter.options.rank_limit=clamp to cap it per "
+            f"layer.")
+    if above:
+        log.warning("rank %s is above min(in / groups, out) at %d of %d layers (kept as given, the paper's rule; "
+                    "adapter.options.rank_limit=clamp caps them): %s", rank, len(above), len(asked),
+                    [f"{n} (usable {usable[n]})" for n in above[:5]])
+    return asked
+
+
+def rank_report(model: nn.Module, rank: int | float, rank_limit: str) -> dict[str, object]:
+    """What ``summary.json`` records of the ranks: the asked rank, the limit, and every layer whose
+    asked rank is above its usable one (with that usable rank; under ``clamp`` it is what the layer got)."""
+    above = {}
+    for name, layer in adapter_layers(model).items():
+        if hasattr(layer, "A"):
+            usable = min(layer.A.shape[1], layer.B.shape[0])
+            if resolve_rank(rank, layer.B.shape[0]) > usable:
+                above[name] = usable
+    return {"rank": rank, "rank_limit": rank_limit, "layers_above_usable": above}
+
+
 def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: float = 1e-4,
-            exclude: Sequence[str] | None = None) -> list[str]:
+            exclude: Sequence[str] | None = None, rank_limit: str = "paper") -> list[str]:
     """Replace every eligible conv (and, for SPLoRA, ``nn.Linear``) of ``model`` in place.
 
     Convs are ``nn.Conv2d`` and timm's TF-"same"-padding ``Conv2dSame`` (see ``CONV_CLASSES``);
@@ -35,7 +92,7 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
     ViT patch embedding), and convs with even or non-square kernels or other padding modes (logged
     by name). Any other subclass of Conv2d / Linear is refused by name (it computes something else
     than its weight suggests); exclude it to keep it frozen. Returns the names of the converted
-    layers. The adapter shares the base weight's storage (no copy).
+    layers. The adapter shares the base weight's storage (no copy). ``rank_limit``: see :data:`RANK_LIMITS`.
     """
     if kind not in ("splora", "sppara"):
         raise ValueError(f"unknown channel SPA kind {kind!r}")
@@ -66,11 +123,12 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
                     len(skipped), skipped[:5])
     if not planned:
         raise ValueError(f"adapter kind {kind!r} found no eligible layer in {type(model).__name__}")
+    ranks = layer_ranks(planned, rank, rank_limit) if kind == "splora" else {}
     for name, module in planned:
         if isinstance(module, nn.Linear):
-            new = SPLoRALinear.from_module(module, rank, init_range)
+            new = SPLoRALinear.from_module(module, ranks[name], init_range)
         elif kind == "splora":
-            new = conv_adapter_class(kind, module).from_module(module, rank, init_range)
+            new = conv_adapter_class(kind, module).from_module(module, ranks[name], init_range)
         else:
             new = conv_adapter_class(kind, module).from_module(module, init_range=init_range)
         _set_module(model, name, new)
