@@ -3,6 +3,9 @@ masked-only contrast at dense cost, adapter models against the plain model of th
 steps of every learner (and of the authors' library on the same layers), and scoring costs."""
 from __future__ import annotations
 
+import sys
+import time
+
 import pytest
 import torch
 import torch.nn as nn
@@ -50,12 +53,15 @@ def test_adapter_overhead_compares_with_the_plain_model_of_the_same_shape():
 def test_timing_is_a_median_after_warmup_interleaved():
     calls = []
 
+    sleeps = [0.010, 0.010, 0.004, 0.002, 0.0]     # seconds per call: two warm-up calls, then three timed
+
     class Counting(nn.Module):
         def forward(self, x):
+            time.sleep(sleeps[len(calls)])
             calls.append(1)
             return x
 
-    assert latency(Counting(), torch.zeros(1), repeats=3, warmup=2) >= 0 and len(calls) == 5
+    assert 0.002 <= latency(Counting(), torch.zeros(1), repeats=3, warmup=2) < 0.004 and len(calls) == 5   # median
     order = []
     timed({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, CPU, repeats=2, warmup=1)
     assert order == ["a", "b", "b", "a", "a", "b"]
@@ -105,8 +111,10 @@ def test_saved_activations_scale_with_the_batch_and_peak_memory_sees_an_allocati
                 for b in (4, 8))
     assert two == pytest.approx(2 * one, rel=0.05)
     peak = peak_memory(lambda: torch.ones(64, 2 ** 20).sum(), CPU)    # 256 MiB, freed at once
-    if peak is not None:                                                # None off Linux
-        assert 200 * 2 ** 20 < peak < 400 * 2 ** 20
+    if sys.platform != "linux":
+        assert peak is None                                             # nothing to read it from there
+        return
+    assert peak is not None and 200 * 2 ** 20 < peak < 400 * 2 ** 20
 
 
 @pytest.mark.parametrize("spec", [TINY, TINY_VIT], ids=["resnet", "vit"])

@@ -17,7 +17,7 @@ import pytest
 
 from spa import repo_root
 from spa.utils import claim_gpu_slot
-from test_pipeline import cli
+from helpers import cli
 
 GRID = ["pruning=weight,taylor", "adapter=finetune,splora_r8", "schedule.step_fraction=0.3",
         "schedule.target_density=0.4", "schedule.recovery_epochs=1"]
@@ -31,7 +31,7 @@ def run_records(results: Path, exp: str) -> dict[str, dict]:
         data = json.loads(summary.read_text())
         steps = pd.read_csv(run / "steps.csv").drop(columns="time_s") if (run / "steps.csv").is_file() else None
         out[str(run.relative_to(results / "runs" / exp))] = {
-            "metrics": data["metrics"], "params": data.get("parameters"), "config_hash": data["config_hash"],
+            "metrics": data["metrics"], "params": data["params"], "config_hash": data["config_hash"],
             "steps": steps}
     return out
 
@@ -52,6 +52,7 @@ def test_a_parallel_sweep_through_submitit_matches_the_sequential_one(tmp_path, 
     assert len(reference) == 6 and sorted(ours) == sorted(reference)   # 4 pruned + the 2 shared unpruned runs
     for run, ref in reference.items():
         assert ours[run]["metrics"] == ref["metrics"] and ours[run]["config_hash"] == ref["config_hash"], run
+        assert ours[run]["params"] == ref["params"] and ref["params"]["trainable"] > 0, run
         if ref["steps"] is not None:
             pd.testing.assert_frame_equal(ours[run]["steps"], ref["steps"], obj=run)
 

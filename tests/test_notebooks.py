@@ -11,7 +11,7 @@ from nbclient import NotebookClient
 
 from spa import repo_root
 from scripts_path import load_script
-from test_table1 import run_tree
+from helpers import run_tree
 
 NOTEBOOKS = repo_root() / "notebooks"
 

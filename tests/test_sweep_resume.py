@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from spa import repo_root
-from test_pipeline import cli
+from helpers import cli
 
 GRID = ["pruning=weight,taylor", "adapter=finetune,splora_r8", "schedule.step_fraction=0.3",
         "schedule.target_density=0.4", "schedule.recovery_epochs=1"]
