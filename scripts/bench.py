@@ -32,8 +32,20 @@ import pandas as pd
 import torch
 
 from spa import repo_root
-from spa.benchmarks import (AUTHORS_LIBRARY, DEIT_S, NETS, RESNET50, adapter_overhead, authors_available, checks,
-                            inference_vs_density, layer_speed, layer_totals, pruning_overhead, training_step)
+from spa.benchmarks import (
+    AUTHORS_LIBRARY,
+    DEIT_S,
+    NETS,
+    RESNET50,
+    adapter_overhead,
+    authors_available,
+    checks,
+    inference_vs_density,
+    layer_speed,
+    layer_totals,
+    pruning_overhead,
+    training_step,
+)
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
 SECTIONS = ("inference", "adapters", "training", "layers", "pruning")

@@ -33,7 +33,8 @@ def transfer_ok(runs: list[dict], min_ratio: float) -> bool:
         top1 = s["metrics"]["test_top1"]
         verdict = "ok" if top1 >= min_ratio * chance else "TOO LOW"
         ok &= verdict == "ok"
-        print(f"demo {s['dataset']} {s['adapter']} seed {s['seed']}: test top-1 {top1:.2f}% (chance {chance:.0f}%) {verdict}")
+        print(f"demo {s['dataset']} {s['adapter']} seed {s['seed']}: test top-1 {top1:.2f}% "
+              f"(chance {chance:.0f}%) {verdict}")
     return ok
 
 
@@ -42,16 +43,23 @@ def table_differences(generated: Path, expected: Path) -> list[str]:
     new, old = (pd.read_csv(p, dtype=str).drop(columns=list(VOLATILE), errors="ignore") for p in (generated, expected))
     if list(new.columns) != list(old.columns) or len(new) != len(old):
         return [f"columns or row count differ: {list(new.columns)} x {len(new)} vs {list(old.columns)} x {len(old)}"]
-    return [f"row {i}: generated {dict(new.iloc[i])} vs committed {dict(old.iloc[i])}"
-            for i in range(len(new)) if not new.iloc[i].equals(old.iloc[i])]
+    return [
+        f"row {i}: generated {dict(new.iloc[i])} vs committed {dict(old.iloc[i])}"
+        for i in range(len(new))
+        if not new.iloc[i].equals(old.iloc[i])
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results_dir", type=Path)
     parser.add_argument("--min-ratio", type=float, default=2.0, help="top-1 must exceed this many times chance")
-    parser.add_argument("--expected", type=Path, default=REPO / "results" / "tables" / "demo.csv",
-                        help="the committed demo table the generated one must equal (time excepted)")
+    parser.add_argument(
+        "--expected",
+        type=Path,
+        default=REPO / "results" / "tables" / "demo.csv",
+        help="the committed demo table the generated one must equal (time excepted)",
+    )
     args = parser.parse_args()
     runs = [json.loads(p.read_text()) for p in sorted((args.results_dir / "runs" / "demo").rglob("summary.json"))]
     ok = transfer_ok(runs, args.min_ratio)
@@ -64,8 +72,11 @@ def main() -> int:
         print(f"the demo table {generated} differs from the committed {args.expected}:", file=sys.stderr)
         for line in diffs:
             print("  " + line, file=sys.stderr)
-        print("Fix: run `make demo ARGS=\"dataset.root=../shared/data/cifar10-subset\"` and `make readme`, and commit "
-              "results/tables/demo.* and README.md with the change that moved the numbers.", file=sys.stderr)
+        print(
+            'Fix: run `make demo ARGS="dataset.root=../shared/data/cifar10-subset"` and `make readme`, and commit '
+            "results/tables/demo.* and README.md with the change that moved the numbers.",
+            file=sys.stderr,
+        )
         return 1
     print(f"demo table equals {args.expected} (time excepted)")
     return 0 if ok else 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
@@ -67,7 +66,9 @@ def main() -> int:
         book = execute(name)
         for cell in book.cells:           # no stderr noise (warnings) in the committed file
             if cell.cell_type == "code":
-                cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+                cell.outputs = [
+                    o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+                ]
         nbformat.write(book, NOTEBOOKS / name)
         print(f"{NOTEBOOKS / name}: executed, {images(book)} figures")
     return 0

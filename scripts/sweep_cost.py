@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from spa import repo_root
+from spa.reporting.collect import collect_runs, torch_versions, versions_line
 from spa.reporting.cost import measured_epochs, sweep_cost, sweep_epochs
 from spa.utils import atomic_write_text
 
@@ -53,6 +54,9 @@ def main() -> int:
         "epochs": "epochs (all runs)", "epoch_s": "s / full-density epoch",
         "hours": "hours (pruned epochs at full cost)", "hours_macs": "hours (pruned epochs × MACs ratio)"})
     markdown = shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    if args.from_runs:     # measured epoch times: say which torch measured them
+        versions = sorted({v for root in args.from_runs for v in torch_versions(collect_runs(root))})
+        markdown = f"{versions_line(versions)}\n\n" + markdown
     if args.note:
         markdown += f"\n{args.note}\n"
     out = repo_root() / "results" / "tables" / (args.out or f"{args.exp_name}_cost")

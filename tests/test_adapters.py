@@ -11,8 +11,17 @@ import timm
 import torch
 import torch.nn as nn
 
-from spa.adapters import (SPLoRAConv2d, SPLoRALinear, SPPaRAConv2d, adapter_layers, apply_adapter, fuse,
-                          load_task, save_task, switch_task)
+from spa.adapters import (
+    SPLoRAConv2d,
+    SPLoRALinear,
+    SPPaRAConv2d,
+    adapter_layers,
+    apply_adapter,
+    fuse,
+    load_task,
+    save_task,
+    switch_task,
+)
 from spa.metrics import count_parameters
 from spa.models import apply_cifar_stem, save_model_file
 
@@ -261,7 +270,7 @@ def test_splora_convs_train_through_the_cheaper_form_with_the_same_gradients(mon
         layer = SPLoRAConv2d.from_module(conv, rank=2, init_range=0.5).train()
         x = torch.randn(2, 6, 9, 9)
 
-        def grads(force: bool | None):
+        def grads(force: bool | None, layer=layer, x=x):
             if force is not None:
                 monkeypatch.setattr(layers, "branch_is_cheaper", lambda *a, **k: force)
             inp = x.clone().requires_grad_(True)

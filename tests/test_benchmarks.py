@@ -11,9 +11,20 @@ import torch
 import torch.nn as nn
 
 from spa.adapters import adapter_layers, apply_adapter
-from spa.benchmarks import (NetSpec, _dense, adapter_overhead, authors_model, inference_vs_density, latency,
-                            peak_memory, pruned_versions, pruning_overhead, saved_activation_bytes, timed,
-                            training_step)
+from spa.benchmarks import (
+    NetSpec,
+    _dense,
+    adapter_overhead,
+    authors_model,
+    inference_vs_density,
+    latency,
+    peak_memory,
+    pruned_versions,
+    pruning_overhead,
+    saved_activation_bytes,
+    timed,
+    training_step,
+)
 
 TINY = NetSpec("tiny", "test_resnet", size=32)
 TINY_VIT = NetSpec("tiny vit", "test_vit", size=32)

@@ -1,8 +1,6 @@
 """Every config composes, every _target_ imports, run directories follow from config values."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_object

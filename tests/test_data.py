@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from spa.data import DatasetNotFoundError, SOURCES, UnreadableImagesError, build_datasets, build_transforms, load_source
-from spa.data import fake, readable
+from spa.data import (
+    SOURCES,
+    DatasetNotFoundError,
+    UnreadableImagesError,
+    build_datasets,
+    build_transforms,
+    fake,
+    load_source,
+    readable,
+)
 from spa.data.datasets import split_validation, subsample
 
 
@@ -112,7 +120,8 @@ def test_failed_download_gives_the_same_clear_error(tmp_path, monkeypatch):
     def offline(root):
         raise URLError("no network")
     spec = SOURCES["flowers102"]
-    monkeypatch.setitem(SOURCES, "flowers102", type(spec)(spec.display, spec.expected, spec.present, spec.read, offline))
+    monkeypatch.setitem(SOURCES, "flowers102",
+                        type(spec)(spec.display, spec.expected, spec.present, spec.read, offline))
     with pytest.raises(DatasetNotFoundError, match="download failed: URLError"):
         load_source("flowers102", tmp_path / "f", download=True)
 
@@ -120,6 +129,7 @@ def test_failed_download_gives_the_same_clear_error(tmp_path, monkeypatch):
 @pytest.mark.parametrize("style,size", [("cifar", 32), ("imagenet", 64)])
 def test_transforms_produce_normalised_tensors_of_the_asked_size(style, size):
     from PIL import Image
+
     train_tf, test_tf = build_transforms(style, size)
     image = Image.fromarray(fake.class_image(1, 0, size=80))
     for tf in (train_tf, test_tf):
@@ -138,7 +148,9 @@ def test_download_path_fetches_checks_and_extracts_the_archive(tmp_path, monkeyp
     import http.server
     import tarfile
     import threading
+
     from spa.data import sources
+
     fake.write_cifar(tmp_path / "src", "cifar10", per_batch=5)
     (tmp_path / "www").mkdir()
     archive = tmp_path / "www" / "cifar-10-python.tar.gz"
@@ -156,7 +168,7 @@ def test_download_path_fetches_checks_and_extracts_the_archive(tmp_path, monkeyp
         raw = load_source("cifar10", tmp_path / "data", download=True)
         assert (len(raw.train), len(raw.test)) == (25, 5)
         monkeypatch.setitem(sources.CIFAR_ARCHIVES, "cifar10", (url, "0" * 32, "cifar-10-batches-py"))
-        with pytest.raises(DatasetNotFoundError, match="download failed"):   # checksum mismatch
+        with pytest.raises(DatasetNotFoundError, match="download failed"):  # checksum mismatch
             load_source("cifar10", tmp_path / "other", download=True)
     finally:
         server.shutdown()
@@ -173,9 +185,10 @@ def _folder_with_broken_images(tmp_path: Path) -> Path:
 
 def test_unreadable_images_stop_the_build_naming_them_or_are_skipped_and_counted(tmp_path):
     from PIL import Image
+
     root = _folder_with_broken_images(tmp_path)
     with Image.open(root / "test" / "bee" / "cut.jpg") as img:
-        img.verify()                                       # verify() alone lets the truncated JPEG through
+        img.verify()  # verify() alone lets the truncated JPEG through
     with pytest.raises(UnreadableImagesError) as err:
         build_datasets("image_folder", root, image_size=32)
     text = str(err.value)
@@ -186,7 +199,7 @@ def test_unreadable_images_stop_the_build_naming_them_or_are_skipped_and_counted
     data = build_datasets("image_folder", root, image_size=32, skip_unreadable=True)
     assert data.sizes() == {"train": 6, "val": 0, "test": 4}
     assert data.stats == {"unreadable_removed": 2, "converted_to_rgb": 0}
-    assert all(x.shape == (3, 32, 32) for split in (data.train, data.test) for x, _ in split)   # no crash mid-epoch
+    assert all(x.shape == (3, 32, 32) for split in (data.train, data.test) for x, _ in split)  # no crash mid-epoch
     # Cats & Dogs keeps skipping by default, in either layout, through the same rule; false stops it
     assert load_source("cats_vs_dogs", root, download=False).stats["unreadable_removed"] == 2
     with pytest.raises(UnreadableImagesError, match="2 of 12"):
@@ -207,6 +220,7 @@ def test_many_unreadable_files_are_listed_first_few_and_counted(tmp_path):
 
 def test_a_second_build_reuses_the_cached_check(tmp_path, monkeypatch):
     from PIL import Image
+
     root = _folder_with_broken_images(tmp_path)
     checked, opened = [], []
     check, open_ = readable.check_image, Image.open
@@ -217,17 +231,17 @@ def test_a_second_build_reuses_the_cached_check(tmp_path, monkeypatch):
     assert len(list((tmp_path / "cache" / "readable").glob("*.json"))) == 1
     checked.clear(), opened.clear()
     again = build_datasets("image_folder", root, skip_unreadable=True)
-    assert checked == [] and opened == [] and again.stats["unreadable_removed"] == 2   # nothing opened, same record
+    assert checked == [] and opened == [] and again.stats["unreadable_removed"] == 2  # nothing opened, same record
     changed = root / "train" / "bee" / "00001.png"
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
     build_datasets("image_folder", root, skip_unreadable=True)
-    assert checked == ["00001.png"]                                   # only the changed file is checked again
+    assert checked == ["00001.png"]  # only the changed file is checked again
 
 
 def test_the_check_works_without_a_writable_cache(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv("SPA_CACHE_DIR", str(blocker / "cache"))      # under a file: cannot be created
+    monkeypatch.setenv("SPA_CACHE_DIR", str(blocker / "cache"))  # under a file: cannot be created
     root = _folder_with_broken_images(tmp_path)
     assert build_datasets("image_folder", root, skip_unreadable=True).stats["unreadable_removed"] == 2
     monkeypatch.delenv("SPA_CACHE_DIR")

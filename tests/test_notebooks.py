@@ -2,16 +2,13 @@
 committed executed on the committed tables, with outputs that a fresh execution reproduces."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import nbformat
 import pytest
+from helpers import run_tree
 from nbclient import NotebookClient
+from scripts_path import load_script
 
 from spa import repo_root
-from scripts_path import load_script
-from helpers import run_tree
 
 NOTEBOOKS = repo_root() / "notebooks"
 

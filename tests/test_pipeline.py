@@ -3,22 +3,19 @@ stage runs once and feeds the transfer run; the command line works, sweeps inclu
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from helpers import cli
 from omegaconf import OmegaConf
 
 from spa import pipeline, repo_root
 from spa.data import DatasetNotFoundError
 from spa.models import create_backbone
 from spa.records import ConfigChangedError, config_hash
-
-from helpers import cli
 
 RECORDS = ["config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt"]
 
@@ -172,10 +169,16 @@ def test_command_line_run_and_sweep(tmp_path, image_folder):
     reuse = subprocess.run(args[:2] + args[3:-2] + ["exp_name=reuse", f"backbone.weights={base}"],
                            env=env, capture_output=True, text=True, timeout=300)
     assert reuse.returncode == 0, reuse.stdout + reuse.stderr
-    summary = json.loads((tmp_path / "runs/reuse/image_folder/test_resnet/none/finetune/seed_1/summary.json").read_text())
+    run = tmp_path / "runs/reuse/image_folder/test_resnet/none/finetune/seed_1"
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["weights"]["path"] == str(base)
-    bad = subprocess.run(args[:2] + ["dataset=image_folder", f"dataset.root={tmp_path}/missing", "exp_name=bad"],
-                         env=env, capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        args[:2] + ["dataset=image_folder", f"dataset.root={tmp_path}/missing", "exp_name=bad"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "dataset.root=PATH" in bad.stdout + bad.stderr
 
 
@@ -192,7 +195,7 @@ def test_shards_split_a_sweep_without_overlap(tmp_path, image_folder):
     out = subprocess.run(base + ["shard=1/2"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     done = sorted(p.parent.name for p in (tmp_path / "runs/shards").rglob("summary.json"))
-    assert done == ["seed_2"]                                      # job 1 of jobs 0, 1, 2
+    assert done == ["seed_2"]  # job 1 of jobs 0, 1, 2
     bad = subprocess.run(base + ["shard=2/2"], env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "i must be in 0..n-1" in bad.stdout + bad.stderr
 
@@ -215,17 +218,26 @@ def test_compiled_training_trains_the_same_model(compose_cfg):
     captured graph eagerly and counts compilations: no C++ toolchain needed), evaluation and pruning
     through the model itself; a fresh compile per training call (the pruned shapes differ)."""
     from torch._dynamo import list_backends, register_backend
+
     graphs = []
     if "spa_counting" not in list_backends(exclude_tags=()):
+
         @register_backend(name="spa_counting")
         def counting(gm, example_inputs):
             graphs.append(gm)
             return gm.forward
-    over = ["pruning=weight", "schedule.step_fraction=0.3", "schedule.target_density=0.7",
-            "schedule.recovery_epochs=1", "train.epochs=1", "train.max_steps_per_epoch=2"]
+
+    over = [
+        "pruning=weight",
+        "schedule.step_fraction=0.3",
+        "schedule.target_density=0.7",
+        "schedule.recovery_epochs=1",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=2",
+    ]
     plain = pipeline.run(compose_cfg(*over))
     fast = pipeline.run(compose_cfg(*over, "train.compile=spa_counting", "exp_name=compiled"))
-    assert len(graphs) >= 2      # the unpruned training and the recovery after the step
+    assert len(graphs) >= 2  # the unpruned training and the recovery after the step
     assert fast["config_hash"] != plain["config_hash"] and fast["metrics"]["density"] == plain["metrics"]["density"]
     assert fast["metrics"]["test_loss"] == pytest.approx(plain["metrics"]["test_loss"], abs=1e-4)
     with pytest.raises(ValueError, match="train.compile"):

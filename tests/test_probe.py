@@ -3,8 +3,8 @@ CIFAR-10 subset separates them widely from a random init of the same network (sl
 from __future__ import annotations
 
 import pytest
-
 from scripts_path import load_script
+
 from spa import repo_root
 
 DATA = repo_root().parent / "shared" / "data" / "cifar10-subset"

@@ -17,8 +17,7 @@ from spa import pipeline
 from spa.adapters import apply_adapter, fuse, load_task
 from spa.models import apply_cifar_stem, create_backbone
 from spa.pruning.groups import build_graph, channel_groups, producer_filters
-from spa.pruning.importance import (GradientImportance, TaylorImportance, WeightImportance, group_scores,
-                                    normalize)
+from spa.pruning.importance import GradientImportance, TaylorImportance, WeightImportance, group_scores, normalize
 from spa.pruning.schedule import Plan, select_channels
 from spa.pruning.session import PruningSession, count_macs, layer_widths
 from spa.utils import seed_everything
@@ -374,8 +373,17 @@ def test_every_criterion_with_every_learner_on_a_resnet(compose_cfg, criterion, 
 @pytest.mark.parametrize("criterion", ["weight", "taylor"])
 @pytest.mark.parametrize("adapter", ["finetune", "splora_r8"])
 def test_weight_and_taylor_with_every_learner_on_a_vit(compose_cfg, criterion, adapter):
-    summary = pipeline.run(compose_cfg(*prune_overrides(f"pruning={criterion}", f"adapter={adapter}", "backbone=test_vit",
-                                                        "schedule.target_density=0.6", "train.max_steps_per_epoch=1")))
+    summary = pipeline.run(
+        compose_cfg(
+            *prune_overrides(
+                f"pruning={criterion}",
+                f"adapter={adapter}",
+                "backbone=test_vit",
+                "schedule.target_density=0.6",
+                "train.max_steps_per_epoch=1",
+            )
+        )
+    )
     assert summary["metrics"]["density"] == pytest.approx(0.6, abs=0.01)
 
 
@@ -388,17 +396,26 @@ def test_reusing_an_unpruned_run_without_checkpoint_names_the_fix(compose_cfg):
 
 def test_round_to_moves_the_kept_width_of_touched_groups_to_multiples():
     from spa.pruning.groups import ChannelGroup
-    groups = [ChannelGroup("a", ["a"], 32), ChannelGroup("b", ["b"], 20), ChannelGroup("c", ["c"], 6),
-              ChannelGroup("heads", ["heads"], 6, kind="heads", unit=4)]
-    scores = {"a": torch.arange(32.0), "b": torch.arange(20.0) + 0.5, "c": torch.arange(6.0) + 100,
-              "heads": torch.arange(6.0) + 0.25}
+
+    groups = [
+        ChannelGroup("a", ["a"], 32),
+        ChannelGroup("b", ["b"], 20),
+        ChannelGroup("c", ["c"], 6),
+        ChannelGroup("heads", ["heads"], 6, kind="heads", unit=4),
+    ]
+    scores = {
+        "a": torch.arange(32.0),
+        "b": torch.arange(20.0) + 0.5,
+        "c": torch.arange(6.0) + 100,
+        "heads": torch.arange(6.0) + 0.25,
+    }
     plain = select_channels(groups, scores, budget=25)
-    assert {k: len(v) for k, v in plain.items()} == {"a": 7, "b": 6, "heads": 1}   # 7 + 6 + 12 filters
+    assert {k: len(v) for k, v in plain.items()} == {"a": 7, "b": 6, "heads": 1}  # 7 + 6 + 12 filters
     rounded = select_channels(groups, scores, budget=25, round_to=8)
     # a: 25 kept -> 24; b: 14 kept -> 16; heads are not rounded; c untouched
     assert {k: len(v) for k, v in rounded.items()} == {"a": 8, "b": 4, "heads": 1}
-    assert rounded["a"] == list(range(8)) and rounded["b"] == list(range(4))      # the lowest scored go
-    emptied = select_channels(groups, scores, budget=1000, round_to=8)          # 1 kept -> at least 8
+    assert rounded["a"] == list(range(8)) and rounded["b"] == list(range(4))  # the lowest scored go
+    emptied = select_channels(groups, scores, budget=1000, round_to=8)  # 1 kept -> at least 8
     assert emptied["a"] == list(range(24)) and emptied["b"] == list(range(12))
     with pytest.raises(ValueError, match="round_to"):
         select_channels(groups, scores, budget=3, round_to=0)
@@ -414,7 +431,7 @@ def test_pruning_with_round_to_leaves_multiples_of_8_and_a_working_network():
     sizes = {g.root: g.size for g in session.groups}
     assert any(sizes[r] != before[r] for r in sizes)
     assert all(sizes[r] % 8 == 0 for r in sizes if sizes[r] != before[r])
-    assert abs(session.density - 0.4) < 0.1                # the budget is kept approximately
+    assert abs(session.density - 0.4) < 0.1  # the budget is kept approximately
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import re
 
 import pytest
+from scripts_path import load_script  # tests/scripts_path.py
 
 from spa import repo_root
-from scripts_path import load_script  # tests/scripts_path.py
 
 ROOT = repo_root()
 README = (ROOT / "README.md").read_text()
@@ -40,7 +40,9 @@ def test_update_readme_replaces_only_the_block():
 @pytest.mark.parametrize("args", [["T1=table1_mini"], ["ARGS=experiment=table1_mini dataset.root=x"]])
 def test_reproduce_table1_aggregates_the_experiment_it_swept(args):
     import subprocess
-    out = subprocess.run(["make", "-n", "reproduce-table1", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["make", "-n", "reproduce-table1", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert any("scripts/run.py -m experiment=" in line and "table1_mini" in line for line in lines)
@@ -50,9 +52,15 @@ def test_reproduce_table1_aggregates_the_experiment_it_swept(args):
 
 def test_reproduce_table1_runs_the_shared_stages_first_with_the_chosen_launcher():
     import subprocess
-    out = subprocess.run(["make", "-n", "reproduce-table1", "LAUNCHER=slurm", "ARGS=hydra.launcher.partition=gpu"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    out = subprocess.run(
+        ["make", "-n", "reproduce-table1", "LAUNCHER=slurm", "ARGS=hydra.launcher.partition=gpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     sweeps = [line for line in out.stdout.splitlines() if "scripts/run.py -m" in line]
     assert len(sweeps) == 2 and all("launcher=slurm" in s and "hydra.launcher.partition=gpu" in s for s in sweeps)
-    assert "pruning=none" in sweeps[0] and "pruning=none" not in sweeps[1]   # unpruned runs, then the pruned ones
+    assert "pruning=none" in sweeps[0] and "pruning=none" not in sweeps[1]  # unpruned runs, then the pruned ones

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from scripts_path import load_script
+
 from spa import config_dir, repo_root
 from spa.reporting.selection import selected, selection_table, write_selection
 
@@ -66,11 +66,17 @@ def test_the_experiments_use_the_committed_selection():
 def test_the_demo_check_fails_on_a_table_that_differs_from_the_committed_one(tmp_path):
     check = load_script("check_demo")
     committed = tmp_path / "committed.csv"
-    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["61.5730"], "wall_time_s": ["79.5500"]}).to_csv(committed, index=False)
+    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["61.5730"], "wall_time_s": ["79.5500"]}).to_csv(
+        committed, index=False
+    )
     same = tmp_path / "same.csv"
-    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["61.5730"], "wall_time_s": ["12.0000"]}).to_csv(same, index=False)
+    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["61.5730"], "wall_time_s": ["12.0000"]}).to_csv(
+        same, index=False
+    )
     moved = tmp_path / "moved.csv"
-    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["49.2100"], "wall_time_s": ["79.5500"]}).to_csv(moved, index=False)
-    assert check.table_differences(same, committed) == []                   # the time is not compared
+    pd.DataFrame({"adapter": ["finetune"], "test_top1": ["49.2100"], "wall_time_s": ["79.5500"]}).to_csv(
+        moved, index=False
+    )
+    assert check.table_differences(same, committed) == []  # the time is not compared
     diffs = check.table_differences(moved, committed)
     assert len(diffs) == 1 and "49.2100" in diffs[0] and "61.5730" in diffs[0]

@@ -112,17 +112,29 @@ def test_a_type_error_names_the_key_and_what_it_accepts(compose_cfg, override, e
 
 def test_the_command_line_prints_one_line_and_exits_2(tmp_path, image_folder):
     proc = subprocess.run(
-        [sys.executable, str(repo_root() / "scripts" / "run.py"), "dataset=image_folder", f"dataset.root={image_folder}",
-         "backbone=test_resnet", f"paths.results_dir={tmp_path}", "seed=abc"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        [
+            sys.executable,
+            str(repo_root() / "scripts" / "run.py"),
+            "dataset=image_folder",
+            f"dataset.root={image_folder}",
+            "backbone=test_resnet",
+            f"paths.results_dir={tmp_path}",
+            "seed=abc",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: seed='abc': use an int >= 0, e.g. seed=1"]
     assert not (tmp_path / "runs").exists() or not any(p.is_file() for p in (tmp_path / "runs").rglob("*"))
 
 
 # ----------------------------------------------------------------------------- 4. unreadable images
-def test_a_corrupt_image_stops_the_run_before_its_directory_and_skipping_records_it(compose_cfg, tmp_path,
-                                                                                    image_folder):
+def test_a_corrupt_image_stops_the_run_before_its_directory_and_skipping_records_it(
+    compose_cfg, tmp_path, image_folder
+):
     root = tmp_path / "damaged"
     shutil.copytree(image_folder, root)
     fake.write_broken_image(root / "train" / "ant" / "text.png", "text")
@@ -140,7 +152,7 @@ def test_the_same_data_moved_is_the_same_run_and_other_data_never_is(compose_cfg
     moved = tmp_path / "moved"
     shutil.copytree(image_folder, moved)
     caplog.set_level("INFO")
-    assert pipeline.run(compose_cfg(f"dataset.root={moved}", *QUICK)) == first      # skipped: same data
+    assert pipeline.run(compose_cfg(f"dataset.root={moved}", *QUICK)) == first  # skipped: same data
     assert "finished with the same config and data" in caplog.text
     subset = tmp_path / "subset"
     shutil.copytree(image_folder, subset)
@@ -165,10 +177,10 @@ def test_a_run_finished_before_fingerprints_stays_valid_where_its_summary_agrees
     legacy = yaml.safe_load(config.read_text())
     legacy.pop(FINGERPRINT)
     config.write_text(yaml.safe_dump(legacy))
-    assert pipeline.run(compose_cfg(*QUICK)) == first                         # skipped, not refused
+    assert pipeline.run(compose_cfg(*QUICK)) == first  # skipped, not refused
     summary = Path(first["run_dir"]) / "summary.json"
     stored = json.loads(summary.read_text())
-    stored["data"]["train"] = 40                                               # it saw other data
+    stored["data"]["train"] = 40  # it saw other data
     summary.write_text(json.dumps(stored))
     with pytest.raises(ConfigChangedError, match="other data"):
         pipeline.run(compose_cfg(*QUICK))

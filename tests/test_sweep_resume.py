@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import cli
 
 from spa import repo_root
-from helpers import cli
 
 GRID = ["pruning=weight,taylor", "adapter=finetune,splora_r8", "schedule.step_fraction=0.3",
         "schedule.target_density=0.4", "schedule.recovery_epochs=1"]

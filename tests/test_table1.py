@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-from pathlib import Path
-from typing import Callable
 
 import matplotlib.image
 import pandas as pd
 import pytest
-
-from helpers import ICLR_DATASETS, RUNS, SPPARA, iclr_tree, run_tree
+from helpers import iclr_tree, run_tree
 from scripts_path import load_script
+
 from spa.reporting import collect_steps, experiment_report
 from spa.reporting.paper import load_table1
 from spa.reporting.table1 import aggregate, cells, table1_report, wide, write_table1
+
 
 def test_golden_table(tmp_path):
     steps = collect_steps(run_tree(tmp_path / "runs"))

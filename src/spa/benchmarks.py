@@ -12,9 +12,11 @@ import copy
 import ctypes
 import statistics
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -51,6 +53,11 @@ DENSITIES = (1.0, 0.7, 0.5, 0.3, 0.1)
 # (name, adapter kind, options) of the adapter comparisons
 ADAPTERS = (("splora_r8", "splora", {"rank": 8}), ("splora_r32", "splora", {"rank": 32}), ("sppara", "sppara", {}))
 AUTHORS_LIBRARY = "structured-pruning-adapters"
+
+
+def last_item(items: Iterable[Any]) -> Any:
+    """The last item of an iterable (a generator of pruned versions: only the last one is kept)."""
+    return deque(items, maxlen=1)[0]
 
 
 def _sync(device: torch.device) -> None:
@@ -156,8 +163,7 @@ def inference_vs_density(spec: NetSpec, batch: int, device: torch.device, repeat
         add("pruned (channels removed)", density, model)
     last = model
     if round_to > 1 and not spec.timm_name.startswith(("deit", "vit")):
-        for density, model, _ in pruned_versions(spec, (1.0, round_density), device=device, round_to=round_to):
-            pass
+        density, model, _ = last_item(pruned_versions(spec, (1.0, round_density), device=device, round_to=round_to))
         add(f"pruned, widths rounded to multiples of {round_to}", density, model)
     # the masked-only network at the lowest density: dense shapes, hence the dense cost
     add("masked only (paper's code)", rows[len(DENSITIES) - 1]["density"], masked_copy(last, _dense(spec, device)),
@@ -189,8 +195,7 @@ def adapter_overhead(spec: NetSpec, density: float, batch: int, device: torch.de
     for name, kind, options in adapters:
         if not _applies(kind, spec):
             continue
-        for d, model, session in pruned_versions(spec, (1.0, density), kind, options, device):
-            pass
+        d, model, session = last_item(pruned_versions(spec, (1.0, density), kind, options, device))
         plain = _dense(spec, device).eval()
         PruningSession(plain, torch.zeros(1, 3, spec.size, spec.size, device=device)).replay(session.history)
         fused = fuse(model).eval()
@@ -330,7 +335,7 @@ def training_step(spec: NetSpec, batch: int, device: torch.device, repeats: int,
             loss.backward()
             optimizer.step()
         entries.append((implementation, learner, model, optimizer, step, sum(p.numel() for p in params)))
-    seconds = timed({(i, l): s for i, l, _, _, s, _ in entries}, device, repeats, warmup)
+    seconds = timed({(i, learner): s for i, learner, _, _, s, _ in entries}, device, repeats, warmup)
     rows = []
     for implementation, learner, model, optimizer, step, trainable in entries:
         rows.append({"network": spec.label, "implementation": implementation, "learner": learner, "batch": batch,
@@ -386,8 +391,8 @@ def layer_speed(spec: NetSpec, batch: int, device: torch.device, repeats: int, w
             def step(layer):
                 def run():
                     with _autocast(device, amp):
-                        out = layer(inp)
-                    out.backward(grad)
+                        out = layer(inp)          # noqa: B023 (timed below, in this iteration)
+                    out.backward(grad)            # noqa: B023
                 return run
             seconds = timed({"spa": step(ours), AUTHORS_LIBRARY: step(theirs)}, device, repeats, warmup)
             rows.append({"network": spec.label, "adapter": name, "layer": key[0],
@@ -452,7 +457,8 @@ def pruning_overhead(spec: NetSpec, batch: int, device: torch.device, batches: i
     for name in criteria:
         criterion = _criterion(name)
         try:
-            s = timed({name: lambda: criterion.score(model, session.groups, data, device)}, device, 1, warmup)[name]
+            s = timed({name: lambda: criterion.score(model, session.groups, data, device)},  # noqa: B023 (called here)
+                      device, 1, warmup)[name]
         except (NotImplementedError, ValueError, TypeError) as err:
             rows.append({"network": spec.label, "criterion": name, "batch": batch, "batches": batches,
                          "seconds": None, "train_seconds": train_s, "ratio_to_training": None, "note": str(err)[:80]})

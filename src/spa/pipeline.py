@@ -32,11 +32,25 @@ from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan, check_round_to
 from spa.pruning.session import PruningSession, count_macs
 from spa.records import CHECKPOINT, FINGERPRINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
-from spa.settings import (SettingError, check_adapter_options, check_choice, check_device, check_optimizer,
-                          check_values, checked)
+from spa.settings import (
+    SettingError,
+    check_adapter_options,
+    check_choice,
+    check_device,
+    check_optimizer,
+    check_values,
+    checked,
+)
 from spa.training import SCHEDULERS, apply_channels_last, build_scheduler, check_compile, compiled, evaluate, fit
-from spa.utils import (atomic_torch_save, atomic_write_json, device_description, git_state, package_versions,
-                       resolve_device, seed_everything)
+from spa.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    device_description,
+    git_state,
+    package_versions,
+    resolve_device,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
 

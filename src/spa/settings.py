@@ -6,8 +6,9 @@ that the corrected command would then refuse. Takes the resolved config as a pla
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch

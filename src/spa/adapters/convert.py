@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch.nn as nn
 

@@ -175,7 +175,7 @@ class SPLoRALinear(_LowRank, _LinearAdapter):
         self._init_factors(self.out_features, self.in_features, rank, init_range)
 
     @classmethod
-    def from_module(cls, layer: nn.Linear, rank: int | float = 16, init_range: float = 1e-4) -> "SPLoRALinear":
+    def from_module(cls, layer: nn.Linear, rank: int | float = 16, init_range: float = 1e-4) -> SPLoRALinear:
         return cls(layer.weight, layer.bias, rank=rank, init_range=init_range)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -295,7 +295,7 @@ class SPLoRAConv2d(_LowRank, _ConvAdapter):
         self._init_factors(self.out_channels, self.weight.shape[1], rank, init_range)
 
     @classmethod
-    def from_module(cls, layer: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> "SPLoRAConv2d":
+    def from_module(cls, layer: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> SPLoRAConv2d:
         return cls(layer, rank=rank, init_range=init_range)
 
     def _train_fused(self) -> bool:
@@ -325,7 +325,7 @@ class SPPaRAConv2d(_ConvAdapter):
         nn.init.uniform_(self.P, -init_range, init_range)
 
     @classmethod
-    def from_module(cls, layer: nn.Conv2d, init_range: float = 1e-4, **_: Any) -> "SPPaRAConv2d":
+    def from_module(cls, layer: nn.Conv2d, init_range: float = 1e-4, **_: Any) -> SPPaRAConv2d:
         return cls(layer, init_range=init_range)
 
     def delta(self) -> torch.Tensor:

@@ -98,7 +98,9 @@ def switch_task(model: nn.Module, path: str | Path | dict) -> nn.Module:
     with torch.no_grad():
         for name, tensor in state.items():
             if own[name].shape != tensor.shape:
-                raise ValueError(f"task tensor {name} has shape {tuple(tensor.shape)}, the model {tuple(own[name].shape)}")
+                raise ValueError(
+                    f"task tensor {name} has shape {tuple(tensor.shape)}, the model {tuple(own[name].shape)}"
+                )
             own[name].copy_(tensor)
     for layer in adapter_layers(model).values():
         layer._cache.clear()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,7 +91,9 @@ def _by_class(samples: list[Sample]) -> dict[int, list[Sample]]:
     return dict(sorted(groups.items()))
 
 
-def subsample(samples: list[Sample], seed: int, fraction: float = 1.0, max_per_class: int | None = None) -> list[Sample]:
+def subsample(
+    samples: list[Sample], seed: int, fraction: float = 1.0, max_per_class: int | None = None
+) -> list[Sample]:
     """Stratified, seeded subset: ``fraction`` of each class, then at most ``max_per_class``."""
     if not 0 < fraction <= 1:
         raise ValueError(f"dataset.train_fraction must be in (0, 1], got {fraction}")
@@ -123,13 +126,23 @@ def split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple
     return train, val
 
 
-def build_datasets(source: str, root: str | Path, *, download: bool = False, image_size: int = 32,
-                   transform: str = "cifar", classes: Sequence[str | int] | None = None,
-                   train_fraction: float = 1.0, max_per_class: int | None = None,
-                   test_max_per_class: int | None = None, val_fraction: float = 0.0,
-                   split_seed: int = 0, source_options: dict[str, Any] | None = None,
-                   mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
-                   skip_unreadable: bool | None = None) -> DataBundle:
+def build_datasets(
+    source: str,
+    root: str | Path,
+    *,
+    download: bool = False,
+    image_size: int = 32,
+    transform: str = "cifar",
+    classes: Sequence[str | int] | None = None,
+    train_fraction: float = 1.0,
+    max_per_class: int | None = None,
+    test_max_per_class: int | None = None,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
+    source_options: dict[str, Any] | None = None,
+    mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
+    skip_unreadable: bool | None = None,
+) -> DataBundle:
     """Read, subset and wrap a data set. All randomness here depends on ``split_seed`` only,
     so every training seed sees the same train/val/test split. ``mean_std`` overrides the
     normalisation of the ``transform`` style (weights that declare their own). Unreadable image
@@ -140,8 +153,14 @@ def build_datasets(source: str, root: str | Path, *, download: bool = False, ima
     test = subsample(raw.test, split_seed, 1.0, test_max_per_class)
     train, val = split_validation(train, val_fraction, split_seed)
     train_tf, test_tf = build_transforms(transform, image_size, mean_std)
-    return DataBundle(SampleDataset(train, train_tf), SampleDataset(val, test_tf) if val else None,
-                      SampleDataset(test, test_tf), raw.classes, raw.layout, dict(raw.stats))
+    return DataBundle(
+        SampleDataset(train, train_tf),
+        SampleDataset(val, test_tf) if val else None,
+        SampleDataset(test, test_tf),
+        raw.classes,
+        raw.layout,
+        dict(raw.stats),
+    )
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -156,13 +175,22 @@ def default_num_workers(device: torch.device) -> int:
     return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, train: bool, device: torch.device, seed: int,
-                num_workers: int | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, *, train: bool, device: torch.device, seed: int, num_workers: int | None = None
+) -> DataLoader:
     """A loader that keeps the device fed: workers, pinned memory on CUDA, persistent workers,
     seeded shuffling (``seed``) and seeded workers."""
     workers = default_num_workers(device) if num_workers is None else num_workers
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) > batch_size,
-                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      worker_init_fn=_seed_worker, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )

@@ -30,7 +30,9 @@ def write_image_folder(root: str | Path, classes: list[str], n_train: int, n_tes
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                Image.fromarray(class_image(label, i + (0 if split == "train" else 10_000), size)).save(folder / f"{i:05d}.{ext}")
+                Image.fromarray(class_image(label, i + (0 if split == "train" else 10_000), size)).save(
+                    folder / f"{i:05d}.{ext}"
+                )
     return root
 
 
@@ -49,7 +51,10 @@ def write_cifar(root: str | Path, variant: str = "cifar10", per_batch: int = 20)
         folder = root / "cifar-10-batches-py"
         folder.mkdir(parents=True, exist_ok=True)
         for b in range(1, 6):
-            dump(_cifar_batch(rng.integers(0, n_classes, per_batch).tolist(), b * 1000, "labels"), folder / f"data_batch_{b}")
+            dump(
+                _cifar_batch(rng.integers(0, n_classes, per_batch).tolist(), b * 1000, "labels"),
+                folder / f"data_batch_{b}",
+            )
         dump(_cifar_batch(rng.integers(0, n_classes, per_batch).tolist(), 9000, "labels"), folder / "test_batch")
         dump({"label_names": [f"class{i}" for i in range(n_classes)]}, folder / "batches.meta")
     else:
@@ -64,6 +69,7 @@ def write_cifar(root: str | Path, variant: str = "cifar10", per_batch: int = 20)
 def write_flowers102(root: str | Path, n_classes: int = 3, per_split: int = 2, size: int = 40) -> Path:
     """``flowers-102/{jpg/, imagelabels.mat, setid.mat}`` with 1-based ids and labels."""
     from scipy.io import savemat
+
     base = Path(root) / "flowers-102"
     (base / "jpg").mkdir(parents=True, exist_ok=True)
     labels, ids = [], {"trnid": [], "valid": [], "tstid": []}
@@ -80,8 +86,9 @@ def write_flowers102(root: str | Path, n_classes: int = 3, per_split: int = 2, s
     return Path(root)
 
 
-def write_petimages(root: str | Path, per_class: int = 10, n_unreadable: int = 1, n_gray: int = 1,
-                    size: int = 40) -> Path:
+def write_petimages(
+    root: str | Path, per_class: int = 10, n_unreadable: int = 1, n_gray: int = 1, size: int = 40
+) -> Path:
     """``PetImages/{Cat,Dog}/N.jpg`` with some broken files and some greyscale images, as the real archive."""
     base = Path(root) / "PetImages"
     for label, name in enumerate(("Cat", "Dog")):

@@ -18,7 +18,7 @@ import numpy as np
 from spa.data.datasets import DataBundle, SampleDataset
 
 
-def _digest_split(h: "hashlib._Hash", name: str, dataset: SampleDataset | None, root: Path) -> None:
+def _digest_split(h: hashlib._Hash, name: str, dataset: SampleDataset | None, root: Path) -> None:
     h.update(f"|{name}|".encode())
     for item, label in (dataset.samples if dataset is not None else []):
         if isinstance(item, np.ndarray):

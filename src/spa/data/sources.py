@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import pickle
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -6,7 +6,7 @@ Weights that declare their normalisation (packaged ImageNet weights) replace the
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torchvision import transforms as T
 

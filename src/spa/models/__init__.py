@@ -3,9 +3,9 @@ from spa.models.backbones import (
     MODEL_FORMAT,
     WeightsInfo,
     apply_cifar_stem,
-    classifier_keys,
     check_head_init,
     check_packaged,
+    classifier_keys,
     create_backbone,
     declared_normalization,
     load_model_file,
@@ -13,5 +13,5 @@ from spa.models.backbones import (
     save_model_file,
 )
 
-__all__ = ["MODEL_FORMAT", "WeightsInfo", "apply_cifar_stem", "check_head_init", "check_packaged", "classifier_keys", "create_backbone",
-           "declared_normalization", "load_model_file", "load_packaged", "save_model_file"]
+__all__ = ["MODEL_FORMAT", "WeightsInfo", "apply_cifar_stem", "check_head_init", "check_packaged", "classifier_keys",
+           "create_backbone", "declared_normalization", "load_model_file", "load_packaged", "save_model_file"]

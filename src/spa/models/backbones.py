@@ -220,11 +220,14 @@ def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = F
     payload = load_model_file(path)
     saved = payload.get("backbone", {})
     if expect_cifar_stem is not None and "cifar_stem" in saved and saved["cifar_stem"] != expect_cifar_stem:
-        raise ValueError(f"the weights in {path} were saved with backbone.cifar_stem={str(saved['cifar_stem']).lower()}; "
-                         f"run with backbone.cifar_stem={str(saved['cifar_stem']).lower()}")
+        raise ValueError(
+            f"the weights in {path} were saved with backbone.cifar_stem={str(saved['cifar_stem']).lower()}; "
+            f"run with backbone.cifar_stem={str(saved['cifar_stem']).lower()}"
+        )
     structure = payload.get("structure")
     if structure:  # a pruned model: give the fresh model the same channels first
         from spa.pruning.session import PruningSession
+
         example = torch.zeros(1, 3, *structure["input_size"])
         PruningSession(model, example, structure["original_filters"]).replay(structure["history"])
     state = dict(payload["state_dict"])
@@ -239,9 +242,17 @@ def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = F
         raise ValueError(
             f"the weights in {path} do not fit backbone {saved.get('timm_name', '?')} as configured: "
             f"shape mismatch {mismatched[:4]}, missing {missing[:4]}, unexpected {unexpected[:4]}. "
-            f"Use the same backbone (and backbone.kwargs / cifar_stem) that saved them: {saved}")
+            f"Use the same backbone (and backbone.kwargs / cifar_stem) that saved them: {saved}"
+        )
     model.load_state_dict(state, strict=False)
-    log.info("loaded base weights from %s (%d tensors, head %s)", path, len(state),
-             "loaded" if head <= set(state) else "new")
-    return WeightsInfo("file", name=saved.get("timm_name"), path=str(Path(path).resolve()), sha256=sha256_file(path),
-                       normalization=payload.get("normalization"), head_loaded=bool(head) and head <= set(state))
+    log.info(
+        "loaded base weights from %s (%d tensors, head %s)", path, len(state), "loaded" if head <= set(state) else "new"
+    )
+    return WeightsInfo(
+        "file",
+        name=saved.get("timm_name"),
+        path=str(Path(path).resolve()),
+        sha256=sha256_file(path),
+        normalization=payload.get("normalization"),
+        head_loaded=bool(head) and head <= set(state),
+    )

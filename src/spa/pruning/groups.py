@@ -8,17 +8,23 @@ producer filters, as the paper does (ResNet-50: 26,560 conv filters).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 from spa.adapters.convert import head_names
-from spa.adapters.layers import (AdapterLayer, SPLoRAConv2d, SPLoRADepthwiseConv2d, SPLoRALinear, SPPaRAConv2d,
-                                 SPPaRADepthwiseConv2d)
+from spa.adapters.layers import (
+    AdapterLayer,
+    SPLoRAConv2d,
+    SPLoRADepthwiseConv2d,
+    SPLoRALinear,
+    SPPaRAConv2d,
+    SPPaRADepthwiseConv2d,
+)
 
 DEPTHWISE_ADAPTER_TYPES = (SPLoRADepthwiseConv2d, SPPaRADepthwiseConv2d)
 ADAPTER_TYPES = (SPLoRAConv2d, SPPaRAConv2d, SPLoRALinear, *DEPTHWISE_ADAPTER_TYPES)

@@ -9,7 +9,7 @@ for weight and LRP; L2: ``|v| / ‖v‖₂`` for gradient and Taylor), combined 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn

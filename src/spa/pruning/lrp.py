@@ -23,7 +23,7 @@ the scored batches; it is normalised per layer with L1.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
@@ -94,7 +94,7 @@ class TimmResNetCanonizer(AttributeCanonizer):
             return {"forward": _efficientnet_block_forward.__get__(module), "canonizer_sum": Sum()}
         return None
 
-    def copy(self) -> "TimmResNetCanonizer":
+    def copy(self) -> TimmResNetCanonizer:
         return TimmResNetCanonizer()
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from spa.pruning.groups import build_graph, channel_groups, prune_group, producer_filters
+from spa.pruning.groups import build_graph, channel_groups, producer_filters, prune_group
 from spa.pruning.importance import Importance, group_scores
 from spa.pruning.schedule import Plan, removed_filters, select_channels
 from spa.pruning.transformer import is_transformer, prune_transformer_group, transformer_groups

@@ -11,7 +11,7 @@ pruner, ours for adapter layers), so adapters lose the matching rows of ``B`` an
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn as nn
 import torch_pruning as tp

@@ -3,8 +3,8 @@ version each run recorded (``torch`` column), so every table written from them c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 

@@ -12,8 +12,8 @@ pruning) and, where the MACs of each density are known, also at the MACs ratio (
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
@@ -116,7 +116,9 @@ def _macs_lookup(ratios: pd.DataFrame) -> Callable[[str, float], float]:
     return ratio
 
 
-def sweep_cost(epochs: pd.DataFrame, epoch_seconds: dict[str, float], ratios: pd.DataFrame | None = None) -> pd.DataFrame:
+def sweep_cost(
+    epochs: pd.DataFrame, epoch_seconds: dict[str, float], ratios: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Hours per dataset and phase: ``hours`` = epochs × the full-density epoch time (an upper bound:
     no speed-up from pruning) and, with ``ratios``, ``hours_macs`` = each epoch scaled by the MACs
     ratio of its density (a lower bound: as if time followed compute alone)."""

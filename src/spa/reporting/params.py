@@ -88,7 +88,8 @@ def parameter_markdown(table: pd.DataFrame) -> str:
                              model_to_task=table["model_to_task"].map("{:.1f}×".format))
     shown = shown.rename(columns={"learned_pct": "learned / deployable (%)", "model_mb": "model file (MiB)",
                                   "task_mb": "task file (MiB)", "model_to_task": "model / task file"})
-    return shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    # MACs and the model files depend on the installed torch: say which one made them
+    return f"torch {torch.__version__}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict | None = None,

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from matplotlib.figure import Figure
 import pandas as pd
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from spa import config_dir
-from spa.reporting.collect import (collect_epochs, collect_runs, collect_steps, torch_versions, versions_line,
-                                   write_versions)
+from spa.reporting.collect import (
+    collect_epochs,
+    collect_runs,
+    collect_steps,
+    torch_versions,
+    versions_line,
+    write_versions,
+)
 from spa.utils import atomic_write_text
 
 LABELS = {

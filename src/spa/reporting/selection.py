@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from spa.reporting.collect import collect_runs, torch_versions, versions_line, write_versions
 from spa.records import RunDir
+from spa.reporting.collect import collect_runs, torch_versions, versions_line, write_versions
 from spa.reporting.report import label
 from spa.utils import atomic_write_text
 

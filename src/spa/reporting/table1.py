@@ -10,8 +10,8 @@ comparison with the paper and the claims cover the paper's datasets only.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -1,6 +1,14 @@
 """Training engine: optimisers and LR schedules, one epoch of training, evaluation, ``fit``."""
-from spa.training.engine import (EpochRecord, FitResult, apply_channels_last, check_compile, compiled, evaluate, fit,
-                                 train_one_epoch)
+from spa.training.engine import (
+                                 EpochRecord,
+                                 FitResult,
+                                 apply_channels_last,
+                                 check_compile,
+                                 compiled,
+                                 evaluate,
+                                 fit,
+                                 train_one_epoch,
+)
 from spa.training.schedulers import SCHEDULERS, build_scheduler
 
 __all__ = ["EpochRecord", "FitResult", "apply_channels_last", "check_compile", "compiled", "evaluate", "fit",

@@ -5,9 +5,9 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -63,8 +63,13 @@ def _onednn_unsafe(module: nn.Module) -> bool:
     issue #6035, reproduced here with torch 2.15 at 8-13 input channels and 64 × 64 inputs). Pruning
     makes such layers (a ResNet's downsample convs)."""
     weight = getattr(module, "weight", None)
-    return (isinstance(weight, torch.Tensor) and weight.dim() == 4 and tuple(getattr(module, "kernel_size", ())) == (1, 1)
-            and tuple(getattr(module, "stride", (1, 1))) != (1, 1) and int(module.in_channels) < ONEDNN_IC_BLOCK)
+    return (
+        isinstance(weight, torch.Tensor)
+        and weight.dim() == 4
+        and tuple(getattr(module, "kernel_size", ())) == (1, 1)
+        and tuple(getattr(module, "stride", (1, 1))) != (1, 1)
+        and int(module.in_channels) < ONEDNN_IC_BLOCK
+    )
 
 
 def apply_channels_last(model: nn.Module, device: torch.device) -> nn.Module:
@@ -80,7 +85,8 @@ def apply_channels_last(model: nn.Module, device: torch.device) -> nn.Module:
             # clone, not .contiguous(): a 1×1 kernel in channels-last strides already counts as contiguous
             module.weight.data = module.weight.data.clone(memory_format=torch.contiguous_format)
             module.__dict__[_NCHW_HOOK] = module.register_forward_pre_hook(
-                lambda mod, args: (args[0].contiguous(), *args[1:]))
+                lambda mod, args: (args[0].contiguous(), *args[1:])
+            )
     return model
 
 
@@ -91,10 +97,18 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_
     return x, y.to(device, non_blocking=True)
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
-                    schedule: Schedule | None = None, amp: bool = False, channels_last: bool = False,
-                    scaler: torch.amp.GradScaler | None = None, max_steps: int | None = None,
-                    desc: str = "train") -> tuple[float, float]:
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    schedule: Schedule | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
+    max_steps: int | None = None,
+    desc: str = "train",
+) -> tuple[float, float]:
     """Train for one pass over ``loader``; returns (mean loss, top-1 %) over the seen samples.
 
     Sums stay on the device (one host sync per epoch); a non-finite loss stops training.
@@ -130,8 +144,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool = False,
-             channels_last: bool = False, desc: str = "eval") -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    amp: bool = False,
+    channels_last: bool = False,
+    desc: str = "eval",
+) -> dict[str, float]:
     """Mean loss, top-1 and top-5 accuracy (%) of ``model`` in eval mode over ``loader``."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -154,8 +174,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp: bool
 def check_compile(setting: object) -> None:
     """``train.compile`` must be false, true or a backend name."""
     if setting is not None and not isinstance(setting, (bool, str)):
-        raise ValueError(f"train.compile={setting!r}: use false, true or a torch.compile backend name "
-                         f"(e.g. train.compile=aot_eager)")
+        raise ValueError(
+            f"train.compile={setting!r}: use false, true or a torch.compile backend name (e.g. train.compile=aot_eager)"
+        )
 
 
 def compiled(model: nn.Module, setting: bool | str) -> nn.Module | None:
@@ -169,12 +190,26 @@ def compiled(model: nn.Module, setting: bool | str) -> nn.Module | None:
     return torch.compile(model) if setting is True else torch.compile(model, backend=setting)
 
 
-def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimizer, schedule: Schedule,
-        epochs: int, device: torch.device, *, test_loader: Iterable | None = None,
-        val_loader: Iterable | None = None, amp: bool = False, channels_last: bool = False,
-        eval_every: int = 1, select: str = "last", phase: str = "train", step: int = 0,
-        max_steps: int | None = None,
-        on_epoch: Callable[[EpochRecord], None] | None = None, train_forward: nn.Module | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    epochs: int,
+    device: torch.device,
+    *,
+    test_loader: Iterable | None = None,
+    val_loader: Iterable | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    eval_every: int = 1,
+    select: str = "last",
+    phase: str = "train",
+    step: int = 0,
+    max_steps: int | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    train_forward: nn.Module | None = None,
+) -> FitResult:
     """Train ``epochs`` epochs, evaluating every ``eval_every`` epochs and after the last.
 
     ``select="best_val"`` restores the weights of the epoch with the best validation top-1 at the
@@ -193,9 +228,18 @@ def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimiz
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss, acc = train_one_epoch(model if train_forward is None else train_forward, train_loader, optimizer,
-                                    device, schedule, amp, channels_last, scaler, max_steps,
-                                    desc=f"{phase} {epoch}/{epochs}")
+        loss, acc = train_one_epoch(
+            model if train_forward is None else train_forward,
+            train_loader,
+            optimizer,
+            device,
+            schedule,
+            amp,
+            channels_last,
+            scaler,
+            max_steps,
+            desc=f"{phase} {epoch}/{epochs}",
+        )
         schedule.step_epoch()
         record = EpochRecord(phase, step, epoch, epochs, lr, loss, acc)
         if epoch % eval_every == 0 or epoch == epochs:
@@ -210,10 +254,18 @@ def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimiz
                 record.test_loss, record.test_top1, record.test_top5 = t["loss"], t["top1"], t["top5"]
         record.time_s = time.perf_counter() - start
         result.history.append(record)
-        log.info("%s epoch %d/%d | loss %.4f top1 %.2f%%%s%s | lr %.3g | %.1fs", phase, epoch, epochs, loss, acc,
-                 "" if record.val_top1 is None else f" | val top1 {record.val_top1:.2f}%",
-                 "" if record.test_top1 is None else f" | test top1 {record.test_top1:.2f}% top5 {record.test_top5:.2f}%",
-                 lr, record.time_s)
+        log.info(
+            "%s epoch %d/%d | loss %.4f top1 %.2f%%%s%s | lr %.3g | %.1fs",
+            phase,
+            epoch,
+            epochs,
+            loss,
+            acc,
+            "" if record.val_top1 is None else f" | val top1 {record.val_top1:.2f}%",
+            "" if record.test_top1 is None else f" | test top1 {record.test_top1:.2f}% top5 {record.test_top5:.2f}%",
+            lr,
+            record.time_s,
+        )
         if on_epoch is not None:
             on_epoch(record)
     if select == "last":
