@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
 
-from spa import pipeline, repo_root
+from spa import config_dir, pipeline, repo_root
 from spa.data import UnreadableImagesError, fake
 from spa.records import FINGERPRINT, ConfigChangedError, RunDir
 from spa.settings import SettingError
@@ -184,3 +185,22 @@ def test_a_run_finished_before_fingerprints_stays_valid_where_its_summary_agrees
     summary.write_text(json.dumps(stored))
     with pytest.raises(ConfigChangedError, match="other data"):
         pipeline.run(compose_cfg(*QUICK))
+
+
+# ----------------------------------------------------------------------------- every shipped config passes
+def shipped(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("override", [f"experiment={n}" for n in shipped("experiment")]
+                         + [f"adapter={n}" for n in shipped("adapter")]
+                         + [f"pruning={n}" for n in shipped("pruning")]
+                         + [f"backbone={n}" for n in shipped("backbone")
+                            if n not in ("efficientnet_lite1", "efficientnet_lite2")])     # optional packages
+def test_every_shipped_config_passes_the_checks(override, tmp_path):
+    """The checks accept what we ship (interpolated optimiser settings, base stages, sweeps' defaults)."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("config", overrides=[override, f"paths.data_dir={tmp_path}", "device=cpu"])
+    if cfg.get("base"):
+        pipeline.check_settings(pipeline.base_config(cfg))
+    pipeline.check_settings(cfg)

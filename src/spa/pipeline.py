@@ -155,7 +155,7 @@ def check_settings(cfg: DictConfig, resolved: dict[str, Any] | None = None) -> N
     checked("dataset.source", check_choice, "dataset.source", d.source, tuple(SOURCES))
     checked("dataset.transform", normalization, d.transform)
     checked("device", check_device, str(cfg.device))
-    checked("optim", check_optimizer, OmegaConf.to_container(cfg.optim))
+    checked("optim", check_optimizer, OmegaConf.to_container(cfg.optim, resolve=True))
     checked("backbone.head_init", check_head_init, b.get("head_init", "timm"))
     check_packaged(str(b.weights), b.get("packaged_weights"))
     if cfg.pruning.name != "none":
