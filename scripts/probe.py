@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from spa import config_dir, repo_root
 from spa.data import SampleDataset, build_datasets
 from spa.metrics.probe import features, fit_probe
 from spa.models import create_backbone, declared_normalization
-from spa.utils import atomic_write_text, seed_everything
+from spa.utils import atomic_write_text, package_versions, seed_everything
 
 
 def backbone_config(name: str):
@@ -109,7 +108,7 @@ def main() -> int:
     shown = table[["backbone", "weights", "image_size", "train_images", "test_images", "test_top1", "train_top1"]]
     text = (
         f"Linear probe (logistic regression, C = 1) on frozen penultimate features of the CIFAR-10 subset "
-        f"({args.data.name}); top-1 in %.\n\ntorch {torch.__version__}\n\n"
+        f"({args.data.name}); top-1 in %.\n\ntorch {package_versions()['torch']}\n\n"
         + shown.to_markdown(index=False, disable_numparse=True)
         + "\n"
     )

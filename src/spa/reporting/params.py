@@ -12,6 +12,7 @@ import torch
 from spa.adapters import apply_adapter, save_task
 from spa.metrics import count_parameters
 from spa.models import create_backbone, save_model_file
+from spa.utils import package_versions
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ def parameter_markdown(table: pd.DataFrame) -> str:
     shown = shown.rename(columns={"learned_pct": "learned / deployable (%)", "model_mb": "model file (MiB)",
                                   "task_mb": "task file (MiB)", "model_to_task": "model / task file"})
     # MACs and the model files depend on the installed torch: say which one made them
-    return f"torch {torch.__version__}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+    return f"torch {package_versions()['torch']}\n\n" + shown.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict | None = None,
