@@ -73,11 +73,8 @@ def load_task(base: nn.Module, path: str | Path | dict, device: torch.device | s
     if payload["num_classes"] is not None and hasattr(model, "reset_classifier"):
         model.reset_classifier(payload["num_classes"])
     apply_adapter(model, payload["adapter"]["kind"], **payload["adapter"]["options"])
-    structure = payload["structure"]
-    if structure is not None:  # a pruned task: remove the same channels, in the same order
-        from spa.pruning.session import PruningSession
-        example = torch.zeros(1, 3, *structure["input_size"])
-        PruningSession(model, example, structure["original_filters"]).replay(structure["history"])
+    from spa.pruning.session import restore
+    restore(model, payload["structure"])      # a pruned task: remove the same channels, in the same order
     switch_task(model, payload)
     if device is not None:
         model.to(device)

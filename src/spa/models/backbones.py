@@ -224,12 +224,8 @@ def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = F
             f"the weights in {path} were saved with backbone.cifar_stem={str(saved['cifar_stem']).lower()}; "
             f"run with backbone.cifar_stem={str(saved['cifar_stem']).lower()}"
         )
-    structure = payload.get("structure")
-    if structure:  # a pruned model: give the fresh model the same channels first
-        from spa.pruning.session import PruningSession
-
-        example = torch.zeros(1, 3, *structure["input_size"])
-        PruningSession(model, example, structure["original_filters"]).replay(structure["history"])
+    from spa.pruning.session import restore
+    restore(model, payload.get("structure"))   # a pruned model: give the fresh model the same channels first
     state = dict(payload["state_dict"])
     head = set(classifier_keys(model))
     own = model.state_dict()

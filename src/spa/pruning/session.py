@@ -87,6 +87,19 @@ class PruningSession:
             self.apply(int(entry["step"]), entry["removed"])
 
 
+def restore(model: nn.Module, structure: dict[str, Any] | None) -> PruningSession | None:
+    """Give a fresh, unpruned ``model`` the pruned shape that ``structure`` records (``{"history",
+    "input_size", "original_filters"}``, as ``model.pt`` and ``task.pt`` store it): the one way a saved
+    pruned network is rebuilt. Returns the session (None when there is nothing to restore)."""
+    if not structure:
+        return None
+    device = next(model.parameters()).device
+    session = PruningSession(model, torch.zeros(1, 3, *structure["input_size"], device=device),
+                             structure["original_filters"])
+    session.replay(structure["history"])
+    return session
+
+
 def layer_widths(model: nn.Module) -> dict[str, list[int]]:
     """Output and input channels of every conv/linear-like layer, for tests and records."""
     widths = {}
