@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -200,96 +200,18 @@ def build_data(cfg: DictConfig, base_run: str | None) -> tuple[Any, dict[str, An
 
 def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
              status: str, initial_run: str | None, built: Data) -> RunSummary:
+    """Build the parts, run the method, write the records."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     log.info("run %s", rundir.path)
-    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
-    device = resolve_device(cfg.device)
-    warnings: list[str] = []
-
-    b, d, data, norm = cfg.backbone, cfg.dataset, built.bundle, built.norm
-    kwargs = OmegaConf.to_container(b.kwargs)
-    source, packaged = weights_source(cfg, base_run), b.get("packaged_weights")
-    mean_std = (tuple(norm["mean"]), tuple(norm["std"]))
-    log.info("data %s (%s layout): %s, %d classes; normalised with mean %s, std %s (%s)", d.name, data.layout,
-             data.sizes(), data.num_classes, norm["mean"], norm["std"], norm["source"])
-
-    model, weights = create_backbone(b.timm_name, data.num_classes, weights=source, pretrained_tag=b.pretrained_tag,
-                                     cifar_stem=b.cifar_stem, kwargs=kwargs, packaged_weights=packaged,
-                                     head_init=b.get("head_init", "timm"))
-    if weights.source == "none" and not b.allow_random:
-        msg = ("this run starts from random weights (backbone.weights=none): transfer results will not be comparable "
-               "with the paper; use backbone.weights=pretrained or PATH, or backbone.allow_random=true to silence this")
-        log.warning(msg)
-        warnings.append(msg)
-    adapter_options = OmegaConf.to_container(cfg.adapter.options)
-    model = apply_adapter(model, cfg.adapter.kind, **adapter_options)
-    ranks = rank_report(model, adapter_options["rank"], adapter_options.get("rank_limit", "paper")) \
-        if "rank" in adapter_options else None
-    channels_last = use_channels_last(cfg.train.channels_last, device)
-    model.to(device)
-    if channels_last:
-        apply_channels_last(model, device)
-    params = count_parameters(model)
-    log.info("parameters: %d learned (trainable), %d total, %d deployable after fusing (%s)", params.trainable,
-             params.total, params.deployable, cfg.adapter.name)
-
-    t = cfg.train
-    workers = None if t.num_workers == "auto" else int(t.num_workers)
-    seed = int(cfg.seed)
-    train_loader = make_loader(data.train, t.batch_size, train=True, device=device, seed=seed, num_workers=workers)
-    parts = Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
-                  test_loader=make_loader(data.test, t.eval_batch_size, train=False, device=device, seed=seed,
-                                          num_workers=workers),
-                  val_loader=(make_loader(data.val, t.eval_batch_size, train=False, device=device, seed=seed,
-                                          num_workers=workers) if data.val is not None else None),
-                  channels_last=channels_last, size=(int(d.image_size), int(d.image_size)),
-                  mean_std=mean_std)
-    session = PruningSession(model, torch.zeros(1, 3, *parts.size, device=device)) \
-        if cfg.pruning.name != "none" else None
-    rows, done_step, selection = _initial_state(parts, session, status, initial_run)
-    if session is not None:
-        selection = _prune(parts, session, rows, done_step) or selection
-    params = count_parameters(model)
-    last = rows[-1]
-    metrics = {"test_top1": last["top1"], "test_top5": last["top5"], "test_loss": last["test_loss"],
-               "val_top1": last["val_top1"], "train_loss": last["train_loss"], "train_top1": last["train_top1"],
-               "density": last["density"]}
-
-    files: dict[str, int] = {}
-    if cfg.save_model:
-        # model.pt: the fused, plain model (reusable as backbone.weights); task.pt: what the task learned
-        structure = None if session is None else {"history": session.history, "input_size": list(parts.size),
-                                                  "original_filters": session.original_filters}
-        deployable = fuse(model) if adapter_layers(model) else model
-        save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
-                        kwargs=kwargs, classes=data.classes, structure=structure, normalization=built.declared)
-        files[MODEL] = rundir.file(MODEL).stat().st_size
-        if cfg.adapter.kind != "finetune":
-            save_task(model, rundir.file(TASK), adapter={"kind": cfg.adapter.kind, "options": adapter_options},
-                      classes=data.classes, structure=structure)
-            files[TASK] = rundir.file(TASK).stat().st_size
-    summary = RunSummary(
-        run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
-        pruning=cfg.pruning.name, seed=seed, config_hash=config_hash(resolved), git=git_state(repo_root()),
-        versions=package_versions(), device=str(device), device_name=device_description(device),
-        data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
-              "root": str(Path(d.root).expanduser().resolve()), **data.stats,
-              "normalization": norm, "fingerprint": resolved[FINGERPRINT]},
-        weights=weights.to_dict(), files=files, ranks=ranks,
-        params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
-        epochs=initial_epochs(cfg), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
-        metrics=metrics, pruning_steps=len(rows) - 1,
-        wall_time_s=round(time.perf_counter() - t0, 2), started_at=started.isoformat(timespec="seconds"),
-        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), base_run=base_run, warnings=warnings)
-    rundir.write_summary(summary)
-    log.info("finished %s: test top-1 %.2f%%, top-5 %.2f%% at density %.3f in %.0fs", rundir.path,
-             metrics["test_top1"], metrics["test_top5"], metrics["density"], summary.wall_time_s)
-    return summary
+    parts = build_parts(cfg, rundir, built, base_run)
+    rows, selection = METHODS["iterative"](parts, status, initial_run)
+    return write_records(parts, resolved, rows, selection, base_run, started, t0)
 
 
 @dataclass
 class Parts:
-    """What the stages of one run share."""
+    """What the stages of one run share: the model and its pruning session, the loaders, and what
+    the records say of how the run started."""
     cfg: DictConfig
     model: torch.nn.Module
     device: torch.device
@@ -300,6 +222,11 @@ class Parts:
     channels_last: bool
     size: tuple[int, int]
     mean_std: tuple[tuple[float, ...], tuple[float, ...]]   # the input normalisation (LRP's input bounds)
+    data: Data
+    session: PruningSession | None = None
+    weights: Any = None                    # WeightsInfo of the starting weights
+    ranks: dict[str, Any] | None = None    # what summary.json records of SPLoRA's ranks
+    warnings: list[str] = field(default_factory=list)
 
     def train(self, epochs: int, phase: str, step: int):
         """A training call with a fresh optimiser and LR schedule (the paper restarts both);
@@ -315,6 +242,108 @@ class Parts:
                      step=step, max_steps=t.max_steps_per_epoch, on_epoch=self.rundir.append_epoch,
                      train_forward=compiled(self.model, t.get("compile", False)))
         return result, next(r for r in result.history if r.epoch == result.selected_epoch)
+
+
+def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | None) -> Parts:
+    """The backbone with its starting weights and the adapter, on the device, the loaders and (for a
+    pruned run) the pruning session."""
+    seed_everything(int(cfg.seed), bool(cfg.train.deterministic))
+    device = resolve_device(cfg.device)
+    b, d, data, norm = cfg.backbone, cfg.dataset, built.bundle, built.norm
+    log.info("data %s (%s layout): %s, %d classes; normalised with mean %s, std %s (%s)", d.name, data.layout,
+             data.sizes(), data.num_classes, norm["mean"], norm["std"], norm["source"])
+    model, weights = create_backbone(b.timm_name, data.num_classes, weights=weights_source(cfg, base_run),
+                                     pretrained_tag=b.pretrained_tag, cifar_stem=b.cifar_stem,
+                                     kwargs=OmegaConf.to_container(b.kwargs),
+                                     packaged_weights=b.get("packaged_weights"), head_init=b.get("head_init", "timm"))
+    warnings: list[str] = []
+    if weights.source == "none" and not b.allow_random:
+        msg = ("this run starts from random weights (backbone.weights=none): transfer results will not be comparable "
+               "with the paper; use backbone.weights=pretrained or PATH, or backbone.allow_random=true to silence this")
+        log.warning(msg)
+        warnings.append(msg)
+    options = OmegaConf.to_container(cfg.adapter.options)
+    model = apply_adapter(model, cfg.adapter.kind, **options)
+    ranks = rank_report(model, options["rank"], options.get("rank_limit", "paper")) if "rank" in options else None
+    channels_last = use_channels_last(cfg.train.channels_last, device)
+    model.to(device)
+    if channels_last:
+        apply_channels_last(model, device)
+    params = count_parameters(model)
+    log.info("parameters: %d learned (trainable), %d total, %d deployable after fusing (%s)", params.trainable,
+             params.total, params.deployable, cfg.adapter.name)
+
+    t, seed = cfg.train, int(cfg.seed)
+    workers = None if t.num_workers == "auto" else int(t.num_workers)
+
+    def loader(dataset, batch_size: int, train: bool):
+        return make_loader(dataset, batch_size, train=train, device=device, seed=seed, num_workers=workers)
+    train_loader, test_loader = loader(data.train, t.batch_size, True), loader(data.test, t.eval_batch_size, False)
+    val_loader = loader(data.val, t.eval_batch_size, False) if data.val is not None else None
+    size = (int(d.image_size), int(d.image_size))
+    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if cfg.pruning.name != "none" else None
+    return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
+                 test_loader=test_loader, val_loader=val_loader, channels_last=channels_last, size=size,
+                 mean_std=(tuple(norm["mean"]), tuple(norm["std"])), data=built, session=session, weights=weights,
+                 ranks=ranks, warnings=warnings)
+
+
+def iterative(parts: Parts, status: str, initial_run: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The paper's method (spa.md §2): train (or resume, or start from the shared unpruned run), then
+    score, prune and recover step by step. Returns the steps.csv rows and the last model selection."""
+    rows, done_step, selection = _initial_state(parts, parts.session, status, initial_run)
+    if parts.session is not None:
+        selection = _prune(parts, parts.session, rows, done_step) or selection
+    return rows, selection
+
+
+# how a run goes from its starting weights to its final model; Pear's schedule registers here next
+METHODS = {"iterative": iterative}
+
+
+def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, Any]], selection: dict[str, Any],
+                  base_run: str | None, started: datetime, t0: float) -> RunSummary:
+    """model.pt (fused) and task.pt, then summary.json, written last: it marks the run finished."""
+    cfg, model, rundir, session, device = parts.cfg, parts.model, parts.rundir, parts.session, parts.device
+    b, d, data = cfg.backbone, cfg.dataset, parts.data.bundle
+    params = count_parameters(model)
+    last = rows[-1]
+    metrics = {"test_top1": last["top1"], "test_top5": last["top5"], "test_loss": last["test_loss"],
+               "val_top1": last["val_top1"], "train_loss": last["train_loss"], "train_top1": last["train_top1"],
+               "density": last["density"]}
+    files: dict[str, int] = {}
+    if cfg.save_model:
+        # model.pt: the fused, plain model (reusable as backbone.weights); task.pt: what the task learned
+        structure = None if session is None else {"history": session.history, "input_size": list(parts.size),
+                                                  "original_filters": session.original_filters}
+        deployable = fuse(model) if adapter_layers(model) else model
+        save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
+                        kwargs=OmegaConf.to_container(b.kwargs), classes=data.classes, structure=structure,
+                        normalization=parts.data.declared)
+        files[MODEL] = rundir.file(MODEL).stat().st_size
+        if cfg.adapter.kind != "finetune":
+            save_task(model, rundir.file(TASK),
+                      adapter={"kind": cfg.adapter.kind, "options": OmegaConf.to_container(cfg.adapter.options)},
+                      classes=data.classes, structure=structure)
+            files[TASK] = rundir.file(TASK).stat().st_size
+    summary = RunSummary(
+        run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
+        pruning=cfg.pruning.name, seed=int(cfg.seed), config_hash=config_hash(resolved), git=git_state(repo_root()),
+        versions=package_versions(), device=str(device), device_name=device_description(device),
+        data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
+              "root": str(Path(d.root).expanduser().resolve()), **data.stats,
+              "normalization": parts.data.norm, "fingerprint": resolved[FINGERPRINT]},
+        weights=parts.weights.to_dict(), files=files, ranks=parts.ranks,
+        params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
+        epochs=initial_epochs(cfg), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
+        metrics=metrics, pruning_steps=len(rows) - 1,
+        wall_time_s=round(time.perf_counter() - t0, 2), started_at=started.isoformat(timespec="seconds"),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), base_run=base_run,
+        warnings=parts.warnings)
+    rundir.write_summary(summary)
+    log.info("finished %s: test top-1 %.2f%%, top-5 %.2f%% at density %.3f in %.0fs", rundir.path,
+             metrics["test_top1"], metrics["test_top5"], metrics["density"], summary.wall_time_s)
+    return summary
 
 
 def style_normalization(transform: str) -> dict[str, Any]:
