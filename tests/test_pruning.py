@@ -193,6 +193,7 @@ def test_pruned_run_records_every_step(compose_cfg):
     assert [(e["phase"], e["step"]) for e in epochs] == [("train", 0), ("recover", 1), ("recover", 2), ("recover", 3)]
     history = json.loads((run_dir / "pruning.json").read_text())
     assert [s["step"] for s in history["steps"]] == [1, 2, 3]
+    assert (history["structure"], history["unit"]) == ("channels", "filters")
 
 
 def test_killed_run_resumes_with_the_same_records(compose_cfg, monkeypatch):
@@ -440,3 +441,13 @@ def test_bad_round_to_is_refused_before_the_run_directory_is_written(compose_cfg
     with pytest.raises(ValueError, match="round_to"):
         pipeline.run(cfg)
     assert not Path(cfg.paths.run_dir).exists()
+
+
+def test_the_structure_registry_picks_channels_for_cnns_and_heads_mlp_for_transformers():
+    from spa.pruning.structures import STRUCTURES, structure_for
+    assert list(STRUCTURES) == ["heads_mlp", "channels"]
+    vit, cnn = timm.create_model("test_vit", num_classes=3), timm.create_model("test_resnet", num_classes=3)
+    assert structure_for(vit).name == "heads_mlp" and structure_for(cnn).name == "channels"
+    session = PruningSession(vit, torch.zeros(1, 3, *vit.pretrained_cfg["input_size"][1:]))
+    kinds = {g.kind for g in session.groups}
+    assert session.structure.unit == "filters" and kinds == {"heads", "channels"} and session.context is None

@@ -471,4 +471,6 @@ def save_checkpoint(rundir: RunDir, model, session, step: int, selection: dict[s
                        "history": history, "original_filters": original, "selection": selection},
                       rundir.file(CHECKPOINT))
     if session is not None:
-        atomic_write_json(rundir.file(HISTORY), {"original_filters": original, "steps": history})
+        # the structure and the unit its density counts (files written before this key have channels / filters)
+        atomic_write_json(rundir.file(HISTORY), {"structure": session.structure.name, "unit": session.structure.unit,
+                                                 "original_filters": original, "steps": history})

@@ -13,10 +13,10 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from spa.pruning.groups import build_graph, channel_groups, producer_filters, prune_group
+from spa.pruning.groups import producer_filters
 from spa.pruning.importance import Importance, group_scores
 from spa.pruning.schedule import Plan, removed_filters, select_channels
-from spa.pruning.transformer import is_transformer, prune_transformer_group, transformer_groups
+from spa.pruning.structures import structure_for
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +33,19 @@ class StepResult:
 
 
 class PruningSession:
-    """Prune ``model`` in place, step by step, through its dependency groups."""
+    """Prune ``model`` in place, step by step, through the groups of its structure
+    (``spa.pruning.structures``: channels for CNNs, heads and MLP channels for ViT / DeiT)."""
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, original_filters: int | None = None):
         self.model = model
-        self.transformer = is_transformer(model)
-        self.graph = None if self.transformer else build_graph(model, example_input)
+        self.structure = structure_for(model)
+        self.context = self.structure.context(model, example_input)     # the CNNs' dependency graph
         self.groups = self._groups()
         self.original_filters = original_filters or producer_filters(self.groups)
         self.history: History = []
 
     def _groups(self):
-        return transformer_groups(self.model) if self.transformer else channel_groups(self.model, self.graph)
+        return self.structure.groups(self.model, self.context)
 
     @property
     def kept_filters(self) -> int:
@@ -59,10 +60,7 @@ class PruningSession:
         removed = removed_filters(self.groups, selection)
         by_root = {g.root: g for g in self.groups}
         for root, idxs in selection.items():
-            if self.transformer:
-                prune_transformer_group(self.model, by_root[root], idxs)
-            else:
-                prune_group(self.model, self.graph, root, idxs)
+            self.structure.remove(self.model, self.context, by_root[root], idxs)
         self.groups = self._groups()
         self.history.append({"step": step, "removed": {k: list(map(int, v)) for k, v in selection.items()}})
         return StepResult(step, removed, self.kept_filters, self.density, selection)
