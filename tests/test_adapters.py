@@ -297,3 +297,20 @@ def test_a_tensor_shared_by_two_layers_is_counted_once():
     shared = first.A.numel() + first.B.numel()
     assert untied.total - tied.total == untied.trainable - tied.trainable == shared
     assert tied.deployable == untied.deployable == sum(p.numel() for p in fuse(model).parameters())
+
+
+def test_an_adapter_layer_prunes_its_own_rows_and_columns():
+    """The pruner asks the layer (keep_rows / keep_cols); the layer keeps the matching slices of W,
+    of its adapter tensors and of the bias, and the kept part computes what it computed before."""
+    torch.manual_seed(0)
+    layer = SPLoRALinear.from_module(nn.Linear(6, 5), rank=2, init_range=0.5)
+    full = layer.fused_weight().detach().clone()
+    layer.keep_rows([0, 2, 4])
+    layer.keep_cols([1, 3, 5])
+    assert (layer.A.shape, layer.B.shape, layer.bias.shape) == ((2, 3), (3, 2), (3,))
+    assert torch.allclose(layer.fused_weight(), full[[0, 2, 4]][:, [1, 3, 5]])
+    assert layer.A.requires_grad and layer.B.requires_grad and not layer.weight.requires_grad
+    conv = SPPaRAConv2d.from_module(nn.Conv2d(4, 3, 3, padding=1), init_range=0.5)
+    conv.keep_rows([1, 2])
+    conv.keep_cols([0, 3])
+    assert conv.P.shape == (2, 2) and conv.weight.shape == (2, 2, 3, 3)

@@ -55,11 +55,21 @@ class _FusedCache:
         self.key, self.weight = None, None
 
 
+def _select(param: torch.Tensor, keep: list[int], dim: int, trainable: bool) -> nn.Parameter:
+    index = torch.tensor(keep, device=param.device, dtype=torch.long)
+    return nn.Parameter(param.detach().index_select(dim, index).contiguous(), requires_grad=trainable)
+
+
 class AdapterLayer(nn.Module):
-    """Common behaviour: frozen base ``weight``, trainable ``bias``, fused-weight cache in eval."""
+    """Common behaviour: frozen base ``weight``, trainable ``bias``, fused-weight cache in eval, and
+    structured pruning of its own rows and columns (``keep_rows`` / ``keep_cols``): each kind names
+    the adapter tensors indexed by output rows and by input columns, so a pruner needs no knowledge
+    of a kind's attributes."""
 
     weight: nn.Parameter
     bias: nn.Parameter | None
+    ROW_TENSORS: tuple[str, ...] = ()      # adapter tensors whose dim 0 follows the output rows
+    COL_TENSORS: tuple[str, ...] = ()      # adapter tensors whose dim 1 follows the input columns (per group)
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,6 +97,22 @@ class AdapterLayer(nn.Module):
         if mode:
             self._cache.clear()  # dropped on train(); recomputed at the first eval forward
         return super().train(mode)
+
+    def keep_rows(self, keep: list[int]) -> None:
+        """Keep output rows ``keep`` of W (frozen), of the bias and of the :attr:`ROW_TENSORS`."""
+        self.weight = _select(self.weight, keep, 0, trainable=False)
+        if self.bias is not None:
+            self.bias = _select(self.bias, keep, 0, trainable=self.bias.requires_grad)
+        for name in self.ROW_TENSORS:
+            setattr(self, name, _select(getattr(self, name), keep, 0, trainable=True))
+        self._cache.clear()
+
+    def keep_cols(self, keep: list[int]) -> None:
+        """Keep input columns ``keep`` of W (frozen) and of the :attr:`COL_TENSORS`."""
+        self.weight = _select(self.weight, keep, 1, trainable=False)
+        for name in self.COL_TENSORS:
+            setattr(self, name, _select(getattr(self, name), keep, 1, trainable=True))
+        self._cache.clear()
 
     def learned_parameters(self) -> int:
         """Per-task learned parameters of this layer alone: adapter terms (+ bias). A tensor shared with
@@ -121,6 +147,7 @@ class _LowRank:
     weight: nn.Parameter
     A: nn.Parameter
     B: nn.Parameter
+    ROW_TENSORS, COL_TENSORS = ("B",), ("A",)
 
     def _init_factors(self, out_features: int, in_features: int, rank: int | float, init_range: float) -> None:
         r, w = resolve_rank(rank, out_features), self.weight
@@ -317,6 +344,8 @@ class SPLoRAConv2d(_LowRank, _ConvAdapter):
 
 class SPPaRAConv2d(_ConvAdapter):
     """W'[:, :, c, c] = W[:, :, c, c] + P, with a full pointwise adapter P (out × in/groups)."""
+
+    ROW_TENSORS, COL_TENSORS = ("P",), ("P",)
 
     def __init__(self, conv: nn.Conv2d, init_range: float = 1e-4) -> None:
         super().__init__(conv)

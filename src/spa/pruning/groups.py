@@ -31,34 +31,25 @@ ADAPTER_TYPES = (SPLoRAConv2d, SPPaRAConv2d, SPLoRALinear, *DEPTHWISE_ADAPTER_TY
 PRODUCER_TYPES = (nn.Conv2d, nn.Linear, *ADAPTER_TYPES)
 
 
-def _select(param: torch.Tensor, keep: list[int], dim: int, trainable: bool) -> nn.Parameter:
-    index = torch.tensor(keep, device=param.device, dtype=torch.long)
-    return nn.Parameter(param.detach().index_select(dim, index).contiguous(), requires_grad=trainable)
-
-
 def _keep(n: int, idxs: Sequence[int]) -> list[int]:
     return sorted(set(range(n)) - set(int(i) for i in idxs))
 
 
 class AdapterPruner(tp.pruner.function.BasePruningFunc):
-    """Output channel j: row j of W, of B (SPLoRA) or P (SPPaRA), and the bias. Input channel i:
-    column i of W, of A or P. Base weights stay frozen, adapter factors and biases trainable."""
+    """Output channel j / input channel i of an adapter layer: the layer keeps the other rows /
+    columns of W, of its adapter tensors and of the bias itself (``AdapterLayer.keep_rows`` /
+    ``keep_cols``). Base weights stay frozen, adapter tensors and biases trainable."""
 
     TARGET_MODULES = ADAPTER_TYPES
 
     def prune_out_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
         _refuse_grouped(layer)
-        _keep_rows(layer, _keep(layer.weight.shape[0], idxs))
+        layer.keep_rows(_keep(layer.weight.shape[0], idxs))
         return layer
 
     def prune_in_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
         _refuse_grouped(layer)
-        keep = _keep(layer.weight.shape[1], idxs)
-        layer.weight = _select(layer.weight, keep, 1, trainable=False)
-        for name in ("A", "P"):
-            if hasattr(layer, name):
-                setattr(layer, name, _select(getattr(layer, name), keep, 1, trainable=True))
-        layer._cache.clear()
+        layer.keep_cols(_keep(layer.weight.shape[1], idxs))
         return layer
 
     def get_out_channels(self, layer: AdapterLayer) -> int:
@@ -66,17 +57,6 @@ class AdapterPruner(tp.pruner.function.BasePruningFunc):
 
     def get_in_channels(self, layer: AdapterLayer) -> int:
         return layer.weight.shape[1] * getattr(layer, "groups", 1)
-
-
-def _keep_rows(layer: AdapterLayer, keep: list[int]) -> None:
-    """Output rows ``keep`` of W (frozen), of B (SPLoRA) or P (SPPaRA) and of the bias."""
-    layer.weight = _select(layer.weight, keep, 0, trainable=False)
-    if layer.bias is not None:
-        layer.bias = _select(layer.bias, keep, 0, trainable=layer.bias.requires_grad)
-    for name in ("B", "P"):
-        if hasattr(layer, name):
-            setattr(layer, name, _select(getattr(layer, name), keep, 0, trainable=True))
-    layer._cache.clear()
 
 
 def _refuse_grouped(layer: AdapterLayer) -> None:
@@ -97,7 +77,7 @@ class DepthwiseAdapterPruner(AdapterPruner):
 
     def prune_out_channels(self, layer: AdapterLayer, idxs: Sequence[int]) -> AdapterLayer:
         keep = _keep(layer.weight.shape[0], idxs)
-        _keep_rows(layer, keep)
+        layer.keep_rows(keep)
         layer.groups = len(keep)
         return layer
 
