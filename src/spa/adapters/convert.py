@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import torch.nn as nn
 
-from spa.adapters.layers import CONV_CLASSES, AdapterLayer, SPLoRALinear, conv_adapter_class, resolve_rank
+from spa.adapters.layers import CONV_CLASSES, AdapterLayer, conv_adapter_class, layer_kind, resolve_rank
 from spa.models.backbones import head_names
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,7 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
     than its weight suggests); exclude it to keep it frozen. Returns the names of the converted
     layers. The adapter shares the base weight's storage (no copy). ``rank_limit``: see :data:`RANK_LIMITS`.
     """
-    if kind not in ("splora", "sppara"):
-        raise ValueError(f"unknown channel SPA kind {kind!r}")
+    spec = layer_kind(kind)
     skip = list(head_names(model)) + list(DEFAULT_EXCLUDE if exclude is None else exclude)
     planned, skipped, refused = [], [], []
     for name, module in model.named_modules():
@@ -109,7 +108,7 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
                 skipped.append(name)
             else:
                 planned.append((name, module))
-        elif isinstance(module, nn.Linear) and kind == "splora":
+        elif isinstance(module, nn.Linear) and spec.linear is not None:
             (planned.append((name, module)) if type(module) is nn.Linear
              else refused.append(f"{name} ({type(module).__name__})"))
     if refused:    # before anything is replaced: a refused model is left as it was
@@ -123,14 +122,11 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
                     len(skipped), skipped[:5])
     if not planned:
         raise ValueError(f"adapter kind {kind!r} found no eligible layer in {type(model).__name__}")
-    ranks = layer_ranks(planned, rank, rank_limit) if kind == "splora" else {}
+    ranks = layer_ranks(planned, rank, rank_limit) if spec.ranked else {}
     for name, module in planned:
-        if isinstance(module, nn.Linear):
-            new = SPLoRALinear.from_module(module, ranks[name], init_range)
-        elif kind == "splora":
-            new = conv_adapter_class(kind, module).from_module(module, ranks[name], init_range)
-        else:
-            new = conv_adapter_class(kind, module).from_module(module, init_range=init_range)
+        cls = spec.linear if isinstance(module, nn.Linear) else conv_adapter_class(kind, module)
+        options = {"rank": ranks[name]} if spec.ranked else {}
+        new = cls.from_module(module, init_range=init_range, **options)
         _set_module(model, name, new)
     return [name for name, _ in planned]
 

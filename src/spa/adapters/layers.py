@@ -16,6 +16,7 @@ optimiser step, ``load_state_dict`` or ``.to()``), so inference (under ``torch.n
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -389,11 +390,30 @@ class SPPaRADepthwiseConv2d(SPPaRAConv2d):
     """SPPaRA on a depthwise conv: P is out × 1 (one scale per channel at the centre tap)."""
 
 
+@dataclass(frozen=True)
+class LayerKind:
+    """The layer classes of one channel-SPA kind: what stands in for a Linear (None: convs only), a
+    conv and a depthwise conv, and whether it takes a rank."""
+    linear: type[AdapterLayer] | None
+    conv: type[_ConvAdapter]
+    depthwise: type[_ConvAdapter]
+    ranked: bool
+
+
+# one entry per channel-SPA kind: a new layer-wise kind is one more line, not another branch
+LAYER_KINDS: dict[str, LayerKind] = {
+    "splora": LayerKind(SPLoRALinear, SPLoRAConv2d, SPLoRADepthwiseConv2d, ranked=True),
+    "sppara": LayerKind(None, SPPaRAConv2d, SPPaRADepthwiseConv2d, ranked=False),
+}
+
+
+def layer_kind(kind: str) -> LayerKind:
+    if kind not in LAYER_KINDS:
+        raise ValueError(f"unknown channel SPA kind {kind!r}; known: {sorted(LAYER_KINDS)}")
+    return LAYER_KINDS[kind]
+
+
 def conv_adapter_class(kind: str, conv: nn.Conv2d) -> type[_ConvAdapter]:
     """The adapter class for ``conv``: the depthwise variant where in = out = groups."""
-    depthwise = is_depthwise(conv.groups, conv.in_channels, conv.out_channels)
-    if kind == "splora":
-        return SPLoRADepthwiseConv2d if depthwise else SPLoRAConv2d
-    if kind == "sppara":
-        return SPPaRADepthwiseConv2d if depthwise else SPPaRAConv2d
-    raise ValueError(f"unknown channel SPA kind {kind!r}")
+    spec = layer_kind(kind)
+    return spec.depthwise if is_depthwise(conv.groups, conv.in_channels, conv.out_channels) else spec.conv
