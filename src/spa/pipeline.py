@@ -162,8 +162,9 @@ def check_settings(cfg: DictConfig, resolved: dict[str, Any] | None = None) -> N
         checked("pruning", check_pruning, cfg.pruning.get("criterion", cfg.pruning.name))
         checked("pruning.round_to", check_round_to, cfg.pruning.get("round_to", 1))
         if not cfg.adapter.get("prunable", True):
-            raise SettingError(f"adapter={cfg.adapter.name} is the unpruned baseline (prunable: false); to prune "
-                               f"with this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}")
+            fix = (f"to prune with this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}"
+                   if "lora" in cfg.adapter.name else "block pruning is not built yet; run it with pruning=none")
+            raise SettingError(f"adapter={cfg.adapter.name} cannot be channel-pruned (prunable: false); {fix}")
         checked("schedule", Plan, 1, cfg.schedule.step_fraction, cfg.schedule.target_density)
     check_adapter_options(b.timm_name, OmegaConf.to_container(b.kwargs), bool(b.cifar_stem), cfg.adapter.kind,
                           OmegaConf.to_container(cfg.adapter.options))

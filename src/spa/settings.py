@@ -92,6 +92,9 @@ RULES: dict[str, Rule] = {
     "adapter.options.rank": RANK,
     "adapter.options.init_range": Rule("a number >= 0", lambda v: _number(v) and v >= 0, "1e-4"),
     "adapter.options.train_norm": BOOL,
+    "adapter.options.num_prototypes": int_at_least(1, 64),
+    "adapter.options.prototype_rank": int_at_least(1, 2),
+    "adapter.options.shared": BOOL,
 }
 # Read by pruned runs only (an unpruned run ignores the schedule).
 PRUNING_RULES: dict[str, Rule] = {

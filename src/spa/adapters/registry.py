@@ -7,7 +7,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from spa.adapters.convert import convert, set_trainable
+from spa.adapters.block import convert_splopa
+from spa.adapters.convert import DEFAULT_EXCLUDE, convert, head_names, set_trainable
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +56,18 @@ def _channel_spa(kind: str):
 
 register_adapter("splora")(_channel_spa("splora"))
 register_adapter("sppara")(_channel_spa("sppara"))
+
+
+@register_adapter("splopa")
+def splopa(model: nn.Module, num_prototypes: int = 64, block_shape: Sequence[int] = (32, 32),
+           prototype_rank: int = 2, shared: bool = True, init_range: float = 1e-4,
+           exclude: Sequence[str] | None = None, train_norm: bool = True) -> nn.Module:
+    """Block SPA (SPLoPA) on every Linear and pointwise conv the block divides, base weights frozen;
+    prototypes shared by all of them (``shared=True``) or per layer."""
+    skip = list(head_names(model)) + list(DEFAULT_EXCLUDE if exclude is None else exclude)
+    layers = convert_splopa(model, skip, num_prototypes, block_shape, prototype_rank, shared, init_range)
+    set_trainable(model, train_norm=train_norm)
+    log.info("splopa: %d layers adapted (%d prototypes of rank %d, %s blocks, %s); trainable: adapters, "
+             "normalisation layers, biases, head", len(layers), num_prototypes, prototype_rank,
+             "x".join(map(str, block_shape)), "shared" if shared else "per layer")
+    return model

@@ -1,0 +1,100 @@
+"""SPLoPA, the block SPA: the update is the spec's sum of Kronecker products, prototypes are shared
+within one model and counted once, the adapted model equals its fused one, layers the block does
+not divide are left out by name, and a run trains it (unpruned; block pruning is not built yet)."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from spa import pipeline
+from spa.adapters import adapter_layers, apply_adapter, fuse, load_task, save_task
+from spa.adapters.block import PrototypeBank, SPLoPAConv2d, SPLoPALinear
+from spa.metrics import count_parameters
+from spa.settings import SettingError
+
+
+def test_the_update_is_the_sum_of_kronecker_products_of_positions_and_prototypes():
+    torch.manual_seed(0)
+    bank = PrototypeBank(3, (2, 4), rank=2, init_range=0.5)
+    layer = SPLoPALinear(nn.Linear(8, 6), bank)                 # 6 x 8 weight: 3 x 2 blocks of 2 x 4
+    assert layer.B.shape == (3, 3, 2) and bank.C.shape == (3, 2, 2) and bank.R.shape == (3, 2, 4)
+    expected = sum(torch.kron(layer.B[i], bank.C[i] @ bank.R[i]) for i in range(3))
+    assert torch.allclose(layer.delta(), expected, atol=1e-6)
+    assert bank.C.abs().max() <= 0.5                             # C ~ U(±init_range)
+
+
+def vit_with_splopa(shared: bool) -> nn.Module:
+    model = timm.create_model("test_vit", num_classes=3)
+    return apply_adapter(model, "splopa", num_prototypes=4, block_shape=(16, 16), prototype_rank=2, shared=shared)
+
+
+def test_prototypes_are_shared_within_a_model_and_counted_once():
+    shared, per_layer = vit_with_splopa(True), vit_with_splopa(False)
+    layers = adapter_layers(shared)
+    assert len(layers) == 6 * 4 and all(isinstance(m, SPLoPALinear) for m in layers.values())   # qkv, proj, fc1, fc2
+    assert len({id(m.bank) for m in layers.values()}) == 1
+    assert len({id(m.bank) for m in adapter_layers(per_layer).values()}) == 24
+    # by hand: N·(n/16)·(m/16) per layer, N·r·(p + q) per bank, + biases, norms, head
+    n, r = 4, 2
+    blocks = 6 * (192 * 64 + 64 * 64 + 192 * 64 + 64 * 192) // (16 * 16)
+    others = sum(p.numel() for name, p in shared.named_parameters()
+                 if p.requires_grad and not name.endswith((".B", ".C", ".R")))
+    prototype = n * r * (16 + 16)
+    assert count_parameters(shared).trainable == n * blocks + prototype + others
+    assert count_parameters(per_layer).trainable == n * blocks + 24 * prototype + others
+    assert count_parameters(shared).deployable == sum(p.numel() for p in fuse(shared).parameters())
+
+
+def test_the_adapted_model_equals_its_fused_one_in_train_and_eval_mode():
+    torch.manual_seed(0)
+    model = vit_with_splopa(True)
+    for layer in adapter_layers(model).values():
+        nn.init.uniform_(layer.bank.C, -0.5, 0.5)               # a visible update
+    x = torch.randn(2, 3, 32, 32)
+    fused = fuse(model)
+    assert not adapter_layers(fused)
+    model.eval()
+    fused.eval()
+    assert torch.allclose(model(x), fused(x), atol=1e-5)
+    assert torch.allclose(model(x), fused(x), atol=1e-5)        # the cached fused weight
+
+
+def test_pointwise_convs_are_adapted_and_undivided_layers_left_out_by_name(caplog):
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 1), nn.Conv2d(64, 24, 1))
+    model.pretrained_cfg = {"classifier": "none"}
+    apply_adapter(model, "splopa", num_prototypes=2, block_shape=(32, 32))
+    assert isinstance(model[1], SPLoPAConv2d) and type(model[0]) is nn.Conv2d and type(model[2]) is nn.Conv2d
+    assert "2 (24 x 64)" in caplog.text
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.allclose(model.eval()(x), fuse(model).eval()(x), atol=1e-5)
+    lone = nn.Sequential(nn.Conv2d(24, 40, 1))
+    lone.pretrained_cfg = {"classifier": "none"}
+    with pytest.raises(ValueError, match=r"block sizes that divide them all: \[8\].*block_shape=\[8,8\]"):
+        apply_adapter(lone, "splopa", block_shape=(32, 32))
+
+
+def test_a_run_trains_splopa_and_channel_pruning_it_is_refused(compose_cfg):
+    summary = pipeline.run(compose_cfg("adapter=splopa_r64", "backbone=test_vit", "adapter.options.block_shape=[16,16]",
+                                       "train.epochs=1", "train.max_steps_per_epoch=2"))
+    assert 0 < summary["params"]["trainable"] < summary["params"]["deployable"]
+    assert summary["files"]["task.pt"] < summary["files"]["model.pt"]
+    with pytest.raises(SettingError, match="block pruning is not built yet"):
+        pipeline.run(compose_cfg("adapter=splopa_r64", "backbone=test_vit", "pruning=taylor"))
+
+
+def test_a_task_file_rebuilds_the_shared_prototypes(tmp_path):
+    torch.manual_seed(0)
+    base = timm.create_model("test_vit", num_classes=3).eval()
+    model = apply_adapter(timm.create_model("test_vit", num_classes=3), "splopa", num_prototypes=4,
+                          block_shape=(16, 16))
+    model.load_state_dict(base.state_dict(), strict=False)
+    for layer in adapter_layers(model).values():
+        nn.init.uniform_(layer.bank.C, -0.5, 0.5)
+    save_task(model, tmp_path / "task.pt", adapter={"kind": "splopa", "options": {"num_prototypes": 4,
+                                                                                "block_shape": [16, 16]}})
+    loaded = load_task(base, tmp_path / "task.pt").eval()
+    assert len({id(m.bank) for m in adapter_layers(loaded).values()}) == 1
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
