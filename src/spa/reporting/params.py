@@ -45,9 +45,11 @@ DEFAULT_ADAPTERS = (
     AdapterSpec("splora_r8", "splora", (("rank", 8),)),
     AdapterSpec("sppara", "sppara"),
 )
+# the parameter table adds the block SPA, which is not channel-pruned (budget curves use DEFAULT_ADAPTERS)
+TABLE_ADAPTERS = (*DEFAULT_ADAPTERS, AdapterSpec("splopa_r64", "splopa", (("num_prototypes", 64),)))
 
 
-def parameter_table(backbones=DEFAULT_BACKBONES, adapters=DEFAULT_ADAPTERS, file_sizes: bool = True) -> pd.DataFrame:
+def parameter_table(backbones=DEFAULT_BACKBONES, adapters=TABLE_ADAPTERS, file_sizes: bool = True) -> pd.DataFrame:
     """One row per (backbone, adapter): learned / total / deployable parameters and, with
     ``file_sizes``, the bytes of the plain model file and of the per-task file (fine-tuning's task
     is the whole model)."""
