@@ -98,3 +98,23 @@ def test_a_task_file_rebuilds_the_shared_prototypes(tmp_path):
     assert len({id(m.bank) for m in adapter_layers(loaded).values()}) == 1
     x = torch.randn(2, 3, 32, 32)
     assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+
+
+@pytest.mark.slow      # a full-size DeiT-S (22 M parameters, random weights)
+def test_deit_small_with_splopa_r64_counts_as_by_hand_and_fuses():
+    torch.manual_seed(0)
+    model = timm.create_model("deit_small_patch16_224", num_classes=10)
+    apply_adapter(model, "splopa", num_prototypes=64)
+    layers = adapter_layers(model)
+    assert len(layers) == 48 and len({id(m.bank) for m in layers.values()}) == 1
+    # per block: qkv 1152 x 384, proj 384 x 384, fc1 1536 x 384, fc2 384 x 1536, in 32 x 32 blocks
+    blocks = 12 * (36 * 12 + 12 * 12 + 48 * 12 + 12 * 48)
+    others = sum(p.numel() for name, p in model.named_parameters()
+                 if p.requires_grad and not name.endswith((".B", ".C", ".R")))
+    assert count_parameters(model).trainable == 64 * blocks + 64 * 2 * (32 + 32) + others == 1_400_202
+    for layer in layers.values():
+        nn.init.uniform_(layer.bank.C, -1e-2, 1e-2)
+    x = torch.randn(1, 3, 224, 224)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), fuse(model).eval()(x), atol=1e-4)
