@@ -124,11 +124,11 @@ def unpruned_config(cfg: DictConfig) -> DictConfig:
 
 def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | None = None) -> dict[str, Any]:
     """One run: skip if finished with this config on the same data, refuse a changed config, else
-    train and record. Settings and data are checked before the run directory is written."""
+    train and record. Its settings were checked by :func:`run`; its data is built (and checked)
+    here, before the run directory is written."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    check_settings(cfg, resolved)
-    data, norm, declared = build_data(cfg, base_run)
-    resolved[FINGERPRINT] = fingerprint(data, cfg.dataset.root)
+    built = build_data(cfg, base_run)
+    resolved[FINGERPRINT] = fingerprint(built.bundle, cfg.dataset.root)
     rundir = RunDir(cfg.paths.run_dir)
     with rundir.lock():
         status, done = rundir.prepare(resolved, overwrite=bool(cfg.get("overwrite", False)))
@@ -137,17 +137,16 @@ def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | 
                      rundir.path, done["metrics"]["test_top1"])
             return done
         with rundir.logging_to_file():
-            summary = _execute(cfg, resolved, rundir, base_run, status, initial_run, Data(data, norm, declared))
+            summary = _execute(cfg, resolved, rundir, base_run, status, initial_run, built)
     return summary.to_dict()
 
 
-def check_settings(cfg: DictConfig, resolved: dict[str, Any] | None = None) -> None:
+def check_settings(cfg: DictConfig) -> None:
     """Every setting that can be checked before training, checked before the run directory is
     written (a typo must not leave a run directory behind): value types and ranges
     (``spa.settings``), the named choices, the optimiser, the pruning method and schedule, and the
     adapter options on a weightless (meta-device) copy of the backbone. Raises :class:`SettingError`."""
-    resolved = OmegaConf.to_container(cfg, resolve=True) if resolved is None else resolved
-    check_values(resolved)
+    check_values(OmegaConf.to_container(cfg, resolve=True))
     t, d, b = cfg.train, cfg.dataset, cfg.backbone
     checked("train.compile", check_compile, t.get("compile", False))
     checked("train.channels_last", use_channels_last, t.channels_last, torch.device("cpu"))
@@ -185,7 +184,7 @@ def weights_source(cfg: DictConfig, base_run: str | None) -> str:
     return str(Path(base_run) / MODEL) if base_run is not None else str(cfg.backbone.weights)
 
 
-def build_data(cfg: DictConfig, base_run: str | None) -> tuple[Any, dict[str, Any], dict[str, Any] | None]:
+def build_data(cfg: DictConfig, base_run: str | None) -> Data:
     """The data set of a run, normalised as its weights declare (else as its transform style says)."""
     declared = declared_normalization(weights_source(cfg, base_run), cfg.backbone.get("packaged_weights"))
     d = cfg.dataset
@@ -196,7 +195,7 @@ def build_data(cfg: DictConfig, base_run: str | None) -> tuple[Any, dict[str, An
                           test_max_per_class=d.test_max_per_class, val_fraction=d.val_fraction,
                           split_seed=d.split_seed, source_options=OmegaConf.to_container(d.options),
                           mean_std=(tuple(norm["mean"]), tuple(norm["std"])), skip_unreadable=d.get("skip_unreadable"))
-    return data, norm, declared
+    return Data(data, norm, declared)
 
 
 def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run: str | None,
@@ -222,12 +221,16 @@ class Parts:
     val_loader: Any
     channels_last: bool
     size: tuple[int, int]
-    mean_std: tuple[tuple[float, ...], tuple[float, ...]]   # the input normalisation (LRP's input bounds)
     data: Data
     session: PruningSession | None = None
     weights: Any = None                    # WeightsInfo of the starting weights
     ranks: dict[str, Any] | None = None    # what summary.json records of SPLoRA's ranks
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The input normalisation (LRP's input bounds)."""
+        return tuple(self.data.norm["mean"]), tuple(self.data.norm["std"])
 
     def train(self, epochs: int, phase: str, step: int):
         """A training call with a fresh optimiser and LR schedule (the paper restarts both);
@@ -285,8 +288,7 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if cfg.pruning.name != "none" else None
     return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
                  test_loader=test_loader, val_loader=val_loader, channels_last=channels_last, size=size,
-                 mean_std=(tuple(norm["mean"]), tuple(norm["std"])), data=built, session=session, weights=weights,
-                 ranks=ranks, warnings=warnings)
+                 data=built, session=session, weights=weights, ranks=ranks, warnings=warnings)
 
 
 def iterative(parts: Parts, status: str, initial_run: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -174,7 +174,8 @@ def check_adapter_options(timm_name: str, kwargs: dict[str, Any], cifar_stem: bo
         log.debug("no meta-device check of the adapter options (%s: %s)", type(err).__name__, err)
         return
     adapters_log = logging.getLogger("spa.adapters")
-    level, adapters_log.level = adapters_log.level, logging.ERROR    # the real conversion logs what it does
+    level = adapters_log.level
+    adapters_log.setLevel(logging.ERROR)        # the real conversion logs what it does
     try:
         with torch.device("meta"):
             checked("adapter.options", apply_adapter, model, kind, **options)
