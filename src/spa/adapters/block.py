@@ -27,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spa.adapters.layers import AdapterLayer
+from spa.adapters.convert import _excluded, _set_module
+from spa.adapters.layers import AdapterLayer, _ConvAdapter, _LinearAdapter
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,11 @@ class _SPLoPA(AdapterLayer):
     keep_cols = keep_rows
 
 
-class SPLoPALinear(_SPLoPA):
-    """y = (W + Σ_i B_i ⊗ C_i R_i) x + b."""
+class SPLoPALinear(_SPLoPA, _LinearAdapter):
+    """y = (W + Σ_i B_i ⊗ C_i R_i) x + b; ``to_module`` gives the plain Linear."""
 
     def __init__(self, layer: nn.Linear, bank: PrototypeBank) -> None:
-        super().__init__()
-        self._init_base(layer.weight, layer.bias)
+        super().__init__(layer.weight, layer.bias)
         self._init_positions(*self.weight.shape, bank)
 
     def delta(self) -> torch.Tensor:
@@ -102,42 +102,22 @@ class SPLoPALinear(_SPLoPA):
         weight = self.fused_weight() if self.training else self._eval_weight()
         return F.linear(x, weight, self.bias)
 
-    def to_module(self) -> nn.Linear:
-        layer = nn.Linear(self.weight.shape[1], self.weight.shape[0], bias=self.bias is not None,
-                          device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            layer.weight.copy_(self.fused_weight())
-            if self.bias is not None:
-                layer.bias.copy_(self.bias)
-        return layer
 
-
-class SPLoPAConv2d(_SPLoPA):
-    """A pointwise (1 × 1, ungrouped) conv: its weight is an out × in matrix."""
+class SPLoPAConv2d(_SPLoPA, _ConvAdapter):
+    """A pointwise (1 × 1, ungrouped) conv: its weight is an out × in matrix; ``to_module`` gives the
+    plain conv."""
 
     def __init__(self, conv: nn.Conv2d, bank: PrototypeBank) -> None:
-        super().__init__()
         if not is_pointwise(conv):
             raise ValueError(f"SPLoPA adapts pointwise convs only, got kernel {conv.kernel_size}, groups {conv.groups}")
-        self._init_base(conv.weight, conv.bias)
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        super().__init__(conv)
         self._init_positions(*self.weight.shape[:2], bank)
 
     def delta(self) -> torch.Tensor:
-        return self.delta2d()[:, :, None, None]
+        return self.delta2d()           # out × in, placed at the (only) tap by _ConvAdapter.fused_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.fused_weight() if self.training else self._eval_weight()
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation)
-
-    def to_module(self) -> nn.Conv2d:
-        conv = nn.Conv2d(self.weight.shape[1], self.weight.shape[0], 1, self.stride, self.padding, self.dilation,
-                         bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(self.fused_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+    def _train_fused(self) -> bool:
+        return True                     # one conv with W + ΔW (ΔW is materialised either way)
 
 
 def is_pointwise(module: nn.Module) -> bool:
@@ -156,7 +136,7 @@ def convert_splopa(model: nn.Module, skip: Sequence[str], num_prototypes: int = 
                          f"{prototype_rank}, {tuple(block_shape)}")
     planned, undivided = [], []
     for name, module in model.named_modules():
-        if not name or any(name == s or name.startswith(s + ".") for s in skip):
+        if not name or _excluded(name, skip):
             continue
         if type(module) is nn.Linear or is_pointwise(module):
             out, inp = module.weight.shape[:2]
@@ -178,7 +158,6 @@ def convert_splopa(model: nn.Module, skip: Sequence[str], num_prototypes: int = 
                                                                         init_range, w.device, w.dtype))
         else:
             bank = PrototypeBank(num_prototypes, (p, q), prototype_rank, init_range, w.device, w.dtype)
-        new = SPLoPALinear(module, bank) if isinstance(module, nn.Linear) else SPLoPAConv2d(module, bank)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, new)
+        _set_module(model, name, SPLoPALinear(module, bank) if isinstance(module, nn.Linear)
+                    else SPLoPAConv2d(module, bank))
     return [name for name, _ in planned]

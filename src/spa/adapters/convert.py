@@ -26,6 +26,11 @@ def _excluded(name: str, patterns: Iterable[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in patterns)
 
 
+def excluded_names(model: nn.Module, exclude: Sequence[str] | None) -> list[str]:
+    """What no adapter converts: the head, and ``exclude`` (default: the ViT patch embedding)."""
+    return list(head_names(model)) + list(DEFAULT_EXCLUDE if exclude is None else exclude)
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -95,7 +100,7 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
     layers. The adapter shares the base weight's storage (no copy). ``rank_limit``: see :data:`RANK_LIMITS`.
     """
     spec = layer_kind(kind)
-    skip = list(head_names(model)) + list(DEFAULT_EXCLUDE if exclude is None else exclude)
+    skip = excluded_names(model, exclude)
     planned, skipped, refused = [], [], []
     for name, module in model.named_modules():
         if not name or _excluded(name, skip):

@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn as nn
 
 from spa.adapters.block import convert_splopa
-from spa.adapters.convert import DEFAULT_EXCLUDE, convert, head_names, set_trainable
+from spa.adapters.convert import convert, excluded_names, set_trainable
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def splopa(model: nn.Module, num_prototypes: int = 64, block_shape: Sequence[int
            exclude: Sequence[str] | None = None, train_norm: bool = True) -> nn.Module:
     """Block SPA (SPLoPA) on every Linear and pointwise conv the block divides, base weights frozen;
     prototypes shared by all of them (``shared=True``) or per layer."""
-    skip = list(head_names(model)) + list(DEFAULT_EXCLUDE if exclude is None else exclude)
-    layers = convert_splopa(model, skip, num_prototypes, block_shape, prototype_rank, shared, init_range)
+    layers = convert_splopa(model, excluded_names(model, exclude), num_prototypes, block_shape, prototype_rank, shared,
+                            init_range)
     set_trainable(model, train_norm=train_norm)
     log.info("splopa: %d layers adapted (%d prototypes of rank %d, %s blocks, %s); trainable: adapters, "
              "normalisation layers, biases, head", len(layers), num_prototypes, prototype_rank,
