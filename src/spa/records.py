@@ -36,7 +36,8 @@ VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "train.num_w
 # Keys added after runs existed, at the value that computes what those runs computed: left out of
 # the hash at that value, so adding a key with its neutral default keeps every finished run valid.
 NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False, "dataset.skip_unreadable": None,
-                    "adapter.options.rank_limit": "paper", "base.dataset.skip_unreadable": None}
+                    "adapter.options.rank_limit": "paper", "base.dataset.skip_unreadable": None,
+                    "pruning.columns": []}
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
 STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"

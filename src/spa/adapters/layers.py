@@ -84,7 +84,25 @@ class AdapterLayer(nn.Module):
         raise NotImplementedError
 
     def fused_weight(self) -> torch.Tensor:
-        return self.weight + self.delta()
+        return self._masked(self.weight + self.delta())
+
+    def _masked(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` with the pruned blocks zeroed, when block pruning gave this layer a
+        ``block_mask`` (``spa.pruning.blocks``; one entry per p × q block of the out × in matrix).
+        In training, ``_block_grad`` (set by the block pruner) sees the unmasked weight and the
+        gradient of the masked one, from which movement scores are accumulated."""
+        mask = self._buffers.get("block_mask")
+        if mask is None:
+            return weight
+        p, q = self.block_shape
+        full = mask.repeat_interleave(p, 0).repeat_interleave(q, 1) > 0
+        # where, not a product: a pruned block is exactly zero whatever the weight holds (inf, NaN)
+        masked = torch.where(full.view(*full.shape, *(1,) * (weight.dim() - 2)), weight, weight.new_zeros(()))
+        hook = getattr(self, "_block_grad", None)
+        if hook is not None and masked.requires_grad:
+            unmasked = weight.detach()
+            masked.register_hook(lambda grad: hook(self, unmasked, grad))
+        return masked
 
     def _eval_weight(self) -> torch.Tensor:
         """The fused weight: cached when no gradient can flow to the adapters (inference), else
@@ -92,7 +110,8 @@ class AdapterLayer(nn.Module):
         adapters = self.adapter_parameters()
         if torch.is_grad_enabled() and any(p.requires_grad for p in adapters):
             return self.fused_weight()
-        return self._cache.get([self.weight, *adapters], self.fused_weight)
+        mask = self._buffers.get("block_mask")
+        return self._cache.get([self.weight, *adapters, *([] if mask is None else [mask])], self.fused_weight)
 
     def train(self, mode: bool = True):
         if mode:
@@ -300,7 +319,7 @@ class _ConvAdapter(AdapterLayer):
         return y.add_(self._pointwise(self._centre_input(x, y.shape[-2:])))
 
     def fused_weight(self) -> torch.Tensor:
-        return self.weight + self._center(self.delta())
+        return self._masked(self.weight + self._center(self.delta()))
 
     def to_module(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` (``Conv2dSame`` for TF "same" padding) with W + ΔW folded in."""

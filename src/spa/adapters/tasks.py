@@ -22,9 +22,12 @@ TASK_FORMAT = "spa.task/1"
 
 
 def task_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus normalisation buffers (running statistics), detached on CPU."""
+    """Trainable parameters plus normalisation buffers (running statistics) and block masks (a
+    block-pruned task's kept blocks), detached on CPU."""
     state = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     for mod_name, module in model.named_modules():
+        if "block_mask" in module._buffers:
+            state[f"{mod_name}.block_mask"] = module.block_mask.detach().cpu()
         if isinstance(module, NORM_TYPES):
             for buf_name, buf in module.named_buffers(recurse=False):
                 if buf is not None:

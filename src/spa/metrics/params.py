@@ -30,7 +30,10 @@ class ParamCounts:
 def count_parameters(model: nn.Module) -> ParamCounts:
     from spa.adapters.convert import adapter_layers
     params = list(model.parameters())         # unique tensors (nn.Module drops repeats)
-    adapters = {id(p): p for layer in adapter_layers(model).values() for p in layer.adapter_parameters()}
+    # adapter terms fold into the weight; a layer whose learned tensor is its weight itself (block
+    # fine-pruning) deploys it
+    adapters = {id(p): p for layer in adapter_layers(model).values() for p in layer.adapter_parameters()
+                if p is not layer.weight}
     adapter = sum(p.numel() for p in adapters.values())
     total = sum(p.numel() for p in params)
     return ParamCounts(total=total, trainable=sum(p.numel() for p in params if p.requires_grad),

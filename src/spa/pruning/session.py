@@ -87,9 +87,16 @@ class PruningSession:
 
 def restore(model: nn.Module, structure: dict[str, Any] | None) -> PruningSession | None:
     """Give a fresh, unpruned ``model`` the pruned shape that ``structure`` records (``{"history",
-    "input_size", "original_filters"}``, as ``model.pt`` and ``task.pt`` store it): the one way a saved
+    "input_size", "original_filters"}``, as ``model.pt`` and ``task.pt`` store it; ``{"structure":
+    "blocks", "block_shape"}``: block masks, whose values the task file holds): the one way a saved
     pruned network is rebuilt. Returns the session (None when there is nothing to restore)."""
     if not structure:
+        return None
+    if structure.get("structure") == "blocks":      # a block-pruned task: masks on its matrices, not removed channels
+        from spa.adapters.convert import adapter_layers
+        from spa.pruning.blocks import attach_blocks
+        attach_blocks(model, structure["block_shape"], dense=not adapter_layers(model),
+                      exclude=structure.get("exclude"), columns=structure.get("columns", ()))
         return None
     device = next(model.parameters()).device
     session = PruningSession(model, torch.zeros(1, 3, *structure["input_size"], device=device),

@@ -108,8 +108,10 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     max_steps: int | None = None,
     desc: str = "train",
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """Train for one pass over ``loader``; returns (mean loss, top-1 %) over the seen samples.
+    ``on_step`` is called after every optimiser step (block pruning updates its masks there).
 
     Sums stay on the device (one host sync per epoch); a non-finite loss stops training.
     """
@@ -134,6 +136,8 @@ def train_one_epoch(
             optimizer.step()
         if schedule is not None:
             schedule.step_batch()
+        if on_step is not None:
+            on_step()
         loss_sum += loss.detach().float() * y.numel()
         correct += topk_hits(logits.detach(), y, (1,))[0]
         seen += y.numel()
@@ -209,6 +213,7 @@ def fit(
     max_steps: int | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     train_forward: nn.Module | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``epochs`` epochs, evaluating every ``eval_every`` epochs and after the last.
 
@@ -239,6 +244,7 @@ def fit(
             scaler,
             max_steps,
             desc=f"{phase} {epoch}/{epochs}",
+            on_step=on_step,
         )
         schedule.step_epoch()
         record = EpochRecord(phase, step, epoch, epochs, lr, loss, acc)
