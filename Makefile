@@ -60,7 +60,7 @@ figures: install ## Figure 6 and accuracy-vs-density per dataset, from results/t
 sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR)
 	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)
 
-bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost -> results/benchmarks/ (CPU: ~8.5 min)
+bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost, block-sparse / SPLoPA forms (DeiT-S shapes) -> results/benchmarks/ (CPU: ~9 min)
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)

@@ -17,7 +17,12 @@ in the same run.
              DeiT-S (a training forward + backward each, on the input the layer sees), summed over the network.
   pruning    one scoring pass per criterion (LRP included) relative to training on the same batches
              (= a scoring pass over an epoch relative to a training epoch), and the pruning step.
-CPU defaults: batch 8, the machine's torch threads; on CUDA: batch 64, bf16 autocast, channels-last.
+  blocks     DeiT-S's four Linear shapes (batch x 197 tokens, float32, 32 x 32 blocks): y = x W^T with a
+             random block mask at 70/50/30/10 % of the blocks, dense vs torch's BSR and CSR layouts (the
+             form to deploy per layer); and a SPLoPA training step (64 / 128 prototypes, rank 2) with
+             ΔW materialised (the layer's form) vs the exact factored form that never builds it.
+CPU defaults: batch 8, the machine's torch threads; on CUDA: batch 64, bf16 autocast, channels-last
+(blocks: float32 everywhere).
 """
 from __future__ import annotations
 
@@ -35,20 +40,25 @@ from spa import repo_root
 from spa.benchmarks import (
     AUTHORS_LIBRARY,
     DEIT_S,
+    DEIT_S_LINEARS,
+    DEIT_S_TOKENS,
     NETS,
     RESNET50,
+    SPARSE_PRODUCTS,
     adapter_overhead,
     authors_available,
+    block_sparse_inference,
     checks,
     inference_vs_density,
     layer_speed,
     layer_totals,
     pruning_overhead,
+    splopa_training_forms,
     training_step,
 )
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
-SECTIONS = ("inference", "adapters", "training", "layers", "pruning")
+SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks")
 # the authors' library indexes with a list (deprecated in torch); it still computes the right thing
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="sp_adapters")
 
@@ -138,6 +148,67 @@ def pruning(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, shown
 
 
+def _header(device, batch, amp, timing, warmup) -> str:
+    """The settings line every report starts with."""
+    return (f"{device_description(device)}; batch {batch}; {torch.get_num_threads()} threads; "
+            f"{'bf16 autocast, channels-last; ' if amp else ''}{timing} after {warmup} warm-up; "
+            f"random weights (seed 0); torch {package_versions().get('torch')}")
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def blocks(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
+    tokens = batch * DEIT_S_TOKENS
+    sparse_rows = [{"measurement": "block-sparse inference", **r}
+                   for r in block_sparse_inference(tokens, device, args.block_repeats, args.warmup)]
+    form_rows = [{"measurement": "SPLoPA training step", **r}
+                 for r in splopa_training_forms(tokens, device, args.block_repeats, args.warmup)]
+    sparse, forms = pd.DataFrame(sparse_rows), pd.DataFrame(form_rows)
+    table = pd.DataFrame(sparse_rows + form_rows, dtype=object)   # ints stay ints in the JSON,
+    table = table.where(table.notna(), None)                      # the other measurement's columns null
+    names = dict((f"{o}x{i}", f"{n} ({o} x {i})") for n, o, i in DEIT_S_LINEARS)
+    first = sparse.assign(layer=sparse["weight_shape"].map(names), density=sparse["density"].map("{:.0%}".format),
+                          kept=[f"{k} / {n}" for k, n in zip(sparse["kept_blocks"], sparse["blocks"])],
+                          dense=_ms(sparse["dense_s"]), bsr=_ms(sparse["bsr_s"]), csr=_ms(sparse["csr_s"]),
+                          over_bsr=_ratio(sparse["dense_over_bsr"], 2), over_csr=_ratio(sparse["dense_over_csr"], 2))
+    first = first[["layer", "density", "kept", "dense", "bsr", "csr", "over_bsr", "over_csr", "deploy"]].rename(
+        columns={"layer": "layer (out x in)", "density": "block density", "kept": "blocks kept",
+                 "dense": "dense (ms)", "bsr": "BSR (ms)", "csr": "CSR (ms)", "over_bsr": "dense / BSR",
+                 "over_csr": "dense / CSR", "deploy": "deploy"})
+    second = forms.assign(layer=forms["weight_shape"].map(names), mat=_ms(forms["materialised_s"]),
+                          fac=_ms(forms["factored_s"]), ratio=_ratio(forms["factored_over_materialised"], 2))
+    second = second[["layer", "prototypes", "mat", "fac", "ratio"]].rename(columns={
+        "layer": "layer (out x in)", "mat": "ΔW materialised (ms)", "fac": "factored (ms)",
+        "ratio": "factored / materialised"})
+
+    def used(column: str) -> str:
+        counts = sparse[column].value_counts()
+        return ", ".join(f"`{name}`" + ("" if n == len(sparse) else f" ({n} of {len(sparse)} rows)")
+                         for name, n in counts.items()) or "none supported"
+    unsupported = sorted({k for u in sparse["unsupported"] for k in u})
+    text = (
+        "# Block-sparse DeiT-S layers: deployment form and SPLoPA training form\n\n"
+        + _header(device, batch, False, f"median of {args.block_repeats} interleaved runs", args.warmup) + "\n\n"
+        f"Measured on the shapes of DeiT-S's Linear layers ({', '.join(names.values())}), on x of batch {batch} x "
+        f"{DEIT_S_TOKENS} = {tokens} tokens, float32, 32 x 32 blocks, {torch.get_num_threads()} threads. "
+        "(1) y = x W^T with a seeded random block mask keeping exactly round(density x blocks) blocks: the dense "
+        "weight (zeros included, F.linear) against torch's BSR (`W.to_sparse_bsr((32, 32))`) and CSR "
+        "(`W.to_sparse_csr()`) layouts, each sparse result checked against the dense one first; per layout the "
+        f"fastest of {', '.join(f'`{p}`' for p in SPARSE_PRODUCTS)} is shown (BSR: {used('bsr_product')}; "
+        f"CSR: {used('csr_product')}"
+        + (f"; unsupported here: {', '.join(unsupported)}" if unsupported else "") + "). "
+        "Ratios > 1: faster than dense; deploy: the fastest form for that layer and density. "
+        "(2) One training step of a SPLoPA layer (rank-2 prototypes, base frozen, forward + backward of the "
+        "outputs' sum, input requiring grad): ΔW = Σ B_i ⊗ C_i R_i materialised once then F.linear (the layer's "
+        "form) against the exact factored form that never builds ΔW (`spa.benchmarks.splopa_factored_forward`; "
+        "outputs checked equal); ratio > 1: factored is slower.\n\n"
+        "## Block-sparse inference\n\n" + _markdown(first) + "\n\n"
+        "## SPLoPA training step\n\n" + _markdown(second))
+    return table, text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS)
@@ -149,6 +220,8 @@ def main() -> int:
     parser.add_argument("--train-repeats", type=int, default=5, help="timed steps per learner (training)")
     parser.add_argument("--layer-repeats", type=int, default=10, help="timed passes per layer shape (layers)")
     parser.add_argument("--score-batches", type=int, default=3, help="batches scored per criterion (pruning)")
+    parser.add_argument("--block-repeats", type=int, default=10,
+                        help="timed runs per form (blocks: sparse products, SPLoPA training steps)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
     parser.add_argument("--out", default=None, help="default: results/benchmarks")
@@ -159,6 +232,7 @@ def main() -> int:
     batch = args.batch or (64 if cuda else 8)
     settings = {"device": str(device), "device_name": device_description(device), "batch": batch,
                 "repeats": args.repeats, "adapter_repeats": args.adapter_repeats, "train_repeats": args.train_repeats,
+                "layer_repeats": args.layer_repeats, "block_repeats": args.block_repeats,
                 "score_batches": args.score_batches,
                 "warmup": args.warmup, "threads": torch.get_num_threads(), "amp_bf16": cuda, "channels_last": cuda,
                 "authors_library": authors_available(), "versions": package_versions(),
@@ -168,14 +242,14 @@ def main() -> int:
         table, shown = globals()[section](args, device, batch, cuda)
         stem = out / f"{section}_{device.type}"
         atomic_write_json(stem.with_suffix(".json"), {"settings": settings, "rows": table.to_dict(orient="records")})
-        timing = {"training": f"median of {args.train_repeats} steps", "pruning": "one timed pass",
-                  "layers": f"median of {args.layer_repeats} forward + backward passes per shape",
-                  "adapters": f"median of {args.adapter_repeats} passes"}.get(section,
-                                                                             f"median of {args.repeats} passes")
-        header = (f"{settings['device_name']}; batch {batch}; {settings['threads']} threads; "
-                  f"{'bf16 autocast, channels-last; ' if cuda else ''}{timing} after {args.warmup} warm-up; "
-                  f"random weights (seed 0); torch {settings['versions'].get('torch')}\n\n")
-        text = header + shown.to_markdown(index=False, disable_numparse=True) + "\n"
+        if isinstance(shown, str):         # a section that writes its own report (blocks)
+            text = shown + "\n"
+        else:
+            timing = {"training": f"median of {args.train_repeats} steps", "pruning": "one timed pass",
+                      "layers": f"median of {args.layer_repeats} forward + backward passes per shape",
+                      "adapters": f"median of {args.adapter_repeats} passes"}.get(section,
+                                                                                 f"median of {args.repeats} passes")
+            text = _header(device, batch, cuda, timing, args.warmup) + "\n\n" + _markdown(shown) + "\n"
         atomic_write_text(stem.with_suffix(".md"), text)
         print(text + f"written: {stem.with_suffix('.md')}\n", flush=True)
     write_checks(out, device, settings)

@@ -176,3 +176,71 @@ def test_layer_comparison_covers_every_adapted_layer_once_per_shape():
     (total,) = layer_totals(rows)
     assert total["layers"] == adapted and total["ours_over_authors"] == pytest.approx(
         sum(r["count"] * r["ours_s"] for r in rows) / sum(r["count"] * r["authors_s"] for r in rows))
+
+
+# ----------------------------------------------------------------------------- block-sparse layers
+BLOCK = (16, 16)
+
+
+def test_block_sparse_rows_keep_exactly_the_asked_blocks_and_compare_the_forms():
+    from spa.benchmarks import FORMS, block_sparse_inference
+    rows = block_sparse_inference(tokens=32, device=CPU, repeats=1, warmup=0, shapes=(("w", 64, 64),),
+                                  densities=(0.7, 0.5, 0.3, 0.1), block=BLOCK)
+    assert [r["density"] for r in rows] == [0.7, 0.5, 0.3, 0.1]
+    assert {"layer", "weight_shape", "tokens", "density", "blocks", "kept_blocks", "bsr_blocks", "dense_s", "bsr_s",
+            "csr_s", "bsr_product", "csr_product", "dense_over_bsr", "dense_over_csr", "deploy"} <= set(rows[0])
+    for r in rows:
+        assert r["blocks"] == 16 and r["kept_blocks"] == r["bsr_blocks"] == round(r["density"] * 16)
+        assert r["dense_over_bsr"] == pytest.approx(r["dense_s"] / r["bsr_s"]) and r["deploy"] in FORMS
+        assert r["bsr_product"] is not None and r["csr_product"] is not None    # one product of each runs on CPU
+
+
+def test_block_mask_and_sparse_forms_give_the_dense_product():
+    from spa.benchmarks import SPARSE_PRODUCTS, block_sparse_weight, sparse_forms
+    weight, mask = block_sparse_weight(64, 64, BLOCK, 0.3)
+    assert mask.shape == (4, 4) and int(mask.sum()) == 5
+    blocks = weight.view(4, 16, 4, 16).abs().sum((1, 3))
+    assert torch.equal(blocks > 0, mask)                             # zero exactly outside the kept blocks
+    again, _ = block_sparse_weight(64, 64, BLOCK, 0.3)
+    assert torch.equal(weight, again)                                # seeded
+    x = torch.randn(20, 64)
+    forms = sparse_forms(weight, BLOCK)
+    assert forms["bsr"].layout == torch.sparse_bsr and forms["csr"].layout == torch.sparse_csr
+    with torch.no_grad():
+        for layout in ("bsr", "csr"):
+            for product in SPARSE_PRODUCTS.values():
+                torch.testing.assert_close(product(forms[layout], x), x @ weight.T, rtol=1e-4, atol=1e-5)
+
+
+def test_fastest_form_names_one_of_the_forms():
+    from spa.benchmarks import FORMS, block_sparse_weight, deploy_form, fastest_form
+    weight, _ = block_sparse_weight(64, 64, BLOCK, 0.5)
+    assert fastest_form(weight, BLOCK, torch.randn(16, 64), repeats=1, warmup=0) in FORMS
+    assert deploy_form({"dense_s": 2.0, "bsr_s": 1.0, "csr_s": None}) == "bsr"
+    assert deploy_form({"dense_s": 1.0, "bsr_s": 1.0, "csr_s": 1.0}) == "dense"
+
+
+def test_factored_splopa_forward_equals_the_layer_with_the_same_gradients():
+    from spa.benchmarks import splopa_factored_forward, splopa_layer
+    layer = splopa_layer(64, 32, prototypes=4, rank=2, block=BLOCK)
+    with torch.no_grad():
+        layer.bank.C.normal_()                          # a visible update (C starts at ±1e-4)
+    x = torch.randn(3, 5, 32)
+    grads = []
+    for forward in (layer, lambda v: splopa_factored_forward(layer, v)):
+        layer.zero_grad(set_to_none=True)
+        inp = x.clone().requires_grad_(True)
+        out = forward(inp)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), inp.grad, layer.B.grad, layer.bank.C.grad, layer.bank.R.grad, layer.bias.grad))
+    assert grads[0][0].shape == (3, 5, 64) and layer.weight.grad is None      # base frozen
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_splopa_training_rows_time_both_forms():
+    from spa.benchmarks import splopa_training_forms
+    rows = splopa_training_forms(tokens=8, device=CPU, repeats=1, warmup=0, shapes=(("w", 64, 32),),
+                                 prototypes=(2, 4), block=BLOCK)
+    assert [r["prototypes"] for r in rows] == [2, 4]
+    assert all(r["factored_over_materialised"] == pytest.approx(r["factored_s"] / r["materialised_s"]) for r in rows)

@@ -12,6 +12,7 @@ import copy
 import ctypes
 import statistics
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -475,6 +476,203 @@ def pruning_overhead(spec: NetSpec, batch: int, device: torch.device, batches: i
     rows.append({"network": spec.label, "criterion": "pruning step (select + remove 10 %)", "batch": batch,
                  "batches": 0, "seconds": step_s, "train_seconds": train_s, "ratio_to_training": step_s / train_s,
                  "note": "after scoring"})
+    return rows
+
+
+# ----------------------------------------------------------------------------- block-sparse layers
+# DeiT-S's Linear layers (out × in): attention qkv and proj, MLP fc1 and fc2 (embed 384, MLP 1536)
+DEIT_S_LINEARS = (("qkv", 1152, 384), ("proj", 384, 384), ("fc1", 1536, 384), ("fc2", 384, 1536))
+DEIT_S_TOKENS = 197                  # tokens per image: 14 × 14 patches and the class token
+BLOCK_DENSITIES = (0.7, 0.5, 0.3, 0.1)
+# y = x W^T with a sparse W, each as torch offers it (W: the sparse weight, x: tokens × in). Which
+# are supported and which is fastest depends on the layout, the device and the torch build: every
+# one is tried and the fastest supported one stands for its layout. The transposed products return
+# a (tokens × out) view of an (out × tokens) result, usable as it is by the next op.
+SPARSE_PRODUCTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "F.linear(x, W)": lambda w, x: F.linear(x, w),
+    "torch.sparse.mm(W, x.T).T": lambda w, x: torch.sparse.mm(w, x.T).T,
+}
+FORMS = ("dense", "bsr", "csr")
+
+
+def block_mask(rows: int, cols: int, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random boolean mask over ``rows × cols`` blocks with exactly ``round(density · rows · cols)``
+    blocks kept (a random subset, from ``generator``)."""
+    kept = round(density * rows * cols)
+    mask = torch.zeros(rows * cols, dtype=torch.bool)
+    mask[torch.randperm(rows * cols, generator=generator)[:kept]] = True
+    return mask.view(rows, cols)
+
+
+def block_sparse_weight(out: int, inp: int, block: tuple[int, int], density: float,
+                        seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, mask)``: a seeded random ``out × in`` float32 weight (std 1/√in) with the blocks
+    outside a :func:`block_mask` of ``density`` zeroed; ``mask`` is over the ``out/p × in/q`` blocks."""
+    p, q = block
+    if out % p or inp % q:
+        raise ValueError(f"a {out} x {inp} weight is not divisible into {p} x {q} blocks")
+    gen = torch.Generator().manual_seed(seed)
+    mask = block_mask(out // p, inp // q, density, gen)
+    weight = torch.randn(out, inp, generator=gen) / inp ** 0.5
+    return weight * mask.repeat_interleave(p, 0).repeat_interleave(q, 1), mask
+
+
+def sparse_forms(weight: torch.Tensor, block: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The weight as deployed in each of :data:`FORMS`: dense (zeros included), BSR with ``block``
+    blocks (zero blocks dropped) and CSR (zeros dropped)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
+        return {"dense": weight, "bsr": weight.to_sparse_bsr(tuple(block)), "csr": weight.to_sparse_csr()}
+
+
+def _sparse_tolerance(device: torch.device) -> dict[str, float]:
+    return {"rtol": 1e-3, "atol": 1e-3} if device.type == "cpu" else {"rtol": 2e-2, "atol": 2e-2}
+
+
+def form_timings(weight: torch.Tensor, block: tuple[int, int], x: torch.Tensor, repeats: int = 5,
+                 warmup: int = 1) -> dict[str, Any]:
+    """Median seconds of ``y = x @ weight.T`` in each form of :func:`sparse_forms`, all timed
+    interleaved (without autograd): dense with ``F.linear``; BSR and CSR with every product of
+    :data:`SPARSE_PRODUCTS`, each checked against the dense result first (``assert_close``, loose
+    tolerance). A product that raises is recorded as unsupported.
+
+    Returns ``dense_s``, ``bsr_s``, ``csr_s`` (the fastest supported product of that layout; None
+    if none is), ``bsr_product`` / ``csr_product`` (its name), ``candidates_s`` ({"bsr: <product>":
+    seconds or None}), ``unsupported`` ({"bsr: <product>": error}), ``bsr_blocks`` (the blocks BSR
+    stores) and ``deploy`` (:func:`deploy_form` of the three)."""
+    weight, x = weight.to(x.device), x.detach()
+    forms = sparse_forms(weight, block)
+    fns: dict[str, Callable[[], Any]] = {"dense": lambda: F.linear(x, weight)}
+    unsupported: dict[str, str] = {}
+    # no_grad, not inference_mode: F.linear on a sparse weight fails under inference_mode in torch
+    # 2.14 ("Cannot set version_counter for inference tensor")
+    with torch.no_grad():
+        reference = F.linear(x, weight)
+        for layout in ("bsr", "csr"):
+            for name, product in SPARSE_PRODUCTS.items():
+                key = f"{layout}: {name}"
+                try:
+                    got = product(forms[layout], x)
+                except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:
+                    unsupported[key] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+                    continue
+                torch.testing.assert_close(got, reference, **_sparse_tolerance(x.device),
+                                           msg=lambda m, key=key: f"{key} differs from the dense product: {m}")
+                fns[key] = lambda product=product, w=forms[layout]: product(w, x)
+        seconds = timed(fns, x.device, repeats, warmup)
+    row: dict[str, Any] = {"dense_s": seconds["dense"]}
+    for layout in ("bsr", "csr"):
+        times = {k.split(": ", 1)[1]: s for k, s in seconds.items() if k.startswith(layout + ":")}
+        best = min(times, key=times.__getitem__) if times else None
+        row[f"{layout}_s"] = times[best] if best else None
+        row[f"{layout}_product"] = best
+    row["candidates_s"] = {f"{layout}: {name}": seconds.get(f"{layout}: {name}")
+                           for layout in ("bsr", "csr") for name in SPARSE_PRODUCTS}
+    row["unsupported"] = unsupported
+    row["bsr_blocks"] = int(forms["bsr"].values().shape[0])
+    row["deploy"] = deploy_form(row)
+    return row
+
+
+def deploy_form(seconds: dict[str, Any]) -> str:
+    """The fastest of :data:`FORMS` given ``{"dense_s": .., "bsr_s": .., "csr_s": ..}`` (None: not
+    supported); dense on a tie."""
+    supported = {form: seconds[f"{form}_s"] for form in FORMS if seconds.get(f"{form}_s") is not None}
+    return min(supported, key=supported.__getitem__)
+
+
+def fastest_form(weight: torch.Tensor, block: tuple[int, int], x: torch.Tensor, repeats: int = 5,
+                 warmup: int = 1) -> str:
+    """Which form to deploy a (block-)sparse Linear weight in: 'dense', 'bsr' or 'csr', whichever
+    computes ``x @ weight.T`` fastest here (:func:`form_timings` on ``x``, a representative
+    input: tokens × in, on the target device)."""
+    return form_timings(weight, block, x, repeats, warmup)["deploy"]
+
+
+def block_sparse_inference(tokens: int, device: torch.device, repeats: int = 5, warmup: int = 1,
+                           shapes=DEIT_S_LINEARS, densities=BLOCK_DENSITIES, block: tuple[int, int] = (32, 32),
+                           seed: int = SEED) -> list[dict[str, Any]]:
+    """Per (layer shape, block density): :func:`form_timings` of a :func:`block_sparse_weight` on
+    ``tokens`` seeded random float32 tokens, with the speed-ups dense / BSR and dense / CSR (> 1:
+    faster than dense). ``shapes``: (name, out, in) triples."""
+    rows = []
+    for name, out, inp in shapes:
+        x = torch.randn(tokens, inp, generator=torch.Generator().manual_seed(seed)).to(device)
+        for density in densities:
+            weight, mask = block_sparse_weight(out, inp, block, density, seed)
+            row = {"layer": name, "weight_shape": f"{out}x{inp}", "tokens": tokens, "block": "x".join(map(str, block)),
+                   "density": density, "blocks": mask.numel(), "kept_blocks": int(mask.sum()),
+                   **form_timings(weight, block, x, repeats, warmup)}
+            for layout in ("bsr", "csr"):
+                s = row[f"{layout}_s"]
+                row[f"dense_over_{layout}"] = None if s is None else row["dense_s"] / s
+            rows.append(row)
+    return rows
+
+
+def splopa_factored_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The output of a training-mode :class:`~spa.adapters.block.SPLoPALinear`, ``x (W + ΔW)^T + b``
+    with ``ΔW = Σ_i B_i ⊗ C_i R_i``, without materialising ΔW: with ``x`` (T × m) viewed as T × m/q × q,
+    ``Z = x_b R^T`` (T × N × m/q × r), ``U = Σ_b B Z`` (T × N × n/p × r), ``out = Σ_k U C^T`` (T × n/p × p),
+    i.e. T·N·r·(m + n) + T·N·(n/p)·(m/q)·r multiply-adds in place of N·n·m for ΔW (independent of
+    T). Leading dims of ``x`` are kept. With a ``block_mask`` (block pruning) the masked blocks are
+    dropped from W and ΔW alike (B masked per block position); the block pruner's gradient hook is
+    not fed (that needs the materialised weight)."""
+    num, rows, cols = layer.B.shape
+    p, q = layer.bank.shape[1:3]
+    lead = x.shape[:-1]
+    xb = x.reshape(-1, cols, q)
+    weight, positions = layer.weight, layer.B
+    mask = layer._buffers.get("block_mask")
+    if mask is not None:
+        positions = positions * mask.to(positions.dtype)
+        weight = weight * mask.repeat_interleave(p, 0).repeat_interleave(q, 1).to(weight.dtype)
+    z = torch.einsum("tbj,krj->tkbr", xb, layer.bank.R)
+    u = torch.einsum("tkbr,kab->tkar", z, positions)
+    out = torch.einsum("tkar,kir->tai", u, layer.bank.C).reshape(*lead, rows * p)
+    return F.linear(x, weight, layer.bias) + out
+
+
+def splopa_layer(out: int, inp: int, prototypes: int, rank: int = 2, block: tuple[int, int] = (32, 32),
+                 device: torch.device | None = None, seed: int = SEED) -> nn.Module:
+    """A seeded training-mode SPLoPALinear on an ``out × in`` Linear with its own bank of
+    ``prototypes`` prototypes: base weight frozen, B, C and R trainable."""
+    from spa.adapters.block import PrototypeBank, SPLoPALinear
+
+    torch.manual_seed(seed)
+    bank = PrototypeBank(prototypes, tuple(block), rank)
+    return SPLoPALinear(nn.Linear(inp, out), bank).to(device).train()
+
+
+def splopa_training_forms(tokens: int, device: torch.device, repeats: int = 5, warmup: int = 1,
+                          shapes=DEIT_S_LINEARS, prototypes=(64, 128), rank: int = 2,
+                          block: tuple[int, int] = (32, 32), seed: int = SEED) -> list[dict[str, Any]]:
+    """Per (layer shape, prototype count): one training step of a :func:`splopa_layer` (forward and
+    backward of the outputs' sum, gradients set to None first; the input requires grad, as inside
+    a network) in the layer's own form (ΔW materialised once, then ``F.linear``) and in
+    :func:`splopa_factored_forward`, timed interleaved after checking that the two outputs agree;
+    with the ratio factored / materialised (> 1: factored is slower)."""
+    rows = []
+    for name, out, inp in shapes:
+        x = torch.randn(tokens, inp, generator=torch.Generator().manual_seed(seed)).to(device).requires_grad_(True)
+        for num in prototypes:
+            layer = splopa_layer(out, inp, num, rank, block, device, seed)
+            with torch.no_grad():
+                torch.testing.assert_close(splopa_factored_forward(layer, x), layer(x), rtol=1e-3, atol=1e-3)
+
+            def step(forward, layer=layer):
+                def run():
+                    layer.zero_grad(set_to_none=True)
+                    x.grad = None                     # noqa: B023 (timed below, in this iteration)
+                    forward(x).sum().backward()       # noqa: B023
+                return run
+            seconds = timed({"materialised": step(layer),
+                             "factored": step(lambda v, layer=layer: splopa_factored_forward(layer, v))},
+                            device, repeats, warmup)
+            rows.append({"layer": name, "weight_shape": f"{out}x{inp}", "tokens": tokens, "prototypes": num,
+                         "rank": rank, "block": "x".join(map(str, block)),
+                         "materialised_s": seconds["materialised"], "factored_s": seconds["factored"],
+                         "factored_over_materialised": seconds["factored"] / seconds["materialised"]})
     return rows
 
 
