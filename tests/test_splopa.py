@@ -80,7 +80,7 @@ def test_a_run_trains_splopa_and_channel_pruning_it_is_refused(compose_cfg):
                                        "train.epochs=1", "train.max_steps_per_epoch=2"))
     assert 0 < summary["params"]["trainable"] < summary["params"]["deployable"]
     assert summary["files"]["task.pt"] < summary["files"]["model.pt"]
-    with pytest.raises(SettingError, match="block pruning is not built yet"):
+    with pytest.raises(SettingError, match="cannot be channel-pruned.*pruning=block_movement"):
         pipeline.run(compose_cfg("adapter=splopa_r64", "backbone=test_vit", "pruning=taylor"))
 
 
@@ -118,3 +118,30 @@ def test_deit_small_with_splopa_r64_counts_as_by_hand_and_fuses():
     model.eval()
     with torch.no_grad():
         assert torch.allclose(model(x), fuse(model).eval()(x), atol=1e-4)
+
+
+@pytest.mark.slow      # a full-size DeiT-S (22 M parameters, random weights)
+def test_deit_small_with_splopa_r64_takes_a_block_movement_step_and_fuses_with_its_zeros():
+    from spa.pruning.blocks import BlockPruner, Stage, attach_blocks, block_sums, pruned_parameters
+    torch.manual_seed(0)
+    model = timm.create_model("deit_small_patch16_224", num_classes=10)
+    apply_adapter(model, "splopa", num_prototypes=64)
+    assert len(attach_blocks(model, (32, 32), dense=False)) == 48
+    pruner = BlockPruner(model, "movement")
+    assert pruner.original_blocks == 12 * (36 * 12 + 12 * 12 + 48 * 12 + 12 * 48) == 20_736
+    pruner.begin(Stage(1.0, 0.5, steps=1, initial_warmup=0, final_warmup=0))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x, y = torch.randn(2, 3, 224, 224), torch.tensor([1, 7])
+    nn.functional.cross_entropy(model.train()(x), y).backward()
+    optimizer.step()
+    pruner.on_step()                     # one step: the schedule's end, half of each matrix's blocks kept
+    assert pruner.kept_blocks == 10_368
+    learned = count_parameters(model).trainable - pruned_parameters(model)["learned"]
+    assert learned == 1_400_202 - 64 * 10_368
+    model.eval()
+    fused = fuse(model).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), fused(x), atol=1e-4)
+    modules = dict(fused.named_modules())
+    zero = sum(int((block_sums(modules[n].weight.abs(), (32, 32)) == 0).sum()) for n in adapter_layers(model))
+    assert zero == 10_368

@@ -27,6 +27,7 @@ from spa.data.sources import SOURCES
 from spa.metrics import count_parameters
 from spa.models import check_head_init, check_packaged, create_backbone, declared_normalization, save_model_file
 from spa.pruning import check_pruning
+from spa.pruning.blocks import BLOCK_METHODS, BlockPruner, attach_blocks, empty_lines, pruned_parameters
 from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan, check_round_to
@@ -157,16 +158,60 @@ def check_settings(cfg: DictConfig) -> None:
     checked("optim", check_optimizer, OmegaConf.to_container(cfg.optim, resolve=True))
     checked("backbone.head_init", check_head_init, b.get("head_init", "timm"))
     check_packaged(str(b.weights), b.get("packaged_weights"))
-    if cfg.pruning.name != "none":
+    if method_name(cfg) == "blocks":
+        check_block_pruning(cfg)
+    elif cfg.pruning.name != "none":
         checked("pruning", check_pruning, cfg.pruning.get("criterion", cfg.pruning.name))
         checked("pruning.round_to", check_round_to, cfg.pruning.get("round_to", 1))
         if not cfg.adapter.get("prunable", True):
             fix = (f"to prune with this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}"
-                   if "lora" in cfg.adapter.name else "block pruning is not built yet; run it with pruning=none")
+                   if "lora" in cfg.adapter.name else "prune it by blocks: pruning=block_movement or block_magnitude")
             raise SettingError(f"adapter={cfg.adapter.name} cannot be channel-pruned (prunable: false); {fix}")
         checked("schedule", Plan, 1, cfg.schedule.step_fraction, cfg.schedule.target_density)
     check_adapter_options(b.timm_name, OmegaConf.to_container(b.kwargs), bool(b.cifar_stem), cfg.adapter.kind,
                           OmegaConf.to_container(cfg.adapter.options))
+
+
+BLOCK_ADAPTERS = ("finetune", "splopa")
+
+
+def check_block_pruning(cfg: DictConfig) -> None:
+    """A block-pruning config: its method, the adapter it masks, the stages and the block."""
+    pr = cfg.pruning
+    checked("pruning.method", check_choice, "pruning.method", pr.method, BLOCK_METHODS)
+    if cfg.adapter.kind not in BLOCK_ADAPTERS:
+        raise SettingError(f"pruning={pr.name} masks the blocks of SPLoPA's or fine-tuning's matrices, not "
+                           f"adapter={cfg.adapter.name}; use adapter=splopa_r64, splopa_r128 or finetune (or a channel "
+                           f"pruning: pruning=taylor)")
+    key = "thresholds" if pr.method == "soft_movement" else "densities"
+    targets = pr.get(key)
+    if not targets or not all(isinstance(v, (int, float)) and 0 < v < 1 for v in targets):
+        raise SettingError(f"pruning.{key}={targets}: use a list of numbers in (0, 1), e.g. pruning.{key}=[0.5,0.3]")
+    ordered = sorted(targets, reverse=key == "densities")
+    if list(targets) != ordered or len(set(targets)) != len(targets):
+        raise SettingError(f"pruning.{key}={list(targets)}: each stage goes further, so the list must be strictly "
+                           f"{'decreasing' if key == 'densities' else 'increasing'}, e.g. {ordered}")
+    epochs = pr.get("epochs_per_stage")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise SettingError(f"pruning.epochs_per_stage={epochs!r}: use an int >= 1, e.g. pruning.epochs_per_stage=2")
+    warm = [pr.get("initial_warmup", 0), pr.get("final_warmup", 0)]
+    if not all(isinstance(v, (int, float)) and v >= 0 for v in warm) or sum(warm) >= 1:
+        raise SettingError(f"pruning.initial_warmup={warm[0]}, final_warmup={warm[1]}: fractions of a stage >= 0 "
+                           f"that sum to less than 1, e.g. 0.1 and 0.2")
+    shape = block_shape(cfg)
+    if min(shape) < 1:
+        raise SettingError(f"pruning.block_shape={list(shape)}: use two ints >= 1, e.g. [32,32]")
+    if cfg.adapter.kind == "splopa" and tuple(cfg.adapter.options.block_shape) != shape:
+        raise SettingError(f"pruning.block_shape={list(shape)} but SPLoPA's prototypes are "
+                           f"{list(cfg.adapter.options.block_shape)} blocks: block pruning masks the prototypes' "
+                           f"blocks; use pruning.block_shape=null")
+    columns = pr.get("columns") or []
+    if not all(isinstance(c, str) and c for c in columns):
+        raise SettingError(f"pruning.columns={columns}: use a list of layer-name endings, e.g. [conv_pwl] "
+                           f"(MobileNetV2, EfficientNet) or [mlp.fc2] (ViT / DeiT)")
+    if cfg.train.get("compile", False):
+        raise SettingError("train.compile with block pruning: its gradient hooks need eager mode; use "
+                           "train.compile=false")
 
 
 @dataclass
@@ -204,7 +249,7 @@ def _execute(cfg: DictConfig, resolved: dict[str, Any], rundir: RunDir, base_run
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     log.info("run %s", rundir.path)
     parts = build_parts(cfg, rundir, built, base_run)
-    rows, selection = METHODS["iterative"](parts, status, initial_run)
+    rows, selection = METHODS[method_name(cfg)](parts, status, initial_run)
     return write_records(parts, resolved, rows, selection, base_run, started, t0)
 
 
@@ -232,19 +277,24 @@ class Parts:
         """The input normalisation (LRP's input bounds)."""
         return tuple(self.data.norm["mean"]), tuple(self.data.norm["std"])
 
-    def train(self, epochs: int, phase: str, step: int):
-        """A training call with a fresh optimiser and LR schedule (the paper restarts both);
-        returns the fit result and the record of the selected epoch."""
+    def batches(self) -> int:
+        """Optimiser steps per training epoch."""
         t = self.cfg.train
-        batches = len(self.train_loader) if t.max_steps_per_epoch is None else \
+        return len(self.train_loader) if t.max_steps_per_epoch is None else \
             min(len(self.train_loader), t.max_steps_per_epoch)
+
+    def train(self, epochs: int, phase: str, step: int, on_step=None):
+        """A training call with a fresh optimiser and LR schedule (the paper restarts both);
+        returns the fit result and the record of the selected epoch. ``on_step``: called after
+        every optimiser step."""
+        t, batches = self.cfg.train, self.batches()
         optimizer = instantiate(self.cfg.optim)([p for p in self.model.parameters() if p.requires_grad])
         schedule = build_scheduler(t.scheduler, optimizer, epochs, batches, gamma=t.gamma)
         result = fit(self.model, self.train_loader, optimizer, schedule, epochs, self.device,
                      test_loader=self.test_loader, val_loader=self.val_loader, amp=bool(t.amp),
                      channels_last=self.channels_last, eval_every=t.eval_every, select=t.select, phase=phase,
                      step=step, max_steps=t.max_steps_per_epoch, on_epoch=self.rundir.append_epoch,
-                     train_forward=compiled(self.model, t.get("compile", False)))
+                     train_forward=compiled(self.model, t.get("compile", False)), on_step=on_step)
         return result, next(r for r in result.history if r.epoch == result.selected_epoch)
 
 
@@ -285,7 +335,8 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     train_loader, test_loader = loader(data.train, t.batch_size, True), loader(data.test, t.eval_batch_size, False)
     val_loader = loader(data.val, t.eval_batch_size, False) if data.val is not None else None
     size = (int(d.image_size), int(d.image_size))
-    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if cfg.pruning.name != "none" else None
+    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) \
+        if method_name(cfg) == "iterative" and cfg.pruning.name != "none" else None
     return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
                  test_loader=test_loader, val_loader=val_loader, channels_last=channels_last, size=size,
                  data=built, session=session, weights=weights, ranks=ranks, warnings=warnings)
@@ -300,8 +351,64 @@ def iterative(parts: Parts, status: str, initial_run: str | None) -> tuple[list[
     return rows, selection
 
 
+def block_pruning(parts: Parts, status: str, initial_run: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Block pruning (spa.pruning.blocks): from the unpruned run (or this run's checkpoint), one
+    training stage per target of ``pruning.densities`` (τ of ``pruning.thresholds`` for soft
+    movement), the masks following the cubic schedule within each stage; a steps.csv row and a
+    checkpoint after every stage."""
+    cfg, model, pr = parts.cfg, parts.model, parts.cfg.pruning
+    attach_blocks(model, block_shape(cfg), dense=cfg.adapter.kind == "finetune",
+                  exclude=cfg.adapter.options.get("exclude"), columns=list(pr.get("columns") or ()))
+    if parts.channels_last:
+        apply_channels_last(model, parts.device)
+    pruner = BlockPruner(model, pr.method, score_lr=pr.get("score_lr", 1e-2), l1=pr.get("l1", 1.0))
+    rows, done_step, selection = _initial_state(parts, None, status, initial_run)
+    if status != "resume":
+        rows[0].update(density=1.0, kept_filters=pruner.kept_blocks, params_nonzero=rows[0]["params_deployable"])
+        parts.rundir.write_steps(rows)
+    targets = list(pr.thresholds if pr.method == "soft_movement" else pr.densities)
+    epochs = int(pr.epochs_per_stage)
+    stages = pruner.stages(targets, epochs * parts.batches(), pr.get("initial_warmup", 0), pr.get("final_warmup", 0))
+    t, seed = cfg.train, int(cfg.seed)
+    for step in range(done_step + 1, len(stages) + 1):
+        t0 = time.perf_counter()
+        seed_everything(seed * 1000 + step, bool(t.deterministic))
+        parts.train_loader.generator.manual_seed(seed * 1000 + step)
+        pruner.begin(stages[step - 1])
+        result, final = parts.train(epochs, "prune", step, on_step=pruner.on_step)
+        row = step_row(step, model, None, None, final, parts.size, time.perf_counter() - t0)
+        # learned: without the pruned blocks' terms; nonzero: the deployed weights a sparse format stores
+        pruned = pruned_parameters(model)
+        rows.append({**row, "density": round(pruner.density, 6), "kept_filters": pruner.kept_blocks,
+                     "params_learned": row["params_learned"] - pruned["learned"],
+                     "params_nonzero": row["params_deployable"] - pruned["weights"]})
+        log.info("block pruning stage %d (%s): density %.3f (%d / %d blocks), test top-1 %.2f%%", step, pr.method,
+                 pruner.density, pruner.kept_blocks, pruner.original_blocks, final.test_top1)
+        selection = _selection(result)
+        parts.rundir.write_steps(rows)
+        save_checkpoint(parts.rundir, model, None, step, selection)
+        atomic_write_json(parts.rundir.file(HISTORY), {
+            "structure": "blocks", "unit": "blocks", "method": pr.method, "block_shape": list(block_shape(cfg)),
+            "columns": list(pr.get("columns") or ()),
+            "original_blocks": pruner.original_blocks, "layers": len(pruner.layers),
+            "steps": [{"step": r["step"], "density": r["density"], "kept_blocks": r["kept_filters"]} for r in rows],
+            **empty_lines(model)})
+    return rows, selection
+
+
 # how a run goes from its starting weights to its final model; Pear's schedule registers here next
-METHODS = {"iterative": iterative}
+METHODS = {"iterative": iterative, "blocks": block_pruning}
+
+
+def method_name(cfg: DictConfig) -> str:
+    """The METHODS entry of a run: ``blocks`` for a block-pruning config, else the iterative one."""
+    return "blocks" if cfg.pruning.get("structure") == "blocks" else "iterative"
+
+
+def block_shape(cfg: DictConfig) -> tuple[int, int]:
+    """``pruning.block_shape``; null: the SPLoPA adapter's blocks (32 × 32 for fine-pruning)."""
+    shape = cfg.pruning.get("block_shape") or cfg.adapter.options.get("block_shape") or (32, 32)
+    return int(shape[0]), int(shape[1])
 
 
 def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, Any]], selection: dict[str, Any],
@@ -319,6 +426,9 @@ def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, A
         # model.pt: the fused, plain model (reusable as backbone.weights); task.pt: what the task learned
         structure = None if session is None else {"history": session.history, "input_size": list(parts.size),
                                                   "original_filters": session.original_filters}
+        task_structure = structure if method_name(cfg) != "blocks" else \
+            {"structure": "blocks", "block_shape": list(block_shape(cfg)),
+             "columns": list(cfg.pruning.get("columns") or ()), "exclude": cfg.adapter.options.get("exclude")}
         deployable = fuse(model) if adapter_layers(model) else model
         save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
                         kwargs=OmegaConf.to_container(b.kwargs), classes=data.classes, structure=structure,
@@ -327,7 +437,7 @@ def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, A
         if cfg.adapter.kind != "finetune":
             save_task(model, rundir.file(TASK),
                       adapter={"kind": cfg.adapter.kind, "options": OmegaConf.to_container(cfg.adapter.options)},
-                      classes=data.classes, structure=structure)
+                      classes=data.classes, structure=task_structure)
             files[TASK] = rundir.file(TASK).stat().st_size
     summary = RunSummary(
         run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
@@ -397,10 +507,11 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
                 f"the unpruned run {initial_run} has no {CHECKPOINT} to start pruning from (it was made by an older "
                 f"version). Fix: rerun it (delete the folder), or pass schedule.reuse_unpruned=false to train here.")
         checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
-        model.load_state_dict(checkpoint["state_dict"])
+        load_unpruned(model, checkpoint["state_dict"])
         for record in initial.read_epochs():
             rundir.append_epoch(record)
-        rows = [{**initial.read_steps()[0], "density": 1.0, "kept_filters": session.kept_filters}]
+        rows = [{**initial.read_steps()[0], "density": 1.0,
+                 "kept_filters": session.kept_filters if session is not None else None}]
         log.info("starting from the unpruned run %s (test top-1 %.2f%%)", initial_run, rows[0]["top1"])
         selection = checkpoint["selection"]
     else:
@@ -435,6 +546,16 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         parts.rundir.write_steps(rows)
         save_checkpoint(parts.rundir, model, session, step, selection)
     return selection
+
+
+def load_unpruned(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load an unpruned run's state into ``model``; the block masks and scores that block pruning
+    attached (which the unpruned run has not) keep their start values (all kept, zero)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith((".block_mask", ".block_scores"))]
+    if missing or unexpected:
+        raise RuntimeError(f"the unpruned run's state does not fit this model: missing {missing[:4]}, "
+                           f"unexpected {unexpected[:4]}")
 
 
 def make_criterion(name: str, seed: int, mean_std: tuple[tuple[float, ...], tuple[float, ...]]):

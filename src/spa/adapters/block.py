@@ -14,8 +14,8 @@ so learned parameters per layer are ``N·(n/p)·(m/q)`` plus, once per bank, ``N
 
 Adapted: every ``nn.Linear`` (not the head, not a ViT's patch embedding) and every pointwise
 (1 × 1, ungrouped) conv whose sizes the block divides; layers it does not divide are left frozen
-and named in the log (EfficientNet-Lite0 has 24-, 40-, 80- and 112-channel layers). Block pruning
-of these layers (masks over the block positions) is not built yet; channel pruning refuses them.
+and named in the log (EfficientNet-Lite0 has 24-, 40-, 80- and 112-channel layers). These layers are
+pruned by blocks (``spa.pruning.blocks``: masks over the block positions), not by channels.
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class _SPLoPA(AdapterLayer):
 
     def keep_rows(self, keep: list[int]) -> None:
         raise NotImplementedError("channel pruning of SPLoPA layers is not supported: they are pruned by "
-                                  "blocks (not built yet); prune with adapter=finetune or splora_r8")
+                                  "blocks (pruning=block_movement or block_magnitude)")
 
     keep_cols = keep_rows
 
