@@ -298,3 +298,33 @@ def test_hybrid_column_masks_prune_whole_input_channels_that_cropping_then_remov
     assert count_macs(plain, (32, 32)) < 0.9 * macs
     with pytest.raises(ValueError, match="names no masked layer"):
         attach_blocks(_vit(), (16, 16), dense=False, columns=["conv_pwl"])
+
+
+@pytest.mark.parametrize("form", ["dense", "bsr", "csr"])
+def test_sparse_deployment_keeps_the_outputs_in_each_form(form):
+    from spa.pruning.blocks import SparseLinear, deploy_sparse
+    model = _vit(kind="finetune")
+    attach_blocks(model, (16, 16), dense=True)
+    for layer in block_layers(model).values():
+        layer.block_mask[:, ::2] = 0                      # half the blocks of every matrix
+    plain = fuse(model).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = plain(x)
+    forms = deploy_sparse(plain, x, (16, 16), choose=lambda weight, block, tokens: form)
+    assert len(forms) == 24 and set(forms.values()) == {form}        # 4 Linear layers in each of 6 blocks
+    sparse = [m for m in plain.modules() if isinstance(m, SparseLinear)]
+    assert len(sparse) == (0 if form == "dense" else 24) and all(m.form == form for m in sparse)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), expected, atol=1e-5)
+
+
+def test_sparse_deployment_by_timing_picks_a_known_form():
+    from spa.pruning.blocks import deploy_sparse
+    model = _vit(kind="finetune")
+    attach_blocks(model, (16, 16), dense=True)
+    for layer in block_layers(model).values():
+        layer.block_mask[:, 1:] = 0
+    plain = fuse(model).eval()
+    forms = deploy_sparse(plain, torch.randn(2, 3, 32, 32), (16, 16))
+    assert forms and set(forms.values()) <= {"dense", "bsr", "csr"}

@@ -356,3 +356,66 @@ def crop(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
     if selection:
         session.apply(1, selection)
     return {"cropped_filters": before - session.kept_filters, "filters": before}
+
+
+class SparseLinear(nn.Module):
+    """Inference-only ``y = x Wᵀ + b`` with W in torch's BSR or CSR layout (``torch.sparse.mm``):
+    what :func:`deploy_sparse` puts where a sparse kernel is faster than the dense weight."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, form: str, block: Sequence[int]) -> None:
+        super().__init__()
+        if form not in ("bsr", "csr"):
+            raise ValueError(f"SparseLinear form {form!r}: use bsr or csr")
+        self.out_features, self.in_features = weight.shape
+        self.form = form
+        from spa.benchmarks import sparse_forms        # the layouts as the speed report measures them
+        self.register_buffer("sparse", sparse_forms(weight.detach(), tuple(block))[form], persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sparse.mm(self.sparse, x.reshape(-1, self.in_features).T).T
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, form={self.form}"
+
+
+def deploy_sparse(model: nn.Module, example_input: torch.Tensor, block: Sequence[int] = (32, 32),
+                  choose=None) -> dict[str, str]:
+    """Deploy each Linear of a plain (fused) block-pruned model in its fastest form, in place: the
+    dense weight, or BSR / CSR where ``choose(weight, block, x)`` (default
+    :func:`spa.benchmarks.fastest_form`, timed on the layer's own input for ``example_input``) says
+    a sparse kernel is faster on this device. Layers with no pruned block, the head and layers the
+    block does not divide stay dense. Returns {layer: form}."""
+    from spa.adapters.convert import head_names
+    if choose is None:
+        from spa.benchmarks import fastest_form as choose
+    p, q = (int(v) for v in block)
+    heads = set(head_names(model))
+    candidates = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in heads
+                  and m.weight.shape[0] % p == 0 and m.weight.shape[1] % q == 0
+                  and bool((block_sums(m.weight.detach().abs(), (p, q)) == 0).any())}
+    inputs: dict[str, torch.Tensor] = {}
+    def keep_input(name: str):
+        def hook(module, args, output) -> None:       # returns None: the output stays the module's
+            inputs.setdefault(name, args[0].detach())
+        return hook
+    hooks = [m.register_forward_hook(keep_input(n)) for n, m in candidates.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    forms = {}
+    for name, layer in candidates.items():
+        x = inputs[name].reshape(-1, layer.in_features)
+        forms[name] = choose(layer.weight.detach(), (p, q), x)
+        if forms[name] != "dense":
+            _set_module(model, name, SparseLinear(layer.weight, layer.bias, forms[name], (p, q)))
+    return forms
