@@ -363,12 +363,12 @@ class SparseLinear(nn.Module):
     what :func:`deploy_sparse` puts where a sparse kernel is faster than the dense weight."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, form: str, block: Sequence[int]) -> None:
+        from spa.benchmarks import sparse_forms  # the layouts as the speed report measures them
         super().__init__()
         if form not in ("bsr", "csr"):
             raise ValueError(f"SparseLinear form {form!r}: use bsr or csr")
         self.out_features, self.in_features = weight.shape
         self.form = form
-        from spa.benchmarks import sparse_forms        # the layouts as the speed report measures them
         self.register_buffer("sparse", sparse_forms(weight.detach(), tuple(block))[form], persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
 
