@@ -238,6 +238,23 @@ def test_factored_splopa_forward_equals_the_layer_with_the_same_gradients():
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("columns", [[], ["layer"]])
+def test_factored_splopa_forward_drops_the_masked_blocks_as_the_layer_does(columns):
+    """Square blocks and hybrid column strips (a mask block a multiple of the prototypes')."""
+    from spa.benchmarks import splopa_factored_forward, splopa_layer
+    from spa.pruning.blocks import attach_blocks
+    model = nn.Sequential()
+    model.pretrained_cfg = {"classifier": "none"}
+    model.add_module("layer", splopa_layer(64, 32, prototypes=4, rank=2, block=BLOCK))
+    attach_blocks(model, BLOCK, dense=False, columns=columns)
+    layer = model.layer
+    with torch.no_grad():
+        layer.bank.C.normal_()
+        layer.block_mask.view(-1)[::2] = 0
+    x = torch.randn(3, 5, 32)
+    torch.testing.assert_close(splopa_factored_forward(layer, x), layer(x), rtol=1e-4, atol=1e-4)
+
+
 def test_splopa_training_rows_time_both_forms():
     from spa.benchmarks import splopa_training_forms
     rows = splopa_training_forms(tokens=8, device=CPU, repeats=1, warmup=0, shapes=(("w", 64, 32),),

@@ -12,7 +12,6 @@ import copy
 import ctypes
 import statistics
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spa.adapters import adapter_layers, apply_adapter, fuse
+from spa.adapters.layers import expand_blocks
 from spa.models import create_backbone
+from spa.pruning.blocks import SPARSE_LAYOUTS, sparse_layout
 from spa.pruning.importance import CRITERIA, group_scores
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan, select_channels
@@ -514,15 +515,13 @@ def block_sparse_weight(out: int, inp: int, block: tuple[int, int], density: flo
     gen = torch.Generator().manual_seed(seed)
     mask = block_mask(out // p, inp // q, density, gen)
     weight = torch.randn(out, inp, generator=gen) / inp ** 0.5
-    return weight * mask.repeat_interleave(p, 0).repeat_interleave(q, 1), mask
+    return weight * expand_blocks(mask, (p, q)), mask
 
 
 def sparse_forms(weight: torch.Tensor, block: tuple[int, int]) -> dict[str, torch.Tensor]:
     """The weight as deployed in each of :data:`FORMS`: dense (zeros included), BSR with ``block``
     blocks (zero blocks dropped) and CSR (zeros dropped)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
-        return {"dense": weight, "bsr": weight.to_sparse_bsr(tuple(block)), "csr": weight.to_sparse_csr()}
+    return {"dense": weight, **{layout: sparse_layout(weight, block, layout) for layout in SPARSE_LAYOUTS}}
 
 
 def _sparse_tolerance(device: torch.device) -> dict[str, float]:
@@ -615,9 +614,10 @@ def splopa_factored_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with ``ΔW = Σ_i B_i ⊗ C_i R_i``, without materialising ΔW: with ``x`` (T × m) viewed as T × m/q × q,
     ``Z = x_b R^T`` (T × N × m/q × r), ``U = Σ_b B Z`` (T × N × n/p × r), ``out = Σ_k U C^T`` (T × n/p × p),
     i.e. T·N·r·(m + n) + T·N·(n/p)·(m/q)·r multiply-adds in place of N·n·m for ΔW (independent of
-    T). Leading dims of ``x`` are kept. With a ``block_mask`` (block pruning) the masked blocks are
-    dropped from W and ΔW alike (B masked per block position); the block pruner's gradient hook is
-    not fed (that needs the materialised weight)."""
+    T). Leading dims of ``x`` are kept. With a ``block_mask`` (block pruning; its blocks, the layer's
+    ``block_shape``, are multiples of the prototypes' p × q) the masked blocks are dropped from W and
+    ΔW alike (B masked per block position); the block pruner's gradient hook is not fed (that needs
+    the materialised weight)."""
     num, rows, cols = layer.B.shape
     p, q = layer.bank.shape[1:3]
     lead = x.shape[:-1]
@@ -625,8 +625,9 @@ def splopa_factored_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     weight, positions = layer.weight, layer.B
     mask = layer._buffers.get("block_mask")
     if mask is not None:
-        positions = positions * mask.to(positions.dtype)
-        weight = weight * mask.repeat_interleave(p, 0).repeat_interleave(q, 1).to(weight.dtype)
+        mp, mq = layer.block_shape
+        positions = positions * expand_blocks(mask, (mp // p, mq // q)).to(positions.dtype)
+        weight = weight * expand_blocks(mask, (mp, mq)).to(weight.dtype)
     z = torch.einsum("tbj,krj->tkbr", xb, layer.bank.R)
     u = torch.einsum("tkbr,kab->tkar", z, positions)
     out = torch.einsum("tkar,kir->tai", u, layer.bank.C).reshape(*lead, rows * p)

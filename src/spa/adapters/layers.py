@@ -56,6 +56,13 @@ class _FusedCache:
         self.key, self.weight = None, None
 
 
+def expand_blocks(mask: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """A mask over blocks (rows × cols) expanded to its elements: each entry repeated over a
+    ``block`` = p × q tile, (rows·p) × (cols·q)."""
+    p, q = block
+    return mask.repeat_interleave(p, 0).repeat_interleave(q, 1)
+
+
 def _select(param: torch.Tensor, keep: list[int], dim: int, trainable: bool) -> nn.Parameter:
     index = torch.tensor(keep, device=param.device, dtype=torch.long)
     return nn.Parameter(param.detach().index_select(dim, index).contiguous(), requires_grad=trainable)
@@ -94,8 +101,7 @@ class AdapterLayer(nn.Module):
         mask = self._buffers.get("block_mask")
         if mask is None:
             return weight
-        p, q = self.block_shape
-        full = mask.repeat_interleave(p, 0).repeat_interleave(q, 1) > 0
+        full = expand_blocks(mask, self.block_shape) > 0
         # where, not a product: a pruned block is exactly zero whatever the weight holds (inf, NaN)
         masked = torch.where(full.view(*full.shape, *(1,) * (weight.dim() - 2)), weight, weight.new_zeros(()))
         hook = getattr(self, "_block_grad", None)

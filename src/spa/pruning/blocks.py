@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,9 @@ class _BlockDense:
     def delta(self) -> torch.Tensor:
         return torch.zeros_like(self.weight)
 
+    def fused_weight(self) -> torch.Tensor:
+        return self._masked(self.weight)          # no update to add: the weight is what is learned
+
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [self.weight]
 
@@ -68,9 +72,6 @@ class BlockDenseLinear(_BlockDense, _LinearAdapter):
         super().__init__(layer.weight, layer.bias)
         self._learn_weight()
 
-    def fused_weight(self) -> torch.Tensor:
-        return self._masked(self.weight)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.fused_weight() if self.training else self._eval_weight(), self.bias)
 
@@ -81,9 +82,6 @@ class BlockDenseConv2d(_BlockDense, _ConvAdapter):
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__(conv)
         self._learn_weight()
-
-    def fused_weight(self) -> torch.Tensor:
-        return self._masked(self.weight)
 
     def _train_fused(self) -> bool:
         return True
@@ -284,12 +282,11 @@ class BlockPruner:
             if not torch.equal(new, mask):
                 mask.copy_(new)
 
-    def stages(self, targets: Sequence[float], steps: int, initial_warmup: float, final_warmup: float,
-               start: float | None = None) -> list[Stage]:
+    def stages(self, targets: Sequence[float], steps: int, initial_warmup: float,
+               final_warmup: float) -> list[Stage]:
         """The stages of ``targets`` (densities, or τ for soft movement), each ``steps`` long, the
-        warm-ups given as fractions of a stage."""
-        first = (0.0 if self.method == "soft_movement" else 1.0) if start is None else start
-        starts = [first, *targets[:-1]]
+        warm-ups given as fractions of a stage; the first starts from density 1 (τ = 0)."""
+        starts = [0.0 if self.method == "soft_movement" else 1.0, *targets[:-1]]
         return [Stage(s, float(t), steps, int(initial_warmup * steps), int(final_warmup * steps))
                 for s, t in zip(starts, targets)]
 
@@ -358,18 +355,28 @@ def crop(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
     return {"cropped_filters": before - session.kept_filters, "filters": before}
 
 
+SPARSE_LAYOUTS = ("bsr", "csr")
+
+
+def sparse_layout(weight: torch.Tensor, block: Sequence[int], layout: str) -> torch.Tensor:
+    """``weight`` in torch's BSR layout with ``block`` blocks (zero blocks dropped) or CSR (zeros
+    dropped), without torch's "support is in beta" warning."""
+    if layout not in SPARSE_LAYOUTS:
+        raise ValueError(f"sparse layout {layout!r}: use one of {SPARSE_LAYOUTS}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
+        return weight.to_sparse_bsr(tuple(block)) if layout == "bsr" else weight.to_sparse_csr()
+
+
 class SparseLinear(nn.Module):
     """Inference-only ``y = x Wᵀ + b`` with W in torch's BSR or CSR layout (``torch.sparse.mm``):
     what :func:`deploy_sparse` puts where a sparse kernel is faster than the dense weight."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, form: str, block: Sequence[int]) -> None:
-        from spa.benchmarks import sparse_forms  # the layouts as the speed report measures them
         super().__init__()
-        if form not in ("bsr", "csr"):
-            raise ValueError(f"SparseLinear form {form!r}: use bsr or csr")
         self.out_features, self.in_features = weight.shape
         self.form = form
-        self.register_buffer("sparse", sparse_forms(weight.detach(), tuple(block))[form], persistent=False)
+        self.register_buffer("sparse", sparse_layout(weight.detach(), block, form), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
