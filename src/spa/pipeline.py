@@ -191,12 +191,12 @@ def check_block_pruning(cfg: DictConfig) -> None:
     if list(targets) != ordered or len(set(targets)) != len(targets):
         raise SettingError(f"pruning.{key}={list(targets)}: each stage goes further, so the list must be strictly "
                            f"{'decreasing' if key == 'densities' else 'increasing'}, e.g. {ordered}")
-    epochs = pr.get("epochs_per_stage")
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise SettingError(f"pruning.epochs_per_stage={epochs!r}: use an int >= 1, e.g. pruning.epochs_per_stage=2")
-    warm = [pr.get("initial_warmup", 0), pr.get("final_warmup", 0)]
-    if not all(isinstance(v, (int, float)) and v >= 0 for v in warm) or sum(warm) >= 1:
-        raise SettingError(f"pruning.initial_warmup={warm[0]}, final_warmup={warm[1]}: fractions of a stage >= 0 "
+    if pr.get("epochs_per_stage") is None:
+        raise SettingError(f"pruning={pr.name} sets no pruning.epochs_per_stage: use an int >= 1, "
+                           f"e.g. pruning.epochs_per_stage=2")
+    warm = [pr.get("initial_warmup", 0), pr.get("final_warmup", 0)]     # each in [0, 1): PRUNING_RULES
+    if sum(warm) >= 1:
+        raise SettingError(f"pruning.initial_warmup={warm[0]}, final_warmup={warm[1]}: fractions of a stage "
                            f"that sum to less than 1, e.g. 0.1 and 0.2")
     shape = block_shape(cfg)
     if min(shape) < 1:
@@ -276,6 +276,13 @@ class Parts:
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """The input normalisation (LRP's input bounds)."""
         return tuple(self.data.norm["mean"]), tuple(self.data.norm["std"])
+
+    def seed_step(self, step: int) -> None:
+        """Seed pruning step ``step`` (its RNGs and the training loader's order) from the run's seed,
+        so a resumed run redoes a step identically."""
+        seed = int(self.cfg.seed) * 1000 + step
+        seed_everything(seed, bool(self.cfg.train.deterministic))
+        self.train_loader.generator.manual_seed(seed)
 
     def batches(self) -> int:
         """Optimiser steps per training epoch."""
@@ -369,11 +376,9 @@ def block_pruning(parts: Parts, status: str, initial_run: str | None) -> tuple[l
     targets = list(pr.thresholds if pr.method == "soft_movement" else pr.densities)
     epochs = int(pr.epochs_per_stage)
     stages = pruner.stages(targets, epochs * parts.batches(), pr.get("initial_warmup", 0), pr.get("final_warmup", 0))
-    t, seed = cfg.train, int(cfg.seed)
     for step in range(done_step + 1, len(stages) + 1):
         t0 = time.perf_counter()
-        seed_everything(seed * 1000 + step, bool(t.deterministic))
-        parts.train_loader.generator.manual_seed(seed * 1000 + step)
+        parts.seed_step(step)
         pruner.begin(stages[step - 1])
         result, final = parts.train(epochs, "prune", step, on_step=pruner.on_step)
         row = step_row(step, model, None, None, final, parts.size, time.perf_counter() - t0)
@@ -532,8 +537,7 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
     selection = None
     for step in range(done_step + 1, plan.steps + 1):
         t0 = time.perf_counter()
-        seed_everything(seed * 1000 + step, bool(t.deterministic))      # a resumed run redoes a step identically
-        parts.train_loader.generator.manual_seed(seed * 1000 + step)
+        parts.seed_step(step)
         criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, parts.mean_std)
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
                      cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1))

@@ -104,6 +104,11 @@ PRUNING_RULES: dict[str, Rule] = {
     "schedule.score_batches": int_at_least(1, 10, optional=True),
     "schedule.reuse_unpruned": BOOL,
     "pruning.group_reduction": choice("mean", "sum", "max"),
+    # block pruning (its stages; the ordered targets, the warm-ups' sum and the block are checked by
+    # spa.pipeline.check_block_pruning)
+    "pruning.epochs_per_stage": int_at_least(1, 2),
+    "pruning.initial_warmup": number_in(0, 1, 0.1, low_open=False),
+    "pruning.final_warmup": number_in(0, 1, 0.2, low_open=False),
 }
 
 
