@@ -12,6 +12,7 @@ from pathlib import Path
 
 from spa import repo_root
 from spa.reporting.blocks import block_report
+from spa.reporting.collect import print_report
 
 
 def main() -> int:
@@ -21,16 +22,8 @@ def main() -> int:
     parser.add_argument("--latency-repeats", type=int, default=10,
                         help="timed forwards of each final model, dense and cropped (0: MACs only)")
     args = parser.parse_args()
-    try:
-        paths = block_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables",
-                             args.results_dir / "figures", args.exp_name, args.latency_repeats)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        return 1
-    print(paths["md"].read_text())
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
+    return print_report(lambda: block_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables",
+                                             args.results_dir / "figures", args.exp_name, args.latency_repeats))
 
 
 if __name__ == "__main__":

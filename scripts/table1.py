@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from spa import repo_root
+from spa.reporting.collect import print_report
 from spa.reporting.report import report_setting
 from spa.reporting.table1 import table1_report
 
@@ -27,16 +28,8 @@ def main() -> int:
         print(f"configs/experiment/{args.exp_name}.yaml sets report: true, so its tables are the generic report's "
               f"(python scripts/report.py {args.exp_name}); set report: table1 there for Table 1", file=sys.stderr)
         return 2
-    try:
-        paths = table1_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables", args.exp_name,
-                              args.seeds)
-    except FileNotFoundError as err:
-        print(err, file=sys.stderr)
-        return 1
-    print(paths["md"].read_text())
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
-    return 0
+    return print_report(lambda: table1_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables",
+                                              args.exp_name, args.seeds))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ version each run recorded (``torch`` column), so every table written from them c
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,3 +85,18 @@ def write_versions(path: Path, versions: list[str]) -> Path:
     ``{"torch": [...]}``, the versions of the runs they were built from."""
     atomic_write_text(path, json.dumps({"torch": versions}, indent=2) + "\n")
     return path
+
+
+def print_report(write: Callable[[], dict[str, Path]]) -> int:
+    """What a report script does with ``write()`` (which returns {kind: path}, ``md`` among them):
+    prints the Markdown table and every file written, exit status 0; a run tree without the runs it
+    needs (``FileNotFoundError``) is one line on stderr, exit status 1."""
+    try:
+        paths = write()
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(paths["md"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
