@@ -88,8 +88,37 @@ def rank_report(model: nn.Module, rank: int | float, rank_limit: str) -> dict[st
     return {"rank": rank, "rank_limit": rank_limit, "layers_above_usable": above}
 
 
+# Pear's default adapter positions (pear.md): the qkv / proj / fc1 / fc2 Linears of a ViT's blocks;
+# in a CNN, its pointwise convs (1 x 1, one group)
+VIT_POSITIONS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+
+
+def _at_position(name: str, module: nn.Module, positions: str | Sequence[str] | None) -> bool:
+    """Whether ``positions`` (``adapter.options.positions``) adapts layer ``name``: None = every
+    eligible layer; ``pear`` = Pear's default positions (:data:`VIT_POSITIONS`, else pointwise convs);
+    a list = the layers whose names end with one of its entries."""
+    if positions is None:
+        return True
+    if positions == "pear":
+        if isinstance(module, nn.Linear):
+            return any(name.endswith("." + p) for p in VIT_POSITIONS)
+        return module.kernel_size == (1, 1) and module.groups == 1
+    return any(name == p or name.endswith("." + p) for p in positions)
+
+
+def check_positions(positions: object) -> None:
+    if positions is None or positions == "pear":
+        return
+    if isinstance(positions, str) or not isinstance(positions, Sequence) or not positions or \
+            not all(isinstance(p, str) and p for p in positions):
+        raise ValueError(f"adapter.options.positions={positions!r}: use null (every eligible layer), pear (ViT qkv / "
+                         f"proj / fc1 / fc2, CNN pointwise convs) or a list of layer-name endings, e.g. "
+                         f"[attn.qkv,mlp.fc2]")
+
+
 def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: float = 1e-4,
-            exclude: Sequence[str] | None = None, rank_limit: str = "paper") -> list[str]:
+            exclude: Sequence[str] | None = None, rank_limit: str = "paper", scale: float = 1.0,
+            positions: str | Sequence[str] | None = None) -> list[str]:
     """Replace every eligible conv (and, for SPLoRA, ``nn.Linear``) of ``model`` in place.
 
     Convs are ``nn.Conv2d`` and timm's TF-"same"-padding ``Conv2dSame`` (see ``CONV_CLASSES``);
@@ -98,12 +127,15 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
     by name). Any other subclass of Conv2d / Linear is refused by name (it computes something else
     than its weight suggests); exclude it to keep it frozen. Returns the names of the converted
     layers. The adapter shares the base weight's storage (no copy). ``rank_limit``: see :data:`RANK_LIMITS`.
+    ``scale``: s of ΔW = s·B·A (SPLoRA); ``positions``: which layers get one (see :func:`_at_position`).
     """
     spec = layer_kind(kind)
+    check_positions(positions)
     skip = excluded_names(model, exclude)
     planned, skipped, refused = [], [], []
     for name, module in model.named_modules():
-        if not name or _excluded(name, skip):
+        if not name or _excluded(name, skip) or \
+                (isinstance(module, (nn.Conv2d, nn.Linear)) and not _at_position(name, module, positions)):
             continue
         if isinstance(module, nn.Conv2d):
             k = module.kernel_size
@@ -126,11 +158,12 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
         log.warning("left %d layers without adapter (non-square/even kernels or padding modes): %s",
                     len(skipped), skipped[:5])
     if not planned:
-        raise ValueError(f"adapter kind {kind!r} found no eligible layer in {type(model).__name__}")
+        where = "" if positions is None else f" at adapter.options.positions={positions}"
+        raise ValueError(f"adapter kind {kind!r} found no eligible layer{where} in {type(model).__name__}")
     ranks = layer_ranks(planned, rank, rank_limit) if spec.ranked else {}
     for name, module in planned:
         cls = spec.linear if isinstance(module, nn.Linear) else conv_adapter_class(kind, module)
-        options = {"rank": ranks[name]} if spec.ranked else {}
+        options = {"rank": ranks[name], "scale": scale} if spec.ranked else {}
         new = cls.from_module(module, init_range=init_range, **options)
         _set_module(model, name, new)
     return [name for name, _ in planned]

@@ -68,6 +68,9 @@ def _select(param: torch.Tensor, keep: list[int], dim: int, trainable: bool) -> 
     return nn.Parameter(param.detach().index_select(dim, index).contiguous(), requires_grad=trainable)
 
 
+RESIDUAL = "pear_residual"   # buffer of a folded, frozen update ΔW (Pear's knowledge checkpoint)
+
+
 class AdapterLayer(nn.Module):
     """Common behaviour: frozen base ``weight``, trainable ``bias``, fused-weight cache in eval, and
     structured pruning of its own rows and columns (``keep_rows`` / ``keep_cols``): each kind names
@@ -116,8 +119,18 @@ class AdapterLayer(nn.Module):
         adapters = self.adapter_parameters()
         if torch.is_grad_enabled() and any(p.requires_grad for p in adapters):
             return self.fused_weight()
-        mask = self._buffers.get("block_mask")
-        return self._cache.get([self.weight, *adapters, *([] if mask is None else [mask])], self.fused_weight)
+        extra = [b for b in (self._buffers.get("block_mask"), self._buffers.get(RESIDUAL)) if b is not None]
+        return self._cache.get([self.weight, *adapters, *extra], self.fused_weight)
+
+    def _frozen(self) -> torch.Tensor:
+        """The frozen part of the weight: W, plus the folded residual of a pruned Pear adapter (its
+        knowledge checkpoint, ``spa.adapters.pear``) where the layer holds one."""
+        residual = self._buffers.get(RESIDUAL)
+        return self.weight if residual is None else self.weight + self._place(residual)
+
+    def _place(self, update: torch.Tensor) -> torch.Tensor:
+        """An update in ΔW's shape placed in the weight's shape (a conv: at the centre tap)."""
+        return update
 
     def train(self, mode: bool = True):
         if mode:
@@ -175,8 +188,10 @@ class _LowRank:
     B: nn.Parameter
     ROW_TENSORS, COL_TENSORS = ("B",), ("A",)
 
-    def _init_factors(self, out_features: int, in_features: int, rank: int | float, init_range: float) -> None:
+    def _init_factors(self, out_features: int, in_features: int, rank: int | float, init_range: float,
+                      scale: float = 1.0) -> None:
         r, w = resolve_rank(rank, out_features), self.weight
+        self.scale = float(scale)
         self.A = nn.Parameter(torch.empty(r, in_features, device=w.device, dtype=w.dtype))
         self.B = nn.Parameter(torch.empty(out_features, r, device=w.device, dtype=w.dtype))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
@@ -187,8 +202,16 @@ class _LowRank:
         return self.A.shape[0]
 
     def delta(self) -> torch.Tensor:
-        """B·A (out × in[/groups]); on a conv, the centre-tap update."""
-        return self.B @ self.A
+        """s·B·A (out × in[/groups]; on a conv, the centre-tap update), plus a folded residual where
+        the layer holds one (a pruned Pear position)."""
+        delta = self.B @ self.A
+        if self.scale != 1.0:
+            delta = delta * self.scale
+        residual = self._buffers.get(RESIDUAL)
+        return delta if residual is None else delta + residual
+
+    def _scaled(self, branch: torch.Tensor) -> torch.Tensor:
+        return branch * self.scale if self.scale != 1.0 else branch
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         return [self.A, self.B]
@@ -220,20 +243,21 @@ class _LinearAdapter(AdapterLayer):
 
 
 class SPLoRALinear(_LowRank, _LinearAdapter):
-    """y = (W + B·A) x + b."""
+    """y = (W + s·B·A) x + b (scale s = 1 unless given)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int | float = 16,
-                 init_range: float = 1e-4) -> None:
+                 init_range: float = 1e-4, scale: float = 1.0) -> None:
         super().__init__(weight, bias)
-        self._init_factors(self.out_features, self.in_features, rank, init_range)
+        self._init_factors(self.out_features, self.in_features, rank, init_range, scale)
 
     @classmethod
-    def from_module(cls, layer: nn.Linear, rank: int | float = 16, init_range: float = 1e-4) -> SPLoRALinear:
-        return cls(layer.weight, layer.bias, rank=rank, init_range=init_range)
+    def from_module(cls, layer: nn.Linear, rank: int | float = 16, init_range: float = 1e-4,
+                    scale: float = 1.0) -> SPLoRALinear:
+        return cls(layer.weight, layer.bias, rank=rank, init_range=init_range, scale=scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:       # out of place: with torch 2.14 the in-place add_ is 10-20 % slower on ViT shapes
-            return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.A), self.B)
+            return F.linear(x, self._frozen(), self.bias) + self._scaled(F.linear(F.linear(x, self.A), self.B))
         return F.linear(x, self._eval_weight(), self.bias)
 
     def extra_repr(self) -> str:
@@ -321,11 +345,14 @@ class _ConvAdapter(AdapterLayer):
             return self._conv(x, self._eval_weight())
         if self._train_fused():
             return self._conv(x, self.fused_weight())
-        y = self._conv(x, self.weight)
+        y = self._conv(x, self._frozen())
         return y.add_(self._pointwise(self._centre_input(x, y.shape[-2:])))
 
     def fused_weight(self) -> torch.Tensor:
         return self._masked(self.weight + self._center(self.delta()))
+
+    def _place(self, update: torch.Tensor) -> torch.Tensor:
+        return self._center(update)
 
     def to_module(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` (``Conv2dSame`` for TF "same" padding) with W + ΔW folded in."""
@@ -343,13 +370,14 @@ class _ConvAdapter(AdapterLayer):
 class SPLoRAConv2d(_LowRank, _ConvAdapter):
     """W'[:, :, c, c] = W[:, :, c, c] + B·A, c = k // 2; grouped convs use in = in_channels / groups."""
 
-    def __init__(self, conv: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> None:
+    def __init__(self, conv: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4, scale: float = 1.0) -> None:
         super().__init__(conv)
-        self._init_factors(self.out_channels, self.weight.shape[1], rank, init_range)
+        self._init_factors(self.out_channels, self.weight.shape[1], rank, init_range, scale)
 
     @classmethod
-    def from_module(cls, layer: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4) -> SPLoRAConv2d:
-        return cls(layer, rank=rank, init_range=init_range)
+    def from_module(cls, layer: nn.Conv2d, rank: int | float = 16, init_range: float = 1e-4,
+                    scale: float = 1.0) -> SPLoRAConv2d:
+        return cls(layer, rank=rank, init_range=init_range, scale=scale)
 
     def _train_fused(self) -> bool:
         k = self.kernel_size[0]
@@ -361,7 +389,7 @@ class SPLoRAConv2d(_LowRank, _ConvAdapter):
         # group g's rank channels, so the second grouped 1×1 conv's weight is B itself
         a = self.A if self.groups == 1 else self.A.repeat(self.groups, 1)
         z = F.conv2d(x, a[:, :, None, None], groups=self.groups)
-        return F.conv2d(z, self.B[:, :, None, None], groups=self.groups)
+        return self._scaled(F.conv2d(z, self.B[:, :, None, None], groups=self.groups))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

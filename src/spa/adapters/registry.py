@@ -44,8 +44,10 @@ def finetune(model: nn.Module, **options: Any) -> nn.Module:
 
 def _channel_spa(kind: str):
     def apply(model: nn.Module, rank: int | float = 16, init_range: float = 1e-4,
-              exclude: Sequence[str] | None = None, train_norm: bool = True, rank_limit: str = "paper") -> nn.Module:
-        layers = convert(model, kind, rank=rank, init_range=init_range, exclude=exclude, rank_limit=rank_limit)
+              exclude: Sequence[str] | None = None, train_norm: bool = True, rank_limit: str = "paper",
+              scale: float = 1.0, positions: str | Sequence[str] | None = None) -> nn.Module:
+        layers = convert(model, kind, rank=rank, init_range=init_range, exclude=exclude, rank_limit=rank_limit,
+                         scale=scale, positions=positions)
         set_trainable(model, train_norm=train_norm)
         log.info("%s: %d layers adapted%s; trainable: adapters, normalisation layers, biases, head",
                  kind, len(layers), "" if kind == "sppara" else f" (rank {rank})")
