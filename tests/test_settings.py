@@ -199,8 +199,9 @@ def shipped(group: str) -> list[str]:
                             if n not in ("efficientnet_lite1", "efficientnet_lite2")])     # optional packages
 def test_every_shipped_config_passes_the_checks(override, tmp_path):
     """The checks accept what we ship (interpolated optimiser settings, base stages, sweeps' defaults)."""
+    pair = ["adapter=pear_lora_r8"] if override.startswith("pruning=pear") else []    # Pear prunes LoRA adapters
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose("config", overrides=[override, f"paths.data_dir={tmp_path}", "device=cpu"])
+        cfg = compose("config", overrides=[override, *pair, f"paths.data_dir={tmp_path}", "device=cpu"])
     if cfg.get("base"):
         pipeline.check_settings(pipeline.base_config(cfg))
     pipeline.check_settings(cfg)

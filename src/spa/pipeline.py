@@ -7,6 +7,7 @@ first, once, and whose ``model.pt`` becomes this run's ``backbone.weights``.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from omegaconf.errors import ConfigKeyError
 
 from spa import config_dir, repo_root
 from spa.adapters import adapter_layers, apply_adapter, fuse, rank_report, save_task
+from spa.adapters import pear as pear_lib
 from spa.data import build_datasets, make_loader, normalization
 from spa.data.fingerprint import fingerprint
 from spa.data.sources import SOURCES
@@ -42,7 +44,16 @@ from spa.settings import (
     check_values,
     checked,
 )
-from spa.training import SCHEDULERS, apply_channels_last, build_scheduler, check_compile, compiled, evaluate, fit
+from spa.training import (
+    SCHEDULERS,
+    apply_channels_last,
+    autocast_context,
+    build_scheduler,
+    check_compile,
+    compiled,
+    evaluate,
+    fit,
+)
 from spa.utils import (
     atomic_torch_save,
     atomic_write_json,
@@ -64,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run the base stage (if any) and then this run; return this run's summary (a dict). Every
     stage's settings are checked before the first stage starts."""
     base_cfg = base_config(cfg) if cfg.get("base") else None
-    for stage in (base_cfg, cfg):
+    for stage in (base_cfg, *start_chain(cfg), cfg):
         if stage is not None:
             check_settings(stage)
     base_dir = None
@@ -75,11 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.backbone.weights = BASE_WEIGHTS
-    initial_dir = None
-    if cfg.pruning.name != "none" and cfg.schedule.get("reuse_unpruned", True):
-        # the unpruned training of this (dataset, learner, seed) is done once, shared by every criterion
-        initial_dir = run_single(unpruned_config(cfg), base_run=base_dir)["run_dir"]
-    summary = run_single(cfg, base_run=base_dir, initial_run=initial_dir)
+    summary = run_single(cfg, base_run=base_dir, initial_run=start_run(cfg, base_dir))
     if cfg.get("report"):
         from spa.reporting import experiment_report
         outputs = experiment_report(Path(cfg.paths.runs_dir) / cfg.exp_name, Path(cfg.paths.results_dir), cfg.exp_name,
@@ -112,6 +119,67 @@ def base_config(cfg: DictConfig) -> DictConfig:
     merged.adapter, merged.pruning = dict(FINETUNE), dict(NO_PRUNING)
     merged.save_model = True
     return merged
+
+
+def start_config(cfg: DictConfig) -> DictConfig | None:
+    """The run this run starts from, or None (it trains from its weights): a pruned run starts from
+    the unpruned run of the same (dataset, learner, seed), trained once and shared by every criterion;
+    a Pear run from its warm-up run (shared by every ratio and variant), or, with ``pruning.after``, from
+    the channel-pruned run it goes on from (which starts from its own unpruned run)."""
+    if method_name(cfg) == "pear":
+        if cfg.pruning.get("after"):
+            return channel_start_config(cfg)
+        return warmup_config(cfg) if cfg.schedule.get("reuse_unpruned", True) else None
+    if cfg.pruning.name != "none" and cfg.pruning.get("structure") != WARMUP and \
+            cfg.schedule.get("reuse_unpruned", True):
+        return unpruned_config(cfg)
+    return None
+
+
+def start_chain(cfg: DictConfig) -> list[DictConfig]:
+    """The configs of the runs :func:`start_config` chains before ``cfg``, the first first."""
+    chain, start = [], start_config(cfg)
+    while start is not None:
+        chain.insert(0, start)
+        start = start_config(start)
+    return chain
+
+
+def start_run(cfg: DictConfig, base_dir: str | None) -> str | None:
+    """Run (or find finished) the chain of runs ``cfg`` starts from; the directory of the last."""
+    initial = None
+    for start in start_chain(cfg):
+        initial = run_single(start, base_run=base_dir, initial_run=initial)["run_dir"]
+    return initial
+
+
+WARMUP = "warmup"   # pruning.structure of a Pear warm-up run: trained, not pruned
+
+
+def warmup_config(cfg: DictConfig) -> DictConfig:
+    """Pear's warm-up: ``cfg`` unpruned for ``pruning.prune_at_epoch`` epochs (a run of its own)."""
+    start = unpruned_config(cfg)
+    epochs = int(cfg.pruning.prune_at_epoch)
+    with open_dict(start):
+        start.pruning = {"name": f"warmup_{epochs}ep", "structure": WARMUP}
+        start.train.epochs = epochs
+        start.train.epochs_by_adapter = {}
+    return start
+
+
+def channel_start_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with ``pruning`` = the channel-pruning group ``pruning.after`` (configs/pruning/<after>.yaml)."""
+    group = config_dir() / "pruning" / f"{cfg.pruning.after}.yaml"
+    channel = OmegaConf.load(group) if group.is_file() else None
+    if channel is None or "criterion" not in channel:
+        choices = sorted(p.stem for p in group.parent.glob("*.yaml") if "criterion" in OmegaConf.load(p))
+        raise SettingError(f"pruning.after={cfg.pruning.after}: Pear goes on from a channel-pruned run; use one of the "
+                           f"channel prunings {choices} (or pruning.after=null)")
+    start = copy.deepcopy(cfg)
+    with open_dict(start):
+        start.pruning = channel
+        start.report = False
+    return start
 
 
 def unpruned_config(cfg: DictConfig) -> DictConfig:
@@ -160,7 +228,9 @@ def check_settings(cfg: DictConfig) -> None:
     check_packaged(str(b.weights), b.get("packaged_weights"))
     if method_name(cfg) == "blocks":
         check_block_pruning(cfg)
-    elif cfg.pruning.name != "none":
+    elif method_name(cfg) == "pear":
+        check_pear(cfg)
+    elif cfg.pruning.name != "none" and cfg.pruning.get("structure") != WARMUP:
         checked("pruning", check_pruning, cfg.pruning.get("criterion", cfg.pruning.name))
         checked("pruning.round_to", check_round_to, cfg.pruning.get("round_to", 1))
         if not cfg.adapter.get("prunable", True):
@@ -212,6 +282,32 @@ def check_block_pruning(cfg: DictConfig) -> None:
     if cfg.train.get("compile", False):
         raise SettingError("train.compile with block pruning: its gradient hooks need eager mode; use "
                            "train.compile=false")
+
+
+def check_pear(cfg: DictConfig) -> None:
+    """A Pear config (spa.adapters.pear): the adapter it prunes and shares, and its knobs."""
+    pr = cfg.pruning
+    if cfg.adapter.kind != "splora":
+        raise SettingError(f"pruning={pr.name} prunes and shares low-rank (LoRA / SPLoRA) adapters, not "
+                           f"adapter={cfg.adapter.name}; use adapter=pear_lora_r8 (or another LoRA / SPLoRA adapter)")
+    for key, choices in (("importance", pear_lib.IMPORTANCES), ("mapping", pear_lib.MAPPINGS),
+                         ("sharing", pear_lib.SHARINGS), ("checkpoint", pear_lib.CHECKPOINTS)):
+        checked(f"pruning.{key}", check_choice, f"pruning.{key}", pr.get(key), choices)
+    ratio = pr.get("ratio")
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 <= ratio < 1:
+        raise SettingError(f"pruning.ratio={ratio}: the fraction of adapters pruned, a number in [0, 1), e.g. 0.5")
+    for key in ("prune_at_epoch", "score_batches"):
+        if not isinstance(pr.get(key), int) or isinstance(pr.get(key), bool) or pr.get(key) < 1:
+            raise SettingError(f"pruning.{key}={pr.get(key)}: use an int >= 1")
+    if pr.prune_at_epoch >= cfg.train.epochs:
+        raise SettingError(f"pruning.prune_at_epoch={pr.prune_at_epoch} leaves no training after Pear's step "
+                           f"(train.epochs={cfg.train.epochs}): use pruning.prune_at_epoch<{cfg.train.epochs}")
+    weight = pr.get("blend_weight")
+    if weight is not None and (not isinstance(weight, (int, float)) or not 0 <= weight <= 1):
+        raise SettingError(f"pruning.blend_weight={weight}: null (importance-weighted) or a number in [0, 1]")
+    if pr.checkpoint == "blend" and pr.sharing == "none":
+        raise SettingError("pruning.checkpoint=blend initialises the donors, and pruning.sharing=none has none: "
+                           "use pruning.checkpoint=fold or none, or pruning.sharing=tied")
 
 
 @dataclass
@@ -271,6 +367,7 @@ class Parts:
     weights: Any = None                    # WeightsInfo of the starting weights
     ranks: dict[str, Any] | None = None    # what summary.json records of SPLoRA's ranks
     warnings: list[str] = field(default_factory=list)
+    pear: dict[str, Any] | None = None     # Pear's record once its step is done (plan, knobs)
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -342,8 +439,9 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     train_loader, test_loader = loader(data.train, t.batch_size, True), loader(data.test, t.eval_batch_size, False)
     val_loader = loader(data.val, t.eval_batch_size, False) if data.val is not None else None
     size = (int(d.image_size), int(d.image_size))
-    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) \
-        if method_name(cfg) == "iterative" and cfg.pruning.name != "none" else None
+    channels = (method_name(cfg) == "iterative" and cfg.pruning.name != "none"
+                and cfg.pruning.get("structure") != WARMUP) or (method_name(cfg) == "pear" and cfg.pruning.get("after"))
+    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if channels else None
     return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
                  test_loader=test_loader, val_loader=val_loader, channels_last=channels_last, size=size,
                  data=built, session=session, weights=weights, ranks=ranks, warnings=warnings)
@@ -401,13 +499,68 @@ def block_pruning(parts: Parts, status: str, initial_run: str | None) -> tuple[l
     return rows, selection
 
 
-# how a run goes from its starting weights to its final model; Pear's schedule registers here next
-METHODS = {"iterative": iterative, "blocks": block_pruning}
+PEAR = "pear.json"    # Pear's record: positions, importances, pruned positions and their donors, knobs
+
+
+def pear_step(parts: Parts, status: str, initial_run: str | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Pear (spa.adapters.pear): from the warm-up run (or the channel-pruned run of ``pruning.after``, or
+    this run's checkpoint), score the adapters, prune and share them, then train the rest of
+    ``train.epochs`` with a rebuilt optimiser; steps.csv row 1 and a checkpoint after it."""
+    cfg, model, pr = parts.cfg, parts.model, parts.cfg.pruning
+    rows, done_step, selection = _initial_state(parts, parts.session, status, initial_run)
+    rows[0].setdefault("params_stored", rows[0]["params_learned"])
+    if done_step >= 1:
+        return rows, selection
+    t0 = time.perf_counter()
+    parts.seed_step(1)
+    batches = itertools.islice(iter(parts.train_loader), int(pr.score_batches))
+    amp = bool(cfg.train.amp)
+    scores = pear_lib.importance(model, pr.importance, batches, parts.device, seed=int(cfg.seed) * 1000 + 1,
+                                 autocast=lambda: autocast_context(parts.device, amp))
+    plan = pear_lib.make_plan(model, scores, float(pr.ratio), pr.mapping)
+    pear_lib.apply_plan(model, plan, pr.sharing, pr.checkpoint, pr.get("blend_weight"))
+    parts.pear = pear_record(cfg, model, plan)
+    log.info("Pear: %d of %d adapters pruned (%s importance), %d given a donor (sharing %s), checkpoint %s; %d "
+             "unique adapters learned", len(plan["pruned"]), len(plan["positions"]), pr.importance,
+             len(parts.pear["shared"]), pr.sharing, pr.checkpoint, parts.pear["unique_adapters"])
+    before = evaluate(model, parts.test_loader, parts.device, amp, parts.channels_last)
+    result, final = parts.train(int(cfg.train.epochs) - int(pr.prune_at_epoch), "pear", 1)
+    row = step_row(1, model, parts.session, before["top1"], final, parts.size, time.perf_counter() - t0)
+    rows.append({**row, "params_stored": row["params_learned"] + pear_lib.residual_parameters(model)})
+    selection = _selection(result)
+    parts.rundir.write_steps(rows)
+    save_checkpoint(parts.rundir, model, parts.session, 1, selection, pear=parts.pear)
+    atomic_write_json(parts.rundir.file(PEAR), parts.pear)
+    return rows, selection
+
+
+def pear_record(cfg: DictConfig, model: torch.nn.Module, plan: dict[str, Any]) -> dict[str, Any]:
+    """What pear.json, the checkpoint and task.pt keep of Pear's step: the plan and the knobs."""
+    pr = cfg.pruning
+    unique = {id(layer.A) for layer in pear_lib.positions(model).values() if layer.A.requires_grad}
+    return {"structure": "adapters", "unit": "adapters", "plan": plan, "importance": pr.importance,
+            "score_batches": int(pr.score_batches), "prune_at_epoch": int(pr.prune_at_epoch), "sharing": pr.sharing,
+            "checkpoint": pr.checkpoint, "blend_weight": pr.get("blend_weight"), "after": pr.get("after"),
+            "unique_adapters": len(unique), "no_donor": [n for n, d in plan["donors"].items() if d is None],
+            # the donors a pruned position received (none with sharing=none: the plan's mapping is not used)
+            "shared": {n: d for n, d in plan["donors"].items() if d is not None and pr.sharing != "none"},
+            "residual_parameters": pear_lib.residual_parameters(model)}
+
+
+def restore_pear(model: torch.nn.Module, record: dict[str, Any]) -> None:
+    """Rebuild Pear's structure (ties, residual buffers) on a model whose values are then loaded."""
+    pear_lib.apply_plan(model, record["plan"], record["sharing"], record["checkpoint"], fresh=False)
+
+
+# how a run goes from its starting weights to its final model
+METHODS = {"iterative": iterative, "blocks": block_pruning, "pear": pear_step}
+STRUCTURE_METHODS = {"blocks": "blocks", "adapters": "pear"}    # pruning.structure -> METHODS entry
 
 
 def method_name(cfg: DictConfig) -> str:
-    """The METHODS entry of a run: ``blocks`` for a block-pruning config, else the iterative one."""
-    return "blocks" if cfg.pruning.get("structure") == "blocks" else "iterative"
+    """The METHODS entry of a run: ``blocks`` for a block-pruning config, ``pear`` for Pear's, else
+    the iterative one (channel pruning, or none)."""
+    return STRUCTURE_METHODS.get(cfg.pruning.get("structure"), "iterative")
 
 
 def block_shape(cfg: DictConfig) -> tuple[int, int]:
@@ -431,9 +584,14 @@ def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, A
         # model.pt: the fused, plain model (reusable as backbone.weights); task.pt: what the task learned
         structure = None if session is None else {"history": session.history, "input_size": list(parts.size),
                                                   "original_filters": session.original_filters}
-        task_structure = structure if method_name(cfg) != "blocks" else \
-            {"structure": "blocks", "block_shape": list(block_shape(cfg)),
-             "columns": list(cfg.pruning.get("columns") or ()), "exclude": cfg.adapter.options.get("exclude")}
+        task_structure = structure
+        if method_name(cfg) == "blocks":
+            task_structure = {"structure": "blocks", "block_shape": list(block_shape(cfg)),
+                              "columns": list(cfg.pruning.get("columns") or ()),
+                              "exclude": cfg.adapter.options.get("exclude")}
+        elif method_name(cfg) == "pear":     # the sharing map and the checkpoint's layout; values in the state
+            task_structure = {"structure": "pear", "plan": parts.pear["plan"], "sharing": parts.pear["sharing"],
+                              "checkpoint": parts.pear["checkpoint"], "channels": structure}
         deployable = fuse(model) if adapter_layers(model) else model
         save_model_file(deployable, rundir.file(MODEL), timm_name=b.timm_name, cifar_stem=b.cifar_stem,
                         kwargs=OmegaConf.to_container(b.kwargs), classes=data.classes, structure=structure,
@@ -452,7 +610,9 @@ def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, A
               "root": str(Path(d.root).expanduser().resolve()), **data.stats,
               "normalization": parts.data.norm, "fingerprint": resolved[FINGERPRINT]},
         weights=parts.weights.to_dict(), files=files, ranks=parts.ranks,
-        params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable},
+        params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable,
+                **({"stored": params.trainable + pear_lib.residual_parameters(model)}
+                   if method_name(cfg) == "pear" else {})},
         epochs=initial_epochs(cfg), selection=selection["selection"], selected_epoch=selection["selected_epoch"],
         metrics=metrics, pruning_steps=len(rows) - 1,
         wall_time_s=round(time.perf_counter() - t0, 2), started_at=started.isoformat(timespec="seconds"),
@@ -482,7 +642,10 @@ def use_channels_last(setting: Any, device: torch.device) -> bool:
 
 
 def initial_epochs(cfg: DictConfig) -> int:
-    """Epochs of the initial (unpruned) training: ``train.epochs_by_adapter[kind]`` or ``train.epochs``."""
+    """Epochs of the initial (unpruned) training: ``train.epochs_by_adapter[kind]`` or ``train.epochs``
+    (Pear: its warm-up, ``pruning.prune_at_epoch``)."""
+    if method_name(cfg) == "pear" and not cfg.pruning.get("after"):
+        return int(cfg.pruning.prune_at_epoch)
     return int(cfg.train.get("epochs_by_adapter", {}).get(cfg.adapter.kind, cfg.train.epochs))
 
 
@@ -500,6 +663,9 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
             session.replay(checkpoint["history"])
             if parts.channels_last:
                 apply_channels_last(model, device)
+        if checkpoint.get("pear") is not None:        # after Pear's step: its ties and residuals first
+            restore_pear(model, checkpoint["pear"])
+            parts.pear = checkpoint["pear"]
         model.load_state_dict(checkpoint["state_dict"])
         done = int(checkpoint["step"])
         rundir.keep_epochs_until(done)
@@ -512,10 +678,15 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
                 f"the unpruned run {initial_run} has no {CHECKPOINT} to start pruning from (it was made by an older "
                 f"version). Fix: rerun it (delete the folder), or pass schedule.reuse_unpruned=false to train here.")
         checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
+        if checkpoint["history"] and session is not None:     # a channel-pruned start (Pear's pruning.after)
+            session.replay(checkpoint["history"])
+            if parts.channels_last:
+                apply_channels_last(model, device)
         load_unpruned(model, checkpoint["state_dict"])
         for record in initial.read_epochs():
             rundir.append_epoch(record)
-        rows = [{**initial.read_steps()[0], "density": 1.0,
+        last = initial.read_steps()[-1]     # an unpruned run has one row
+        rows = [{**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
                  "kept_filters": session.kept_filters if session is not None else None}]
         log.info("starting from the unpruned run %s (test top-1 %.2f%%)", initial_run, rows[0]["top1"])
         selection = checkpoint["selection"]
@@ -590,13 +761,15 @@ def step_row(step: int, model, session, top1_before: float | None, final, size: 
             "time_s": round(seconds, 2)}
 
 
-def save_checkpoint(rundir: RunDir, model, session, step: int, selection: dict[str, Any]) -> None:
+def save_checkpoint(rundir: RunDir, model, session, step: int, selection: dict[str, Any],
+                    pear: dict[str, Any] | None = None) -> None:
     """After a completed step (0: the initial training): the state dict and the pruning history
     (safe to torch.load), atomically. Pruned runs resume from it; unpruned ones are started from."""
     history = session.history if session is not None else []
     original = session.original_filters if session is not None else None
     atomic_torch_save({"step": step, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                       "history": history, "original_filters": original, "selection": selection},
+                       "history": history, "original_filters": original, "selection": selection,
+                       **({"pear": pear} if pear is not None else {})},
                       rundir.file(CHECKPOINT))
     if session is not None:
         # the structure and the unit its density counts (files written before this key have channels / filters)

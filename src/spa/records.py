@@ -79,8 +79,9 @@ def hashable_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for key, neutral in NEUTRAL_DEFAULTS.items():
         if flat.get(key, neutral) == neutral:
             _drop(cfg, key)
-    if cfg.get("pruning", {}).get("name") == "none":
-        cfg.pop("schedule", None)      # the pruning schedule does not touch an unpruned run
+    pruning = cfg.get("pruning", {})
+    if pruning.get("name") == "none" or pruning.get("structure") == "warmup":
+        cfg.pop("schedule", None)      # the pruning schedule does not touch an unpruned run (nor Pear's warm-up)
     return cfg
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from spa.adapters.convert import NORM_TYPES, adapter_layers, head_names
+from spa.adapters.layers import RESIDUAL
 from spa.adapters.registry import apply_adapter
 from spa.utils import atomic_torch_save
 
@@ -22,12 +23,14 @@ TASK_FORMAT = "spa.task/1"
 
 
 def task_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus normalisation buffers (running statistics) and block masks (a
-    block-pruned task's kept blocks), detached on CPU."""
+    """Trainable parameters (a tensor shared by several layers once, under its first name) plus
+    normalisation buffers (running statistics), block masks (a block-pruned task's kept blocks) and
+    Pear's folded residuals, detached on CPU."""
     state = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     for mod_name, module in model.named_modules():
-        if "block_mask" in module._buffers:
-            state[f"{mod_name}.block_mask"] = module.block_mask.detach().cpu()
+        for kept in ("block_mask", RESIDUAL):     # kept blocks; Pear's folded residuals
+            if module._buffers.get(kept) is not None:
+                state[f"{mod_name}.{kept}"] = module._buffers[kept].detach().cpu()
         if isinstance(module, NORM_TYPES):
             for buf_name, buf in module.named_buffers(recurse=False):
                 if buf is not None:

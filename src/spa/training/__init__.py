@@ -3,6 +3,7 @@ from spa.training.engine import (
                                  EpochRecord,
                                  FitResult,
                                  apply_channels_last,
+                                 autocast_context,
                                  check_compile,
                                  compiled,
                                  evaluate,
@@ -11,5 +12,5 @@ from spa.training.engine import (
 )
 from spa.training.schedulers import SCHEDULERS, build_scheduler
 
-__all__ = ["EpochRecord", "FitResult", "apply_channels_last", "check_compile", "compiled", "evaluate", "fit",
-           "train_one_epoch", "SCHEDULERS", "build_scheduler"]
+__all__ = ["EpochRecord", "FitResult", "apply_channels_last", "autocast_context", "check_compile", "compiled",
+           "evaluate", "fit", "train_one_epoch", "SCHEDULERS", "build_scheduler"]

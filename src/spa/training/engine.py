@@ -46,7 +46,7 @@ class FitResult:
     selection: str = "last"
 
 
-def _autocast(device: torch.device, amp: bool):
+def autocast_context(device: torch.device, amp: bool):
     if amp and device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
@@ -123,7 +123,7 @@ def train_one_epoch(
         if max_steps is not None and step >= max_steps:
             break
         x, y = _to_device(x, y, device, channels_last)
-        with _autocast(device, amp):
+        with autocast_context(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -163,7 +163,7 @@ def evaluate(
     seen = 0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
         x, y = _to_device(x, y, device, channels_last)
-        with _autocast(device, amp):
+        with autocast_context(device, amp):
             logits = model(x)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")

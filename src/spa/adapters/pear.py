@@ -1,0 +1,158 @@
+"""Pear: prune whole low-rank adapters, share important ones into the pruned positions, and keep a
+knowledge checkpoint of what was pruned (Zhong & Zhou, arXiv:2409.19733).
+
+**Reconstructed** from the paper's description (``reference/pear.md``: its code could not be read).
+Every unknown is a knob, and the defaults are our guesses:
+
+- positions: the SPLoRA/LoRA layers of the model (``adapter.options.positions=pear``: a ViT's
+  qkv / proj / fc1 / fc2, a CNN's pointwise convs), in module order (depth);
+- importance (:func:`importance`), after a warm-up, over K batches: ``taylor`` |Σ_{θ∈A,B} θ·∂L/∂θ|
+  with the gradient summed over the K batches, ``magnitude`` ‖s·B·A‖_F, ``random``;
+- plan (:func:`make_plan`): the m = round(ρ·N) least important positions are pruned; each receives a
+  donor among the kept positions **of its shape** (``rank``: the i-th least important pruned one of
+  a shape gets the i-th most important kept one of that shape, cycling when there are more pruned
+  than kept; ``nearest``: the kept one nearest in depth, the more important on a tie); a shape with
+  no kept position gives its pruned positions no donor (recorded as null);
+- sharing (:func:`apply_plan`): ``tied`` (the pruned layer uses the donor's own A and B parameters:
+  one update at both positions, gradients summed by autograd), ``copy`` (a trainable copy), ``none``;
+- knowledge checkpoint: ``fold`` (the pruned adapter's s·B·A is kept as a frozen residual at its
+  position and stored with the task), ``blend`` (the donor's factors start as a convex blend of its
+  own and the pruned ones', weight ``blend_weight`` on the pruned; default: importance-weighted),
+  ``none``. A pruned position without a donor keeps no trainable update (B = 0, frozen).
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spa.adapters.convert import adapter_layers
+from spa.adapters.layers import RESIDUAL, AdapterLayer
+
+IMPORTANCES = ("taylor", "magnitude", "random")
+MAPPINGS = ("rank", "nearest")
+SHARINGS = ("tied", "copy", "none")
+CHECKPOINTS = ("fold", "blend", "none")
+
+
+def positions(model: nn.Module) -> dict[str, AdapterLayer]:
+    """Pear's positions: the low-rank (A, B) adapter layers of ``model``, in module order."""
+    return {name: layer for name, layer in adapter_layers(model).items() if hasattr(layer, "A")}
+
+
+def shape_of(layer: AdapterLayer) -> tuple[int, int]:
+    """What a donor must match: the (out, in) shape of the update B·A."""
+    return int(layer.B.shape[0]), int(layer.A.shape[1])
+
+
+def importance(model: nn.Module, kind: str, batches: Iterable, device: torch.device, seed: int = 0,
+               autocast=None) -> dict[str, float]:
+    """The importance of every position (see the module docstring) over ``batches`` (x, y)."""
+    layers = positions(model)
+    if kind == "random":
+        rng = random.Random(seed)
+        return {name: rng.random() for name in layers}
+    if kind == "magnitude":
+        with torch.no_grad():
+            return {name: float((layer.scale * (layer.B @ layer.A)).norm()) for name, layer in layers.items()}
+    if kind != "taylor":
+        raise ValueError(f"Pear importance {kind!r}: use one of {IMPORTANCES}")
+    params = {id(p): p for layer in layers.values() for p in (layer.A, layer.B)}
+    grads = {key: torch.zeros_like(p) for key, p in params.items()}
+    was_training = model.training
+    model.train()
+    seen = 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        context = autocast() if autocast is not None else torch.enable_grad()
+        with context:
+            loss = F.cross_entropy(model(x), y)
+        found = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for key, grad in zip(params, found):
+            if grad is not None:
+                grads[key] += grad.float()
+        seen += 1
+    model.train(was_training)
+    if not seen:
+        raise ValueError("Pear's Taylor importance saw no batch: the training loader is empty")
+    return {name: float(sum((p.detach().float() * grads[id(p)]).sum() for p in (layer.A, layer.B)).abs())
+            for name, layer in layers.items()}
+
+
+def make_plan(model: nn.Module, scores: dict[str, float], ratio: float, mapping: str = "rank") -> dict[str, Any]:
+    """Which positions are pruned and which donor each receives (see the module docstring)."""
+    if mapping not in MAPPINGS:
+        raise ValueError(f"Pear mapping {mapping!r}: use one of {MAPPINGS}")
+    if not 0 <= ratio < 1:
+        raise ValueError(f"Pear prune ratio {ratio}: use a number in [0, 1)")
+    layers = positions(model)
+    names = list(layers)
+    depth = {name: i for i, name in enumerate(names)}
+    shapes = {name: shape_of(layer) for name, layer in layers.items()}
+    m = round(ratio * len(names))
+    ascending = sorted(names, key=lambda n: (scores[n], depth[n]))
+    pruned, kept = ascending[:m], ascending[m:]
+    donors: dict[str, str | None] = {}
+    for shape in dict.fromkeys(shapes[n] for n in pruned):
+        receivers = [n for n in pruned if shapes[n] == shape]             # least important first
+        candidates = [n for n in reversed(kept) if shapes[n] == shape]    # most important first
+        for i, name in enumerate(receivers):
+            if not candidates:
+                donors[name] = None
+            elif mapping == "rank":
+                donors[name] = candidates[i % len(candidates)]
+            else:
+                donors[name] = min(candidates, key=lambda c: (abs(depth[c] - depth[name]), -scores[c]))
+    return {"positions": names, "importance": {n: scores[n] for n in names}, "ratio": ratio, "mapping": mapping,
+            "pruned": [n for n in names if n in set(pruned)], "donors": {n: donors[n] for n in names if n in donors},
+            "shapes": {n: list(shapes[n]) for n in names}}
+
+
+def apply_plan(model: nn.Module, plan: dict[str, Any], sharing: str = "tied", checkpoint: str = "fold",
+               blend_weight: float | None = None, fresh: bool = True) -> None:
+    """Prune and share in place as ``plan`` says. ``fresh``: at the pruning step (fold the pruned
+    updates, blend the donors); ``fresh=False`` rebuilds the same structure on a model whose values
+    are then loaded (a task file, a checkpoint): residual buffers of the right shape, the ties."""
+    if sharing not in SHARINGS:
+        raise ValueError(f"Pear sharing {sharing!r}: use one of {SHARINGS}")
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"Pear knowledge checkpoint {checkpoint!r}: use one of {CHECKPOINTS}")
+    layers = positions(model)
+    missing = [n for n in plan["positions"] if n not in layers]
+    if missing or len(layers) != len(plan["positions"]):
+        raise ValueError(f"the Pear plan does not fit this model: positions {missing[:3]} missing, or "
+                         f"{len(layers)} positions against the plan's {len(plan['positions'])}")
+    scores = plan["importance"]
+    with torch.no_grad():
+        for name in plan["pruned"]:
+            layer, donor_name = layers[name], plan["donors"].get(name)
+            donor = layers[donor_name] if donor_name is not None and sharing != "none" else None
+            if checkpoint == "fold":
+                residual = (layer.scale * (layer.B @ layer.A)).detach() if fresh else \
+                    layer.B.new_zeros(layer.B.shape[0], layer.A.shape[1])
+                old = layer._buffers.get(RESIDUAL)
+                layer.register_buffer(RESIDUAL, residual if old is None else old + residual)
+            if donor is not None and checkpoint == "blend" and fresh:
+                w = blend_weight if blend_weight is not None else \
+                    scores[name] / max(scores[name] + scores[donor_name], 1e-30)
+                donor.A.mul_(1 - w).add_(layer.A, alpha=w)
+                donor.B.mul_(1 - w).add_(layer.B, alpha=w)
+            if donor is None:                  # no trainable update left here
+                layer.B.zero_()
+                layer.A.requires_grad_(False)
+                layer.B.requires_grad_(False)
+            elif sharing == "tied":
+                layer.A, layer.B = donor.A, donor.B
+            else:                              # copy: the donor's values, trained on their own
+                layer.A = nn.Parameter(donor.A.detach().clone(), requires_grad=donor.A.requires_grad)
+                layer.B = nn.Parameter(donor.B.detach().clone(), requires_grad=donor.B.requires_grad)
+            layer._cache.clear()
+
+
+def residual_parameters(model: nn.Module) -> int:
+    """Checkpoint material: the numbers in the folded residuals (stored per task, not learned after)."""
+    return sum(m._buffers[RESIDUAL].numel() for m in model.modules() if m._buffers.get(RESIDUAL) is not None)
