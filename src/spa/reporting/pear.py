@@ -1,0 +1,196 @@
+"""The Pear table, effects and figure (experiment=pear_mini): per (data set, learner, ratio) the test
+top-1 mean ± std over seeds, learned and stored parameters; the paired effects that answer "do sharing
+and the knowledge checkpoint each add accuracy over prune-only?"; and Pear after channel pruning.
+
+Learners are read from each run's ``pear.json`` (ratio, sharing, checkpoint), not from names:
+ratio 0 is LoRA on Pear's schedule (full rank, or half the rank), no sharing and no checkpoint is
+prune-only, sharing alone is prune + share, sharing with ``fold`` is Pear.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from spa.records import STEPS, SUMMARY, RunDir
+from spa.reporting.collect import versions_line, write_versions
+from spa.reporting.report import _figure, _save, _style
+from spa.utils import atomic_write_text
+
+NAMES = {"cifar10": "CIFAR-10", "cats_vs_dogs": "Cats & Dogs"}
+ORDER = ["LoRA (full rank)", "LoRA (half rank)", "prune-only", "prune + share", "Pear (share + checkpoint)"]
+# (effect, learner, minus learner): what the reading compares, paired by seed at each ratio
+EFFECTS = [("sharing", "prune + share", "prune-only"), ("checkpoint", "Pear (share + checkpoint)", "prune + share"),
+           ("Pear over prune-only", "Pear (share + checkpoint)", "prune-only"),
+           ("Pear over LoRA (half rank)", "Pear (share + checkpoint)", "LoRA (half rank)"),
+           ("Pear over LoRA (full rank)", "Pear (share + checkpoint)", "LoRA (full rank)")]
+
+
+def learner(record: dict, rank: int, full_rank: int) -> str:
+    """The learner a Pear run is, from its record (see the module docstring)."""
+    if not record["plan"]["pruned"] and record["plan"]["ratio"] == 0:
+        return "LoRA (full rank)" if rank == full_rank else ("LoRA (half rank)" if 2 * rank == full_rank
+                                                             else f"LoRA (rank {rank})")
+    sharing, checkpoint = record["sharing"], record["checkpoint"]
+    if sharing == "none":
+        return "prune-only" if checkpoint == "none" else f"prune + {checkpoint}"
+    if checkpoint == "none":
+        return "prune + share" if sharing == "tied" else f"prune + share ({sharing})"
+    return "Pear (share + checkpoint)" if (sharing, checkpoint) == ("tied", "fold") else f"share ({sharing}) + {checkpoint}"
+
+
+def pear_runs(runs_root: str | Path) -> pd.DataFrame:
+    """One row per finished Pear run under ``runs_root`` (a pear.json beside its summary.json)."""
+    rows = []
+    for path in sorted(Path(runs_root).rglob(SUMMARY)):
+        run = RunDir(path.parent)
+        if not run.file("pear.json").is_file():
+            continue
+        summary, record = json.loads(path.read_text()), json.loads(run.file("pear.json").read_text())
+        steps = pd.read_csv(run.file(STEPS))
+        rows.append({"dataset": summary["dataset"], "adapter": summary["adapter"], "pruning": summary["pruning"],
+                     "seed": summary["seed"], "rank": (summary.get("ranks") or {}).get("rank"),
+                     "ratio": record["plan"]["ratio"], "after": record.get("after"), "record": record,
+                     "top1": summary["metrics"]["test_top1"], "top1_start": steps["top1"].iloc[0],
+                     "top1_after_step": steps["top1_before"].iloc[-1],
+                     "learned": summary["params"]["trainable"], "stored": summary["params"]["stored"],
+                     "macs": steps["macs"].iloc[-1], "density": steps["density"].iloc[-1],
+                     "pruned": len(record["plan"]["pruned"]), "positions": len(record["plan"]["positions"]),
+                     "with_donor": len(record.get("shared", {})), "unique": record["unique_adapters"],
+                     "torch": (summary.get("versions") or {}).get("torch"), "run_dir": str(run.path)})
+    if not rows:
+        raise FileNotFoundError(f"no finished Pear runs under {runs_root}: run the sweeps first (make pear-mini)")
+    runs = pd.DataFrame(rows)
+    full = runs.groupby("dataset")["rank"].transform("max")
+    runs["learner"] = [learner(r, k, f) for r, k, f in zip(runs["record"], runs["rank"], full)]
+    return runs.drop(columns="record")
+
+
+def pear_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (dataset, learner, ratio), Pear on an unpruned network only."""
+    plain = runs[runs["after"].isna()]
+    agg = plain.groupby(["dataset", "learner", "ratio"]).agg(
+        top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"),
+        top1_after_step=("top1_after_step", "mean"), learned_k=("learned", "mean"), stored_k=("stored", "mean"),
+        pruned=("pruned", "mean"), with_donor=("with_donor", "mean"), unique=("unique", "mean"),
+        positions=("positions", "first")).reset_index()
+    agg[["learned_k", "stored_k"]] /= 1e3
+    agg = agg.fillna({"top1_std": 0.0})
+    rank = {name: i for i, name in enumerate(ORDER)}
+    agg["_order"] = agg["learner"].map(lambda n: rank.get(n, len(ORDER)))
+    return agg.sort_values(["dataset", "ratio", "_order"], ignore_index=True).drop(columns="_order")
+
+
+def effects(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, ratio, effect): top-1 of one learner minus another, paired by seed; the baselines
+    (ratio 0) are paired with every ratio."""
+    plain = runs[runs["after"].isna()]
+    rows = []
+    for dataset, part in plain.groupby("dataset"):
+        top1 = {(r.learner, r.ratio, r.seed): r.top1 for r in part.itertuples()}
+        for ratio in sorted(set(part["ratio"]) - {0.0}):
+            for effect, a, b in EFFECTS:
+                ratio_b = 0.0 if b.startswith("LoRA") else ratio
+                diffs = [top1[(a, ratio, s)] - top1[(b, ratio_b, s)] for s in sorted(set(part["seed"]))
+                         if (a, ratio, s) in top1 and (b, ratio_b, s) in top1]
+                if diffs:
+                    series = pd.Series(diffs)
+                    rows.append({"dataset": dataset, "ratio": ratio, "effect": effect, "learner": a, "minus": b,
+                                 "delta": series.mean(), "delta_std": series.std() if len(diffs) > 1 else 0.0,
+                                 "seeds": len(diffs), "positive": int((series > 0).sum())})
+    return pd.DataFrame(rows)
+
+
+def composition(runs: pd.DataFrame, runs_root: Path) -> pd.DataFrame:
+    """Pear after channel pruning: the channel-pruned SPLoRA run it started from against Pear on it."""
+    rows = []
+    for r in runs[runs["after"].notna()].itertuples():
+        start = RunDir(Path(r.run_dir).parents[2] / r.after / r.adapter / f"seed_{r.seed}")
+        steps = start.read_steps()
+        summary = json.loads(start.file(SUMMARY).read_text())
+        rows += [{"dataset": r.dataset, "seed": r.seed, "model": f"SPLoRA r{r.rank}, {r.after}-pruned",
+                  "density": steps[-1]["density"], "top1": summary["metrics"]["test_top1"],
+                  "learned_k": summary["params"]["trainable"] / 1e3, "stored_k": summary["params"]["trainable"] / 1e3,
+                  "macs_m": steps[-1]["macs"] / 1e6, "macs_unpruned_m": steps[0]["macs"] / 1e6,
+                  "pruned_adapters": 0, "with_donor": 0},
+                 {"dataset": r.dataset, "seed": r.seed, "model": f"+ Pear (ratio {r.ratio})", "density": r.density,
+                  "top1": r.top1, "learned_k": r.learned / 1e3, "stored_k": r.stored / 1e3, "macs_m": r.macs / 1e6,
+                  "macs_unpruned_m": steps[0]["macs"] / 1e6, "pruned_adapters": r.pruned,
+                  "with_donor": r.with_donor}]
+    return pd.DataFrame(rows)
+
+
+def _cell(mean: float, std: float, n: int) -> str:
+    return f"{mean:.2f} ± {std:.2f} ({n})"
+
+
+def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, versions: list[str]) -> str:
+    lines = ["Pear (reconstructed, see reference/pear.md): test top-1 (%) mean ± std (seeds); after step: top-1 "
+             "right after Pear's step, before the remaining training; learned (K): unique trainable tensors by "
+             "identity (adapters, norms, biases, head); stored (K): learned + the folded residuals; donors: pruned "
+             "positions that received one (mean over seeds).", "", versions_line(versions), ""]
+    for dataset in sorted(table["dataset"].unique(), key=lambda d: list(NAMES).index(d) if d in NAMES else 99):
+        part = table[table["dataset"] == dataset]
+        rows = [{"learner": r.learner, "ratio": r.ratio if r.ratio else "-", "top1": _cell(r.top1, r.top1_std, r.seeds),
+                 "after step": f"{r.top1_after_step:.2f}", "learned (K)": f"{r.learned_k:,.1f}",
+                 "stored (K)": f"{r.stored_k:,.1f}",
+                 "pruned / donors": f"{r.pruned:.0f} / {r.with_donor:.1f}" if r.pruned else "-"}
+                for r in part.itertuples()]
+        lines += [f"### {NAMES.get(dataset, dataset)}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+    if not fx.empty:
+        lines += ["### Effects (top-1 points, paired by seed: mean ± std, seeds where positive / seeds)", ""]
+        rows = [{"data": NAMES.get(r.dataset, r.dataset), "ratio": r.ratio, "effect": r.effect,
+                 "compared": f"{r.learner} − {r.minus}", "delta": f"{r.delta:+.2f} ± {r.delta_std:.2f}",
+                 "positive": f"{r.positive} / {r.seeds}"} for r in fx.itertuples()]
+        lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+    if not combo.empty:
+        lines += ["### Pear after channel pruning (SPLoRA adapters at the same positions, pruning.after)", ""]
+        rows = [{"data": NAMES.get(r.dataset, r.dataset), "seed": r.seed, "model": r.model,
+                 "filter density": f"{r.density:.3f}", "top1": f"{r.top1:.2f}", "learned (K)": f"{r.learned_k:,.1f}",
+                 "stored (K)": f"{r.stored_k:,.1f}", "MACs (M)": f"{r.macs_m:,.1f} of {r.macs_unpruned_m:,.1f}",
+                 "pruned / donors": f"{r.pruned_adapters} / {r.with_donor}" if r.pruned_adapters else "-"}
+                for r in combo.itertuples()]
+        lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+    return "\n".join(lines)
+
+
+def figure(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
+    """Top-1 against learned parameters, a panel per data set, a marker per learner, a colour per ratio."""
+    datasets = sorted(table["dataset"].unique(), key=lambda d: list(NAMES).index(d) if d in NAMES else 99)
+    fig, axes = _figure(1, len(datasets), (5.5 * len(datasets), 4))
+    markers = dict(zip(ORDER, "osv^D"))
+    colours = {0.0: "C7", 0.25: "C0", 0.5: "C3"}
+    for ax, dataset in zip(axes[0], datasets):
+        for r in table[table["dataset"] == dataset].itertuples():
+            label = r.learner if not r.ratio else f"{r.learner}, ratio {r.ratio}"
+            ax.errorbar(r.learned_k, r.top1, yerr=r.top1_std, marker=markers.get(r.learner, "x"), linestyle="none",
+                        color=colours.get(r.ratio, "C2"), capsize=2, label=label)
+        _style(ax, f"{NAMES.get(dataset, dataset)}: Pear on MobileNetV2's pointwise convs", "learned parameters (K)")
+        ax.legend(fontsize=6)
+    return _save(fig, figures_dir / f"{name}_params")
+
+
+def pear_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str | Path, name: str) -> dict[str, Path]:
+    """Write <name>.csv / .md / _effects.csv / _runs.csv (/ _after_channels.csv) / _versions.json and the figure."""
+    runs = pear_runs(runs_root)
+    table, fx, combo = pear_table(runs), effects(runs), composition(runs, Path(runs_root))
+    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    versions = sorted({str(v) for v in runs["torch"].dropna()})
+    out = {"csv": tables_dir / f"{name}.csv", "md": tables_dir / f"{name}.md",
+           "effects": tables_dir / f"{name}_effects.csv", "runs": tables_dir / f"{name}_runs.csv"}
+    atomic_write_text(out["csv"], table.round(4).to_csv(index=False))
+    atomic_write_text(out["effects"], fx.round(4).to_csv(index=False))
+    keep = ["dataset", "learner", "ratio", "after", "seed", "top1", "top1_start", "top1_after_step", "learned", "stored",
+            "pruned", "with_donor", "unique", "macs"]
+    atomic_write_text(out["runs"], runs[keep].sort_values(["dataset", "learner", "ratio", "seed"]).round(4)
+                      .to_csv(index=False))
+    if not combo.empty:
+        out["after_channels"] = tables_dir / f"{name}_after_channels.csv"
+        atomic_write_text(out["after_channels"], combo.round(4).to_csv(index=False))
+    atomic_write_text(out["md"], markdown(table, fx, combo, versions))
+    out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions)
+    for i, path in enumerate(figure(table, figures_dir, name)):
+        out[f"figure{i}"] = path
+    return out
