@@ -37,7 +37,9 @@ def learner(record: dict, rank: int, full_rank: int) -> str:
         return "prune-only" if checkpoint == "none" else f"prune + {checkpoint}"
     if checkpoint == "none":
         return "prune + share" if sharing == "tied" else f"prune + share ({sharing})"
-    return "Pear (share + checkpoint)" if (sharing, checkpoint) == ("tied", "fold") else f"share ({sharing}) + {checkpoint}"
+    if (sharing, checkpoint) == ("tied", "fold"):
+        return "Pear (share + checkpoint)"
+    return f"share ({sharing}) + {checkpoint}"
 
 
 def pear_runs(runs_root: str | Path) -> pd.DataFrame:
@@ -182,8 +184,8 @@ def pear_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str 
            "effects": tables_dir / f"{name}_effects.csv", "runs": tables_dir / f"{name}_runs.csv"}
     atomic_write_text(out["csv"], table.round(4).to_csv(index=False))
     atomic_write_text(out["effects"], fx.round(4).to_csv(index=False))
-    keep = ["dataset", "learner", "ratio", "after", "seed", "top1", "top1_start", "top1_after_step", "learned", "stored",
-            "pruned", "with_donor", "unique", "macs"]
+    keep = ["dataset", "learner", "ratio", "after", "seed", "top1", "top1_start", "top1_after_step", "learned",
+            "stored", "pruned", "with_donor", "unique", "macs"]
     atomic_write_text(out["runs"], runs[keep].sort_values(["dataset", "learner", "ratio", "seed"]).round(4)
                       .to_csv(index=False))
     if not combo.empty:
