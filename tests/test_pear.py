@@ -145,11 +145,11 @@ def test_a_folded_position_outputs_exactly_base_plus_its_residual_plus_its_donor
     apply_plan(model, _plan(model, {"blocks.3.mlp.fc1": "blocks.1.mlp.fc1"}), sharing=sharing, checkpoint="fold")
     x = torch.randn(5, 64)
     with torch.no_grad():
-        assert torch.equal(layer.pear_residual, folded)
+        assert torch.equal(layer.residual(), folded)
         assert torch.equal(layer(x), F.linear(x, base + (donor_delta + folded), bias))
         layer.train()
         torch.testing.assert_close(layer(x), F.linear(x, base + donor_delta + folded, bias))
-    assert not layer.pear_residual.requires_grad
+    assert not layer.pear_residual_A.requires_grad and not layer.pear_residual_B.requires_grad
     assert (layer.A.requires_grad, layer.B.requires_grad) == ((True, True) if sharing == "tied" else (False, False))
 
 
@@ -163,9 +163,9 @@ def test_learned_and_stored_parameters_count_shared_tensors_once_by_hand_on_a_sm
     assert count_parameters(_vit()).trainable == full == 48_068
     pruned = {f"blocks.{i}.attn.qkv": "blocks.0.attn.qkv" for i in range(1, 6)}      # one donor, five receivers
     for sharing, checkpoint, learned, stored in [
-            ("tied", "fold", full - 5 * 2048, full - 5 * 2048 + 5 * 192 * 64),
+            ("tied", "fold", full - 5 * 2048, full),            # the folded factors: 5 · 8 · (192 + 64) stored
             ("copy", "none", full, full),
-            ("none", "fold", full - 5 * 2048, full - 5 * 2048 + 5 * 192 * 64),
+            ("none", "fold", full - 5 * 2048, full),
             ("none", "none", full - 5 * 2048, full - 5 * 2048)]:
         model = _vit()
         apply_plan(model, _plan(model, pruned), sharing=sharing, checkpoint=checkpoint)
@@ -201,7 +201,7 @@ def test_a_pear_run_records_its_plan_counts_and_a_task_file_that_rebuilds_it(com
     assert [r["step"] for r in steps] == [0, 1]
     assert steps[1]["params_stored"] == steps[1]["params_learned"] + record["residual_parameters"]
     assert summary["params"]["stored"] == summary["params"]["trainable"] + record["residual_parameters"]
-    assert record["residual_parameters"] == sum(plan["shapes"][p][0] * plan["shapes"][p][1] for p in plan["pruned"])
+    assert record["residual_parameters"] == sum(8 * (plan["shapes"][p][0] + plan["shapes"][p][1]) for p in plan["pruned"])
     # the warm-up is a run of its own, shared by every ratio and variant
     warmup = run.path.parents[2] / "warmup_1ep" / "pear_lora_r8" / "seed_1"
     assert json.loads((warmup / "summary.json").read_text())["epochs"] == 1

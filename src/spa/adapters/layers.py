@@ -68,7 +68,8 @@ def _select(param: torch.Tensor, keep: list[int], dim: int, trainable: bool) -> 
     return nn.Parameter(param.detach().index_select(dim, index).contiguous(), requires_grad=trainable)
 
 
-RESIDUAL = "pear_residual"   # buffer of a folded, frozen update ΔW (Pear's knowledge checkpoint)
+# buffers of a folded, frozen low-rank update R_B·R_A (Pear's knowledge checkpoint): out × r and r × in
+RESIDUAL = ("pear_residual_B", "pear_residual_A")
 
 
 class AdapterLayer(nn.Module):
@@ -119,13 +120,18 @@ class AdapterLayer(nn.Module):
         adapters = self.adapter_parameters()
         if torch.is_grad_enabled() and any(p.requires_grad for p in adapters):
             return self.fused_weight()
-        extra = [b for b in (self._buffers.get("block_mask"), self._buffers.get(RESIDUAL)) if b is not None]
+        extra = [b for b in (self._buffers.get(n) for n in ("block_mask", *RESIDUAL)) if b is not None]
         return self._cache.get([self.weight, *adapters, *extra], self.fused_weight)
 
+    def residual(self) -> torch.Tensor | None:
+        """The folded update R_B·R_A of a pruned Pear adapter (its knowledge checkpoint,
+        ``spa.adapters.pear``) in ΔW's shape, or None where the layer holds none."""
+        b, a = (self._buffers.get(n) for n in RESIDUAL)
+        return None if b is None else b @ a
+
     def _frozen(self) -> torch.Tensor:
-        """The frozen part of the weight: W, plus the folded residual of a pruned Pear adapter (its
-        knowledge checkpoint, ``spa.adapters.pear``) where the layer holds one."""
-        residual = self._buffers.get(RESIDUAL)
+        """The frozen part of the weight: W, plus the folded residual where the layer holds one."""
+        residual = self.residual()
         return self.weight if residual is None else self.weight + self._place(residual)
 
     def _place(self, update: torch.Tensor) -> torch.Tensor:
@@ -207,7 +213,7 @@ class _LowRank:
         delta = self.B @ self.A
         if self.scale != 1.0:
             delta = delta * self.scale
-        residual = self._buffers.get(RESIDUAL)
+        residual = self.residual()
         return delta if residual is None else delta + residual
 
     def _scaled(self, branch: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ Every unknown is a knob, and the defaults are our guesses:
 - sharing (:func:`apply_plan`): ``tied`` (the pruned layer uses the donor's own A and B parameters:
   one update at both positions, gradients summed by autograd), ``copy`` (a trainable copy), ``none``;
 - knowledge checkpoint: ``fold`` (the pruned adapter's s·B·A is kept as a frozen residual at its
-  position and stored with the task), ``blend`` (the donor's factors start as a convex blend of its
+  position and stored with the task, as its two factors: r·(out + in) numbers, not out·in), ``blend`` (the donor's factors start as a convex blend of its
   own and the pruned ones', weight ``blend_weight`` on the pruned; default: importance-weighted),
   ``none``. A pruned position without a donor keeps no trainable update (B = 0, frozen).
 """
@@ -131,11 +131,12 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], sharing: str = "tied", ch
         for name in plan["pruned"]:
             layer, donor_name = layers[name], plan["donors"].get(name)
             donor = layers[donor_name] if donor_name is not None and sharing != "none" else None
-            if checkpoint == "fold":
-                residual = (layer.scale * (layer.B @ layer.A)).detach() if fresh else \
-                    layer.B.new_zeros(layer.B.shape[0], layer.A.shape[1])
-                old = layer._buffers.get(RESIDUAL)
-                layer.register_buffer(RESIDUAL, residual if old is None else old + residual)
+            if checkpoint == "fold":          # kept as its factors, s·B and A: r·(out + in) numbers
+                fold_b, fold_a = (layer.scale * layer.B.detach(), layer.A.detach().clone()) if fresh else \
+                    (torch.zeros_like(layer.B), torch.zeros_like(layer.A))
+                for buffer, new, dim in zip(RESIDUAL, (fold_b, fold_a), (1, 0)):
+                    old = layer._buffers.get(buffer)
+                    layer.register_buffer(buffer, new if old is None else torch.cat([old, new], dim))
             if donor is not None and checkpoint == "blend" and fresh:
                 w = blend_weight if blend_weight is not None else \
                     scores[name] / max(scores[name] + scores[donor_name], 1e-30)
@@ -154,5 +155,5 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], sharing: str = "tied", ch
 
 
 def residual_parameters(model: nn.Module) -> int:
-    """Checkpoint material: the numbers in the folded residuals (stored per task, not learned after)."""
-    return sum(m._buffers[RESIDUAL].numel() for m in model.modules() if m._buffers.get(RESIDUAL) is not None)
+    """Checkpoint material: the numbers in the folded residuals' factors (stored per task, frozen)."""
+    return sum(m._buffers[n].numel() for m in model.modules() for n in RESIDUAL if m._buffers.get(n) is not None)

@@ -28,7 +28,7 @@ def task_state(model: nn.Module) -> dict[str, torch.Tensor]:
     Pear's folded residuals, detached on CPU."""
     state = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     for mod_name, module in model.named_modules():
-        for kept in ("block_mask", RESIDUAL):     # kept blocks; Pear's folded residuals
+        for kept in ("block_mask", *RESIDUAL):    # kept blocks; Pear's folded residuals
             if module._buffers.get(kept) is not None:
                 state[f"{mod_name}.{kept}"] = module._buffers[kept].detach().cpu()
         if isinstance(module, NORM_TYPES):

@@ -19,9 +19,11 @@ from spa.reporting.report import _figure, _save, _style
 from spa.utils import atomic_write_text
 
 NAMES = {"cifar10": "CIFAR-10", "cats_vs_dogs": "Cats & Dogs"}
-ORDER = ["LoRA (full rank)", "LoRA (half rank)", "prune-only", "prune + share", "Pear (share + checkpoint)"]
+ORDER = ["LoRA (full rank)", "LoRA (half rank)", "prune-only", "prune + share", "Pear (share + checkpoint)",
+         "Pear (share + blend)"]
 # (effect, learner, minus learner): what the reading compares, paired by seed at each ratio
 EFFECTS = [("sharing", "prune + share", "prune-only"), ("checkpoint", "Pear (share + checkpoint)", "prune + share"),
+           ("blend checkpoint", "Pear (share + blend)", "prune + share"),
            ("Pear over prune-only", "Pear (share + checkpoint)", "prune-only"),
            ("Pear over LoRA (half rank)", "Pear (share + checkpoint)", "LoRA (half rank)"),
            ("Pear over LoRA (full rank)", "Pear (share + checkpoint)", "LoRA (full rank)")]
@@ -37,8 +39,8 @@ def learner(record: dict, rank: int, full_rank: int) -> str:
         return "prune-only" if checkpoint == "none" else f"prune + {checkpoint}"
     if checkpoint == "none":
         return "prune + share" if sharing == "tied" else f"prune + share ({sharing})"
-    if (sharing, checkpoint) == ("tied", "fold"):
-        return "Pear (share + checkpoint)"
+    if sharing == "tied" and checkpoint in ("fold", "blend"):
+        return "Pear (share + checkpoint)" if checkpoint == "fold" else "Pear (share + blend)"
     return f"share ({sharing}) + {checkpoint}"
 
 
@@ -161,7 +163,7 @@ def figure(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
     """Top-1 against learned parameters, a panel per data set, a marker per learner, a colour per ratio."""
     datasets = sorted(table["dataset"].unique(), key=lambda d: list(NAMES).index(d) if d in NAMES else 99)
     fig, axes = _figure(1, len(datasets), (5.5 * len(datasets), 4))
-    markers = dict(zip(ORDER, "osv^D"))
+    markers = dict(zip(ORDER, "osv^DP"))
     colours = {0.0: "C7", 0.25: "C0", 0.5: "C3"}
     for ax, dataset in zip(axes[0], datasets):
         for r in table[table["dataset"] == dataset].itertuples():
