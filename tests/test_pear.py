@@ -201,7 +201,8 @@ def test_a_pear_run_records_its_plan_counts_and_a_task_file_that_rebuilds_it(com
     assert [r["step"] for r in steps] == [0, 1]
     assert steps[1]["params_stored"] == steps[1]["params_learned"] + record["residual_parameters"]
     assert summary["params"]["stored"] == summary["params"]["trainable"] + record["residual_parameters"]
-    assert record["residual_parameters"] == sum(8 * (plan["shapes"][p][0] + plan["shapes"][p][1]) for p in plan["pruned"])
+    shapes = plan["shapes"]
+    assert record["residual_parameters"] == sum(8 * (shapes[p][0] + shapes[p][1]) for p in plan["pruned"])
     # the warm-up is a run of its own, shared by every ratio and variant
     warmup = run.path.parents[2] / "warmup_1ep" / "pear_lora_r8" / "seed_1"
     assert json.loads((warmup / "summary.json").read_text())["epochs"] == 1

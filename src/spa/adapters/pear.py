@@ -16,9 +16,9 @@ Every unknown is a knob, and the defaults are our guesses:
 - sharing (:func:`apply_plan`): ``tied`` (the pruned layer uses the donor's own A and B parameters:
   one update at both positions, gradients summed by autograd), ``copy`` (a trainable copy), ``none``;
 - knowledge checkpoint: ``fold`` (the pruned adapter's s·B·A is kept as a frozen residual at its
-  position and stored with the task, as its two factors: r·(out + in) numbers, not out·in), ``blend`` (the donor's factors start as a convex blend of its
-  own and the pruned ones', weight ``blend_weight`` on the pruned; default: importance-weighted),
-  ``none``. A pruned position without a donor keeps no trainable update (B = 0, frozen).
+  position and stored with the task, as its two factors: r·(out + in) numbers, not out·in),
+  ``blend`` (the donor's factors start as a convex blend of its own and the pruned ones', weight
+  ``blend_weight`` on the pruned; default: importance-weighted), ``none``. A pruned position without a donor keeps no trainable update (B = 0, frozen).
 """
 from __future__ import annotations
 
