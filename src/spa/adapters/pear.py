@@ -18,7 +18,8 @@ Every unknown is a knob, and the defaults are our guesses:
 - knowledge checkpoint: ``fold`` (the pruned adapter's s·B·A is kept as a frozen residual at its
   position and stored with the task, as its two factors: r·(out + in) numbers, not out·in),
   ``blend`` (the donor's factors start as a convex blend of its own and the pruned ones', weight
-  ``blend_weight`` on the pruned; default: importance-weighted), ``none``. A pruned position without a donor keeps no trainable update (B = 0, frozen).
+  ``blend_weight`` on the pruned; default: importance-weighted), ``none``. A pruned position
+  without a donor keeps no trainable update (B = 0, frozen).
 """
 from __future__ import annotations
 
