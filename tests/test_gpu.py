@@ -17,7 +17,7 @@ def test_amp_channels_last_run_on_cuda(compose_cfg):
 
 @pytest.mark.gpu
 def test_autocast_is_bf16_or_fp16_on_cuda():
-    from spa.training.engine import _autocast
-    with _autocast(torch.device("cuda"), amp=True):
+    from spa.training.engine import autocast_context
+    with autocast_context(torch.device("cuda"), amp=True):
         y = torch.nn.Linear(8, 8).cuda()(torch.randn(4, 8, device="cuda"))
     assert y.dtype in (torch.bfloat16, torch.float16)

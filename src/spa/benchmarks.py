@@ -31,7 +31,7 @@ from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan, select_channels
 from spa.pruning.session import PruningSession, count_macs
 from spa.reporting.params import BackboneSpec, weight_pruned
-from spa.training.engine import _autocast, apply_channels_last
+from spa.training.engine import apply_channels_last, autocast_context
 
 SEED = 0    # the random weights every benchmark model starts from (so runs prune the same channels)
 
@@ -87,7 +87,7 @@ def _forward(model: nn.Module, x: torch.Tensor, amp: bool) -> Callable[[], Any]:
     model.eval()
 
     def run():
-        with torch.no_grad(), _autocast(x.device, amp):
+        with torch.no_grad(), autocast_context(x.device, amp):
             model(x)
     return run
 
@@ -293,7 +293,7 @@ def saved_activation_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, a
             storages[storage.data_ptr()] = storage.nbytes()
         return t
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _autocast(x.device, amp):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast_context(x.device, amp):
         F.cross_entropy(model(x), y)
     return sum(storages.values())
 
@@ -332,7 +332,7 @@ def training_step(spec: NetSpec, batch: int, device: torch.device, repeats: int,
 
         def step(model=model, optimizer=optimizer):
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, amp):
+            with autocast_context(device, amp):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             optimizer.step()
@@ -392,7 +392,7 @@ def layer_speed(spec: NetSpec, batch: int, device: torch.device, repeats: int, w
 
             def step(layer):
                 def run():
-                    with _autocast(device, amp):
+                    with autocast_context(device, amp):
                         out = layer(inp)          # noqa: B023 (timed below, in this iteration)
                     out.backward(grad)            # noqa: B023
                 return run
@@ -451,7 +451,7 @@ def pruning_overhead(spec: NetSpec, batch: int, device: torch.device, batches: i
         model.train()
         for x, y in data:
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device, amp):
+            with autocast_context(device, amp):
                 F.cross_entropy(model(x), y).backward()
             optimizer.step()
     train_s = timed({"train": train}, device, 1, warmup)["train"]
