@@ -688,7 +688,8 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         last = initial.read_steps()[-1]     # an unpruned run has one row
         rows = [{**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
                  "kept_filters": session.kept_filters if session is not None else None}]
-        log.info("starting from the unpruned run %s (test top-1 %.2f%%)", initial_run, rows[0]["top1"])
+        log.info("starting from the %s run %s (test top-1 %.2f%%)", "channel-pruned" if checkpoint["history"] else
+                 "unpruned", initial_run, rows[0]["top1"])
         selection = checkpoint["selection"]
     else:
         t0 = time.perf_counter()
