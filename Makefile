@@ -60,7 +60,7 @@ figures: install ## Figure 6 and accuracy-vs-density per dataset, from results/t
 pear-mini: install ## Pear at laptop scale (MobileNetV2, real subsets, ~45 min here): the variants' sweep, the LoRA baselines, Pear after channel pruning, then the table
 	$(BIN)/python scripts/run.py -m experiment=pear_mini $(ARGS)
 	$(BIN)/python scripts/run.py -m experiment=pear_mini pruning=pear_baseline pruning.ratio=0.0 adapter=pear_lora_r8,pear_lora_r4 $(ARGS)
-	$(BIN)/python scripts/run.py experiment=pear_mini dataset=cifar10 pruning=pear pruning.after=taylor $(ARGS)
+	$(BIN)/python scripts/run.py -m experiment=pear_mini dataset=cifar10 pruning=pear_after_taylor pruning.ratio=0.0,0.5 $(ARGS)
 	$(BIN)/python scripts/pear_table.py pear_mini
 
 sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR)

@@ -282,7 +282,7 @@ def test_pear_settings_are_checked_before_anything_is_written(compose_cfg, tmp_p
 
 
 def _fake_pear_run(root, pruning: str, adapter: str, seed: int, rank: int, ratio: float, sharing: str,
-                   checkpoint: str, top1: float, learned: int) -> None:
+                   checkpoint: str, top1: float, learned: int, after: str | None = None) -> None:
     """A finished Pear run as the report reads it: summary.json, steps.csv, pear.json (4 positions)."""
     run = root / "cifar10" / "mobilenetv2_100" / pruning / adapter / f"seed_{seed}"
     run.mkdir(parents=True)
@@ -298,7 +298,7 @@ def _fake_pear_run(root, pruning: str, adapter: str, seed: int, rank: int, ratio
                                    f"1,1.0,40.0,{top1},1000\n")
     (run / "pear.json").write_text(json.dumps({
         "plan": {"ratio": ratio, "pruned": pruned, "positions": names}, "sharing": sharing, "checkpoint": checkpoint,
-        "after": None, "unique_adapters": 4 - len(pruned), "shared": shared}))
+        "after": after, "unique_adapters": 4 - len(pruned), "shared": shared}))
 
 
 def test_the_pear_report_pairs_seeds_to_give_the_effects_of_sharing_and_of_the_checkpoint(tmp_path):
@@ -327,3 +327,15 @@ def test_the_pear_report_pairs_seeds_to_give_the_effects_of_sharing_and_of_the_c
     assert fx.loc["Pear over LoRA (half rank)", "delta"] == -2.0
     assert "| Pear (share + checkpoint) | 0.5     | 65.00 ± 0.00 (2) |" in out["md"].read_text()
     assert out["figure0"].is_file()
+    # Pear after channel pruning: its own table, the channel-pruned run it started from once per seed
+    start = runs / "cifar10" / "mobilenetv2_100" / "taylor" / "pear_lora_r8" / "seed_1"
+    start.mkdir(parents=True)
+    (start / "summary.json").write_text(json.dumps({"metrics": {"test_top1": 50.0}, "params": {"trainable": 900}}))
+    (start / "steps.csv").write_text("step,density,top1,macs\n0,1.0,70.0,1000\n1,0.5,50.0,400\n")
+    for pruning, ratio, top1 in (("pear_after_taylor_0.0", 0.0, 55.0), ("pear_after_taylor_0.5", 0.5, 53.0)):
+        _fake_pear_run(runs, pruning, "pear_lora_r8", 1, 8, ratio, "tied", "fold", top1, 700, after="taylor")
+    combo = pd.read_csv(pear_report(runs, tmp_path / "tables", tmp_path / "figures", "pear_mini")["after_channels"])
+    assert list(combo["model"]) == ["SPLoRA r8, taylor-pruned", "+ the same epochs, no adapter pruned",
+                                    "+ Pear (ratio 0.5)"]
+    assert list(combo["top1"]) == [50.0, 55.0, 53.0] and list(combo["stored_k"]) == [0.9, 0.7, 0.9]
+    assert len(pd.read_csv(tmp_path / "tables" / "pear_mini.csv")) == 5      # the plain table is unchanged

@@ -107,22 +107,36 @@ def effects(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def composition(runs: pd.DataFrame, runs_root: Path) -> pd.DataFrame:
-    """Pear after channel pruning: the channel-pruned SPLoRA run it started from against Pear on it."""
-    rows = []
+    """Pear after channel pruning, one row per (dataset, model, seed): the channel-pruned SPLoRA run
+    it started from, then each Pear run on it (ratio 0: the same epochs, no adapter pruned)."""
+    rows, starts = [], {}
     for r in runs[runs["after"].notna()].itertuples():
-        start = RunDir(Path(r.run_dir).parents[2] / r.after / r.adapter / f"seed_{r.seed}")
-        steps = start.read_steps()
-        summary = json.loads(start.file(SUMMARY).read_text())
-        rows += [{"dataset": r.dataset, "seed": r.seed, "model": f"SPLoRA r{r.rank}, {r.after}-pruned",
-                  "density": steps[-1]["density"], "top1": summary["metrics"]["test_top1"],
-                  "learned_k": summary["params"]["trainable"] / 1e3, "stored_k": summary["params"]["trainable"] / 1e3,
-                  "macs_m": steps[-1]["macs"] / 1e6, "macs_unpruned_m": steps[0]["macs"] / 1e6,
-                  "pruned_adapters": 0, "with_donor": 0},
-                 {"dataset": r.dataset, "seed": r.seed, "model": f"+ Pear (ratio {r.ratio})", "density": r.density,
-                  "top1": r.top1, "learned_k": r.learned / 1e3, "stored_k": r.stored / 1e3, "macs_m": r.macs / 1e6,
-                  "macs_unpruned_m": steps[0]["macs"] / 1e6, "pruned_adapters": r.pruned,
-                  "with_donor": r.with_donor}]
+        key = (r.dataset, r.after, r.adapter, r.seed)
+        if key not in starts:
+            start = RunDir(Path(r.run_dir).parents[2] / r.after / r.adapter / f"seed_{r.seed}")
+            steps, summary = start.read_steps(), json.loads(start.file(SUMMARY).read_text())
+            starts[key] = steps[0]["macs"]
+            rows.append({"dataset": r.dataset, "seed": r.seed, "order": 0,
+                         "model": f"SPLoRA r{r.rank}, {r.after}-pruned",
+                         "density": steps[-1]["density"], "top1": summary["metrics"]["test_top1"],
+                         "learned": summary["params"]["trainable"], "stored": summary["params"]["trainable"],
+                         "macs": steps[-1]["macs"], "pruned": 0, "with_donor": 0})
+        rows.append({"dataset": r.dataset, "seed": r.seed, "order": 1 + r.ratio,
+                     "model": f"+ Pear (ratio {r.ratio})" if r.ratio else "+ the same epochs, no adapter pruned",
+                     "density": r.density, "top1": r.top1, "learned": r.learned, "stored": r.stored, "macs": r.macs,
+                     "pruned": r.pruned, "with_donor": r.with_donor})
     return pd.DataFrame(rows)
+
+
+def composition_table(combo: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (dataset, model) of :func:`composition`'s rows."""
+    agg = combo.groupby(["dataset", "order", "model"]).agg(
+        top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"), density=("density", "mean"),
+        learned_k=("learned", "mean"), stored_k=("stored", "mean"), macs_m=("macs", "mean"),
+        pruned=("pruned", "mean"), with_donor=("with_donor", "mean")).reset_index()
+    agg[["learned_k", "stored_k"]] /= 1e3
+    agg["macs_m"] /= 1e6
+    return agg.fillna({"top1_std": 0.0}).drop(columns="order")
 
 
 def _cell(mean: float, std: float, n: int) -> str:
@@ -150,10 +164,10 @@ def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, version
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
     if not combo.empty:
         lines += ["### Pear after channel pruning (SPLoRA adapters at the same positions, pruning.after)", ""]
-        rows = [{"data": NAMES.get(r.dataset, r.dataset), "seed": r.seed, "model": r.model,
-                 "filter density": f"{r.density:.3f}", "top1": f"{r.top1:.2f}", "learned (K)": f"{r.learned_k:,.1f}",
-                 "stored (K)": f"{r.stored_k:,.1f}", "MACs (M)": f"{r.macs_m:,.1f} of {r.macs_unpruned_m:,.1f}",
-                 "pruned / donors": f"{r.pruned_adapters} / {r.with_donor}" if r.pruned_adapters else "-"}
+        rows = [{"data": NAMES.get(r.dataset, r.dataset), "model": r.model, "filter density": f"{r.density:.3f}",
+                 "top1": _cell(r.top1, r.top1_std, r.seeds), "learned (K)": f"{r.learned_k:,.1f}",
+                 "stored (K)": f"{r.stored_k:,.1f}", "MACs (M)": f"{r.macs_m:,.1f}",
+                 "pruned / donors": f"{r.pruned:.0f} / {r.with_donor:.1f}" if r.pruned else "-"}
                 for r in combo.itertuples()]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
     return "\n".join(lines)
@@ -179,6 +193,7 @@ def pear_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str 
     """Write <name>.csv / .md / _effects.csv / _runs.csv (/ _after_channels.csv) / _versions.json and the figure."""
     runs = pear_runs(runs_root)
     table, fx, combo = pear_table(runs), effects(runs), composition(runs, Path(runs_root))
+    combo_table = composition_table(combo) if not combo.empty else combo
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     versions = sorted({str(v) for v in runs["torch"].dropna()})
@@ -192,9 +207,9 @@ def pear_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str 
                       .to_csv(index=False))
     if not combo.empty:
         out["after_channels"] = tables_dir / f"{name}_after_channels.csv"
-        atomic_write_text(out["after_channels"], combo.round(4).to_csv(index=False))
-    atomic_write_text(out["md"], markdown(table, fx, combo, versions))
+        atomic_write_text(out["after_channels"], combo_table.round(4).to_csv(index=False))
+    atomic_write_text(out["md"], markdown(table, fx, combo_table, versions))
     out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions)
-    for i, path in enumerate(figure(table, figures_dir, name)):
+    for i, path in enumerate(figure(table, figures_dir, name) if not table.empty else []):
         out[f"figure{i}"] = path
     return out
