@@ -67,6 +67,17 @@ def test_a_lora_scale_multiplies_the_update_in_training_and_in_the_fused_weight(
             assert torch.equal(layer.eval()(x), plain(x))
 
 
+def test_scoring_the_adapters_changes_nothing_in_the_model():
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv2_050", num_classes=3)
+    apply_adapter(model, "splora", **PEAR_LORA)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,))) for _ in range(2)]
+    importance(model, "taylor", batches, torch.device("cpu"))
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_the_plan_prunes_the_least_important_and_maps_donors_of_the_same_shape_by_rank_or_depth():
     model = _vit()
     names = list(positions(model))

@@ -7,7 +7,8 @@ Every unknown is a knob, and the defaults are our guesses:
 - positions: the SPLoRA/LoRA layers of the model (``adapter.options.positions=pear``: a ViT's
   qkv / proj / fc1 / fc2, a CNN's pointwise convs), in module order (depth);
 - importance (:func:`importance`), after a warm-up, over K batches: ``taylor`` |Σ_{θ∈A,B} θ·∂L/∂θ|
-  with the gradient summed over the K batches, ``magnitude`` ‖s·B·A‖_F, ``random``;
+  with the gradient summed over the K batches (in eval mode, so scoring changes nothing: BatchNorm
+  keeps its running statistics), ``magnitude`` ‖s·B·A‖_F, ``random``;
 - plan (:func:`make_plan`): the m = round(ρ·N) least important positions are pruned; each receives a
   donor among the kept positions **of its shape** (``rank``: the i-th least important pruned one of
   a shape gets the i-th most important kept one of that shape, cycling when there are more pruned
@@ -65,7 +66,7 @@ def importance(model: nn.Module, kind: str, batches: Iterable, device: torch.dev
     params = {id(p): p for layer in layers.values() for p in (layer.A, layer.B)}
     grads = {key: torch.zeros_like(p) for key, p in params.items()}
     was_training = model.training
-    model.train()
+    model.eval()       # as the channel criteria: BN running statistics stay as trained, no dropout noise
     seen = 0
     for x, y in batches:
         x, y = x.to(device), y.to(device)

@@ -67,7 +67,8 @@ def pear_runs(runs_root: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no finished Pear runs under {runs_root}: run the sweeps first (make pear-mini)")
     runs = pd.DataFrame(rows)
     full = runs.groupby("dataset")["rank"].transform("max")
-    runs["learner"] = [learner(r, k, f) for r, k, f in zip(runs["record"], runs["rank"], full)]
+    runs["learner"] = [learner(r, k, f) if not r.get("after") else f"after {r['after']}: {learner(r, k, k)}"
+                       for r, k, f in zip(runs["record"], runs["rank"], full)]
     return runs.drop(columns="record")
 
 
@@ -158,6 +159,8 @@ def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, version
         lines += [f"### {NAMES.get(dataset, dataset)}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
     if not fx.empty:
         lines += ["### Effects (top-1 points, paired by seed: mean ± std, seeds where positive / seeds)", ""]
+        fx = fx.sort_values("dataset", key=lambda c: c.map(lambda d: list(NAMES).index(d) if d in NAMES else 99),
+                            kind="stable")
         rows = [{"data": NAMES.get(r.dataset, r.dataset), "ratio": r.ratio, "effect": r.effect,
                  "compared": f"{r.learner} − {r.minus}", "delta": f"{r.delta:+.2f} ± {r.delta_std:.2f}",
                  "positive": f"{r.positive} / {r.seeds}"} for r in fx.itertuples()]
@@ -176,16 +179,20 @@ def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, version
 def figure(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
     """Top-1 against learned parameters, a panel per data set, a marker per learner, a colour per ratio."""
     datasets = sorted(table["dataset"].unique(), key=lambda d: list(NAMES).index(d) if d in NAMES else 99)
-    fig, axes = _figure(1, len(datasets), (5.5 * len(datasets), 4))
+    fig, axes = _figure(1, len(datasets), (4.5 * len(datasets) + 3, 4))
     markers = dict(zip(ORDER, "osv^DP"))
     colours = {0.0: "C7", 0.25: "C0", 0.5: "C3"}
     for ax, dataset in zip(axes[0], datasets):
         for r in table[table["dataset"] == dataset].itertuples():
             label = r.learner if not r.ratio else f"{r.learner}, ratio {r.ratio}"
-            ax.errorbar(r.learned_k, r.top1, yerr=r.top1_std, marker=markers.get(r.learner, "x"), linestyle="none",
-                        color=colours.get(r.ratio, "C2"), capsize=2, label=label)
-        _style(ax, f"{NAMES.get(dataset, dataset)}: Pear on MobileNetV2's pointwise convs", "learned parameters (K)")
-        ax.legend(fontsize=6)
+            # learners of one ratio learn the same count: spread sideways by 1 % per learner to be seen
+            dodge = 1 + 0.01 * (ORDER.index(r.learner) - 3.5) if r.ratio and r.learner in ORDER else 1
+            ax.errorbar(r.learned_k * dodge, r.top1, yerr=r.top1_std, marker=markers.get(r.learner, "x"),
+                        linestyle="none", color=colours.get(r.ratio, "C2"), capsize=2, label=label)
+        _style(ax, f"{NAMES.get(dataset, dataset)}", "learned parameters (K; one ratio's learners spread by 1 %)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    for ax in axes[0][:-1]:
+        ax.get_legend().remove()
     return _save(fig, figures_dir / f"{name}_params")
 
 
