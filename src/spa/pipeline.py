@@ -34,7 +34,18 @@ from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan, check_round_to
 from spa.pruning.session import PruningSession, count_macs
-from spa.records import CHECKPOINT, FINGERPRINT, HISTORY, MODEL, TASK, RunDir, RunSummary, config_hash
+from spa.records import (
+    CHECKPOINT,
+    FINGERPRINT,
+    HISTORY,
+    MODEL,
+    TASK,
+    WARMUP,
+    RunDir,
+    RunSummary,
+    config_hash,
+    is_unpruned,
+)
 from spa.settings import (
     SettingError,
     check_adapter_options,
@@ -130,8 +141,7 @@ def start_config(cfg: DictConfig) -> DictConfig | None:
         if cfg.pruning.get("after"):
             return channel_start_config(cfg)
         return warmup_config(cfg) if cfg.schedule.get("reuse_unpruned", True) else None
-    if cfg.pruning.name != "none" and cfg.pruning.get("structure") != WARMUP and \
-            cfg.schedule.get("reuse_unpruned", True):
+    if not is_unpruned(cfg.pruning) and cfg.schedule.get("reuse_unpruned", True):
         return unpruned_config(cfg)
     return None
 
@@ -151,9 +161,6 @@ def start_run(cfg: DictConfig, base_dir: str | None) -> str | None:
     for start in start_chain(cfg):
         initial = run_single(start, base_run=base_dir, initial_run=initial)["run_dir"]
     return initial
-
-
-WARMUP = "warmup"   # pruning.structure of a Pear warm-up run: trained, not pruned
 
 
 def warmup_config(cfg: DictConfig) -> DictConfig:
@@ -230,7 +237,7 @@ def check_settings(cfg: DictConfig) -> None:
         check_block_pruning(cfg)
     elif method_name(cfg) == "pear":
         check_pear(cfg)
-    elif cfg.pruning.name != "none" and cfg.pruning.get("structure") != WARMUP:
+    elif not is_unpruned(cfg.pruning):
         checked("pruning", check_pruning, cfg.pruning.get("criterion", cfg.pruning.name))
         checked("pruning.round_to", check_round_to, cfg.pruning.get("round_to", 1))
         if not cfg.adapter.get("prunable", True):
@@ -439,8 +446,8 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     train_loader, test_loader = loader(data.train, t.batch_size, True), loader(data.test, t.eval_batch_size, False)
     val_loader = loader(data.val, t.eval_batch_size, False) if data.val is not None else None
     size = (int(d.image_size), int(d.image_size))
-    channels = (method_name(cfg) == "iterative" and cfg.pruning.name != "none"
-                and cfg.pruning.get("structure") != WARMUP) or (method_name(cfg) == "pear" and cfg.pruning.get("after"))
+    channels = (method_name(cfg) == "iterative" and not is_unpruned(cfg.pruning)) or \
+        (method_name(cfg) == "pear" and cfg.pruning.get("after"))
     session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if channels else None
     return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
                  test_loader=test_loader, val_loader=val_loader, channels_last=channels_last, size=size,

@@ -71,6 +71,14 @@ def _drop(cfg: dict[str, Any], dotted: str) -> None:
         node.pop(leaf, None)
 
 
+WARMUP = "warmup"   # pruning.structure of a Pear warm-up run: trained, not pruned
+
+
+def is_unpruned(pruning: Any) -> bool:
+    """Whether a ``pruning`` config prunes nothing: ``none``, or a Pear warm-up."""
+    return pruning.get("name") == "none" or pruning.get("structure") == WARMUP
+
+
 def hashable_config(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg = json.loads(json.dumps(cfg, default=str))
     for key in VOLATILE_KEYS:
@@ -79,8 +87,7 @@ def hashable_config(cfg: dict[str, Any]) -> dict[str, Any]:
     for key, neutral in NEUTRAL_DEFAULTS.items():
         if flat.get(key, neutral) == neutral:
             _drop(cfg, key)
-    pruning = cfg.get("pruning", {})
-    if pruning.get("name") == "none" or pruning.get("structure") == "warmup":
+    if is_unpruned(cfg.get("pruning", {})):
         cfg.pop("schedule", None)      # the pruning schedule does not touch an unpruned run (nor Pear's warm-up)
     return cfg
 

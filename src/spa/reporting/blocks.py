@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from spa.reporting.collect import collect_steps, torch_versions, versions_line, write_versions
-from spa.reporting.report import _figure, _save, _style
+from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
 LEARNERS = {"finetune": "Fine-pruning", "splopa_r64": "SPLoPA-64", "splopa_r128": "SPLoPA-128"}
@@ -21,7 +21,6 @@ METHODS = {"block_magnitude": "magnitude", "block_movement": "movement", "block_
            "block_magnitude_hybrid": "magnitude, hybrid", "block_movement_hybrid": "movement, hybrid"}
 STYLES = {"block_magnitude": "-", "block_movement": "--", "block_soft_movement": (0, (1, 3)),
           "block_magnitude_hybrid": ":", "block_movement_hybrid": "-."}
-NAMES = {"cifar10": "CIFAR-10", "cats_vs_dogs": "Cats & Dogs"}
 
 
 def block_steps(runs_root: str | Path) -> pd.DataFrame:
@@ -130,7 +129,7 @@ def crop_markdown(rows: pd.DataFrame) -> str:
                                        "params_cropped", "speedup") if c in rows}
     agg = rows.groupby(keys, sort=False).agg(**values).reset_index()
     shown = pd.DataFrame({
-        "dataset": agg["dataset"].map(lambda d: NAMES.get(d, d)), "method": agg["pruning"].map(METHODS),
+        "dataset": agg["dataset"].map(label), "method": agg["pruning"].map(METHODS),
         "learning": agg["adapter"].map(LEARNERS),
         "block density": (agg["density"] * 100).round().astype(int).astype(str) + "%",
         "channels cropped": [f"{c:,.0f} / {f:,.0f}" for c, f in zip(agg["cropped_filters"], agg["filters"])],
@@ -139,10 +138,6 @@ def crop_markdown(rows: pd.DataFrame) -> str:
     if "speedup" in agg:
         shown["latency dense / cropped"] = agg["speedup"].map("{:.2f}x".format)
     return shown.to_markdown(index=False)
-
-
-def _cell(mean: float, std: float, seeds: int) -> str:
-    return f"{mean:.2f} ± {std:.2f} ({seeds})"
 
 
 def markdown(table: pd.DataFrame, versions: list[str]) -> str:
@@ -154,20 +149,20 @@ def markdown(table: pd.DataFrame, versions: list[str]) -> str:
              "fine-pruning, same method and density: block_spa_mini_vs_fine_pruning.csv.",
              "", versions_line(versions), ""]
     learners = [a for a in LEARNERS if a in set(table["adapter"])]
-    for dataset in sorted(table["dataset"].unique(), key=lambda d: list(NAMES).index(d) if d in NAMES else 99):
+    for dataset in sorted(table["dataset"].unique(), key=dataset_rank):
         part = table[table["dataset"] == dataset]
         rows = []
         for (pruning, density), cell in part.groupby(["pruning", "density"], sort=False):
             by = cell.set_index("adapter")
             row = {"method": METHODS.get(pruning, pruning), "density": f"{round(density * 100)}%"}
             for a in learners:
-                row[LEARNERS[a]] = _cell(by.loc[a, "top1"], by.loc[a, "top1_std"], by.loc[a, "seeds"]) \
+                row[LEARNERS[a]] = mean_std_cell(by.loc[a, "top1"], by.loc[a, "top1_std"], by.loc[a, "seeds"]) \
                     if a in by.index else ""
             row["learned (K): " + " / ".join(LEARNERS[a] for a in learners)] = " / ".join(
                 f"{by.loc[a, 'learned_k']:,.1f}" if a in by.index else "-" for a in learners)
             row["nonzero (K)"] = f"{cell['nonzero_k'].iloc[0]:,.1f}"
             rows.append(row)
-        lines += [f"### {NAMES.get(dataset, dataset)}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+        lines += [f"### {label(dataset)}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
     return "\n".join(lines)
 
 
@@ -187,7 +182,7 @@ def figures(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
                             label=f"{LEARNERS.get(adapter, adapter)}, {METHODS.get(pruning, pruning)}")
             if kind == "params":
                 ax.set_xscale("log")
-            _style(ax, f"{NAMES.get(dataset, dataset)}: block pruning", xlabel)
+            _style(ax, f"{label(dataset)}: block pruning", xlabel)
             ax.set_ylabel("top-1 (%)")
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
             paths += _save(fig, figures_dir / f"{name}_{kind}_{dataset}")

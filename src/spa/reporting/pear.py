@@ -15,10 +15,9 @@ import pandas as pd
 
 from spa.records import STEPS, SUMMARY, RunDir
 from spa.reporting.collect import versions_line, write_versions
-from spa.reporting.report import _figure, _save, _style
+from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
-NAMES = {"cifar10": "CIFAR-10", "cats_vs_dogs": "Cats & Dogs"}
 ORDER = ["LoRA (full rank)", "LoRA (half rank)", "prune-only", "prune + share", "Pear (share + checkpoint)",
          "Pear (share + blend)"]
 # (effect, learner, minus learner): what the reading compares, paired by seed at each ratio
@@ -140,35 +139,32 @@ def composition_table(combo: pd.DataFrame) -> pd.DataFrame:
     return agg.fillna({"top1_std": 0.0}).drop(columns="order")
 
 
-def _cell(mean: float, std: float, n: int) -> str:
-    return f"{mean:.2f} ± {std:.2f} ({n})"
-
-
 def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, versions: list[str]) -> str:
     lines = ["Pear (reconstructed, see reference/pear.md): test top-1 (%) mean ± std (seeds); after step: top-1 "
              "right after Pear's step, before the remaining training; learned (K): unique trainable tensors by "
              "identity (adapters, norms, biases, head); stored (K): learned + the folded residuals; donors: pruned "
              "positions that received one (mean over seeds).", "", versions_line(versions), ""]
-    for dataset in sorted(table["dataset"].unique(), key=lambda d: list(NAMES).index(d) if d in NAMES else 99):
+    for dataset in sorted(table["dataset"].unique(), key=dataset_rank):
         part = table[table["dataset"] == dataset]
-        rows = [{"learner": r.learner, "ratio": r.ratio if r.ratio else "-", "top1": _cell(r.top1, r.top1_std, r.seeds),
+        rows = [{"learner": r.learner, "ratio": r.ratio if r.ratio else "-",
+                 "top1": mean_std_cell(r.top1, r.top1_std, r.seeds),
                  "after step": f"{r.top1_after_step:.2f}", "learned (K)": f"{r.learned_k:,.1f}",
                  "stored (K)": f"{r.stored_k:,.1f}",
                  "pruned / donors": f"{r.pruned:.0f} / {r.with_donor:.1f}" if r.pruned else "-"}
                 for r in part.itertuples()]
-        lines += [f"### {NAMES.get(dataset, dataset)}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
+        lines += [f"### {label(dataset)}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
     if not fx.empty:
         lines += ["### Effects (top-1 points, paired by seed: mean ± std, seeds where positive / seeds)", ""]
-        fx = fx.sort_values("dataset", key=lambda c: c.map(lambda d: list(NAMES).index(d) if d in NAMES else 99),
+        fx = fx.sort_values("dataset", key=lambda c: c.map(dataset_rank),
                             kind="stable")
-        rows = [{"data": NAMES.get(r.dataset, r.dataset), "ratio": r.ratio, "effect": r.effect,
+        rows = [{"data": label(r.dataset), "ratio": r.ratio, "effect": r.effect,
                  "compared": f"{r.learner} − {r.minus}", "delta": f"{r.delta:+.2f} ± {r.delta_std:.2f}",
                  "positive": f"{r.positive} / {r.seeds}"} for r in fx.itertuples()]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
     if not combo.empty:
         lines += ["### Pear after channel pruning (SPLoRA adapters at the same positions, pruning.after)", ""]
-        rows = [{"data": NAMES.get(r.dataset, r.dataset), "model": r.model, "filter density": f"{r.density:.3f}",
-                 "top1": _cell(r.top1, r.top1_std, r.seeds), "learned (K)": f"{r.learned_k:,.1f}",
+        rows = [{"data": label(r.dataset), "model": r.model, "filter density": f"{r.density:.3f}",
+                 "top1": mean_std_cell(r.top1, r.top1_std, r.seeds), "learned (K)": f"{r.learned_k:,.1f}",
                  "stored (K)": f"{r.stored_k:,.1f}", "MACs (M)": f"{r.macs_m:,.1f}",
                  "pruned / donors": f"{r.pruned:.0f} / {r.with_donor:.1f}" if r.pruned else "-"}
                 for r in combo.itertuples()]
@@ -178,18 +174,18 @@ def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, version
 
 def figure(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
     """Top-1 against learned parameters, a panel per data set, a marker per learner, a colour per ratio."""
-    datasets = sorted(table["dataset"].unique(), key=lambda d: list(NAMES).index(d) if d in NAMES else 99)
+    datasets = sorted(table["dataset"].unique(), key=dataset_rank)
     fig, axes = _figure(1, len(datasets), (4.5 * len(datasets) + 3, 4))
     markers = dict(zip(ORDER, "osv^DP"))
     colours = {0.0: "C7", 0.25: "C0", 0.5: "C3"}
     for ax, dataset in zip(axes[0], datasets):
         for r in table[table["dataset"] == dataset].itertuples():
-            label = r.learner if not r.ratio else f"{r.learner}, ratio {r.ratio}"
+            legend = r.learner if not r.ratio else f"{r.learner}, ratio {r.ratio}"
             # learners of one ratio learn the same count: spread sideways by 1 % per learner to be seen
             dodge = 1 + 0.01 * (ORDER.index(r.learner) - 3.5) if r.ratio and r.learner in ORDER else 1
             ax.errorbar(r.learned_k * dodge, r.top1, yerr=r.top1_std, marker=markers.get(r.learner, "x"),
-                        linestyle="none", color=colours.get(r.ratio, "C2"), capsize=2, label=label)
-        _style(ax, f"{NAMES.get(dataset, dataset)}", "learned parameters (K; one ratio's learners spread by 1 %)")
+                        linestyle="none", color=colours.get(r.ratio, "C2"), capsize=2, label=legend)
+        _style(ax, f"{label(dataset)}", "learned parameters (K; one ratio's learners spread by 1 %)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for ax in axes[0][:-1]:
         ax.get_legend().remove()

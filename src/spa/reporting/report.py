@@ -41,6 +41,16 @@ def label(value: object) -> str:
     return LABELS.get(str(value), str(value))
 
 
+def dataset_rank(name: str) -> int:
+    """Where a data set goes in a table: the order of :data:`LABELS`, unknown names after."""
+    return list(LABELS).index(name) if name in LABELS else len(LABELS)
+
+
+def mean_std_cell(mean: float, std: float, seeds: int) -> str:
+    """A table cell ``mean ± std (seeds)``, two decimals."""
+    return f"{mean:.2f} ± {std:.2f} ({seeds})"
+
+
 def report_setting(exp_name: str) -> bool | str | None:
     """The ``report`` value of ``configs/experiment/<exp_name>.yaml``, or of the experiment it builds on
     (a plain name in its ``defaults``); None where no config sets it."""
