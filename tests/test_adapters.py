@@ -174,7 +174,7 @@ def test_trainable_set_is_adapters_norms_biases_and_head():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "head.weight" in trainable and "head.bias" in trainable
     assert "blocks.0.attn.qkv.A" in trainable and "blocks.0.attn.qkv.bias" in trainable
-    assert "blocks.0.norm1.weight" in trainable
+    assert "blocks.0.norm1.weight" in trainable and {"cls_token", "pos_embed"} <= trainable   # a ViT's tokens
     assert "blocks.0.attn.qkv.weight" not in trainable and "patch_embed.proj.weight" not in trainable
     assert type(model.patch_embed.proj) is nn.Conv2d and type(model.head) is nn.Linear
 

@@ -170,8 +170,9 @@ def test_learned_and_stored_parameters_count_shared_tensors_once_by_hand_on_a_sm
     norms = 6 * 2 * 128 + 128                                                           # LayerNorm gamma, beta
     biases = 6 * (192 + 64 + 192 + 64) + 64                                             # + the patch embedding's
     head = 64 * 4 + 4
-    full = 6 * per_block + norms + biases + head
-    assert count_parameters(_vit()).trainable == full == 48_068
+    tokens = 64 + 5 * 64                                                                # class token, 1 + 4 positions
+    full = 6 * per_block + norms + biases + head + tokens
+    assert count_parameters(_vit()).trainable == full == 48_452
     pruned = {f"blocks.{i}.attn.qkv": "blocks.0.attn.qkv" for i in range(1, 6)}      # one donor, five receivers
     for sharing, checkpoint, learned, stored in [
             ("tied", "fold", full - 5 * 2048, full),            # the folded factors: 5 · 8 · (192 + 64) stored
@@ -183,7 +184,8 @@ def test_learned_and_stored_parameters_count_shared_tensors_once_by_hand_on_a_sm
         counted = count_parameters(model).trainable
         assert (counted, counted + residual_parameters(model)) == (learned, stored), (sharing, checkpoint)
         state = task_state(model)        # the task file holds each trainable tensor once
-        assert sum(v.numel() for k, v in state.items() if k.endswith((".A", ".B"))) == learned - norms - biases - head
+        factors = sum(v.numel() for k, v in state.items() if k.endswith((".A", ".B")))
+        assert factors == learned - norms - biases - head - tokens
 
 
 def _pear_overrides(*extra: str) -> tuple[str, ...]:

@@ -23,16 +23,18 @@ from omegaconf.errors import ConfigKeyError
 from spa import config_dir, repo_root
 from spa.adapters import adapter_layers, apply_adapter, fuse, rank_report, save_task
 from spa.adapters import pear as pear_lib
+from spa.adapters.convert import freeze, head_only
 from spa.data import build_datasets, make_loader, normalization
 from spa.data.fingerprint import fingerprint
 from spa.data.sources import SOURCES
 from spa.metrics import count_parameters
 from spa.models import check_head_init, check_packaged, create_backbone, declared_normalization, save_model_file
+from spa.models.torchvision_vit import check_torchvision_weights
 from spa.pruning import check_pruning
 from spa.pruning.blocks import BLOCK_METHODS, BlockPruner, attach_blocks, empty_lines, pruned_parameters
 from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
-from spa.pruning.schedule import Plan, check_round_to
+from spa.pruning.schedule import SCOPES, Plan, check_round_to
 from spa.pruning.session import PruningSession, count_macs
 from spa.records import (
     CHECKPOINT,
@@ -121,6 +123,9 @@ def base_config(cfg: DictConfig) -> DictConfig:
             raise ValueError(f"base.dataset.source={source}: no configs/dataset/{source}.yaml to start from; "
                              f"use one of {sorted(p.stem for p in group.parent.glob('*.yaml'))}")
         main["dataset"] = OmegaConf.to_container(OmegaConf.load(group), resolve=False)
+    target = (overrides.get("optim") or {}).get("_target_")
+    if target is not None and target != main["optim"].get("_target_"):
+        main["optim"] = overrides.pop("optim")     # another optimiser: its own keys only (AdamW has no momentum)
     main_cfg = OmegaConf.create(main)
     OmegaConf.set_struct(main_cfg, True)  # a key the run config lacks is a typo, not a new setting
     try:
@@ -233,6 +238,8 @@ def check_settings(cfg: DictConfig) -> None:
     checked("optim", check_optimizer, OmegaConf.to_container(cfg.optim, resolve=True))
     checked("backbone.head_init", check_head_init, b.get("head_init", "timm"))
     check_packaged(str(b.weights), b.get("packaged_weights"))
+    if b.get("torchvision_weights") and str(b.weights) == "pretrained":
+        checked("backbone.torchvision_weights", check_torchvision_weights, b.torchvision_weights)
     if method_name(cfg) == "blocks":
         check_block_pruning(cfg)
     elif method_name(cfg) == "pear":
@@ -240,13 +247,17 @@ def check_settings(cfg: DictConfig) -> None:
     elif not is_unpruned(cfg.pruning):
         checked("pruning", check_pruning, cfg.pruning.get("criterion", cfg.pruning.name))
         checked("pruning.round_to", check_round_to, cfg.pruning.get("round_to", 1))
+        checked("pruning.scope", check_choice, "pruning.scope", cfg.pruning.get("scope", "global"), SCOPES)
+        if cfg.pruning.get("scope", "global") == "local" and cfg.pruning.get("round_to", 1) != 1:
+            raise SettingError("pruning.scope=local keeps the same fraction of every layer and rounds no width: use "
+                               "pruning.round_to=1, or pruning.scope=global to round widths")
         if not cfg.adapter.get("prunable", True):
             fix = (f"to prune with this adapter use adapter={cfg.adapter.name.replace('lora', 'splora')}"
                    if "lora" in cfg.adapter.name else "prune it by blocks: pruning=block_movement or block_magnitude")
             raise SettingError(f"adapter={cfg.adapter.name} cannot be channel-pruned (prunable: false); {fix}")
         checked("schedule", Plan, 1, cfg.schedule.step_fraction, cfg.schedule.target_density)
     check_adapter_options(b.timm_name, OmegaConf.to_container(b.kwargs), bool(b.cifar_stem), cfg.adapter.kind,
-                          OmegaConf.to_container(cfg.adapter.options))
+                          OmegaConf.to_container(cfg.adapter.options), list(b.get("frozen") or []))
 
 
 BLOCK_ADAPTERS = ("finetune", "splopa")
@@ -394,18 +405,21 @@ class Parts:
         return len(self.train_loader) if t.max_steps_per_epoch is None else \
             min(len(self.train_loader), t.max_steps_per_epoch)
 
-    def train(self, epochs: int, phase: str, step: int, on_step=None):
+    def train(self, epochs: int, phase: str, step: int, on_step=None, lr_scale: float = 1.0):
         """A training call with a fresh optimiser and LR schedule (the paper restarts both);
         returns the fit result and the record of the selected epoch. ``on_step``: called after
-        every optimiser step."""
+        every optimiser step; ``lr_scale``: times ``optim.lr`` (the recovery's, e.g. the ViT runs' lr / 3)."""
         t, batches = self.cfg.train, self.batches()
         optimizer = instantiate(self.cfg.optim)([p for p in self.model.parameters() if p.requires_grad])
+        for group in optimizer.param_groups:
+            group["lr"] *= lr_scale
         schedule = build_scheduler(t.scheduler, optimizer, epochs, batches, gamma=t.gamma)
         result = fit(self.model, self.train_loader, optimizer, schedule, epochs, self.device,
                      test_loader=self.test_loader, val_loader=self.val_loader, amp=bool(t.amp),
                      channels_last=self.channels_last, eval_every=t.eval_every, select=t.select, phase=phase,
                      step=step, max_steps=t.max_steps_per_epoch, on_epoch=self.rundir.append_epoch,
-                     train_forward=compiled(self.model, t.get("compile", False)), on_step=on_step)
+                     train_forward=compiled(self.model, t.get("compile", False)), on_step=on_step,
+                     clip_grad_norm=t.get("clip_grad_norm"))
         return result, next(r for r in result.history if r.epoch == result.selected_epoch)
 
 
@@ -420,7 +434,8 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     model, weights = create_backbone(b.timm_name, data.num_classes, weights=weights_source(cfg, base_run),
                                      pretrained_tag=b.pretrained_tag, cifar_stem=b.cifar_stem,
                                      kwargs=OmegaConf.to_container(b.kwargs),
-                                     packaged_weights=b.get("packaged_weights"), head_init=b.get("head_init", "timm"))
+                                     packaged_weights=b.get("packaged_weights"), head_init=b.get("head_init", "timm"),
+                                     torchvision_weights=b.get("torchvision_weights"))
     warnings: list[str] = []
     if weights.source == "none" and not b.allow_random:
         msg = ("this run starts from random weights (backbone.weights=none): transfer results will not be comparable "
@@ -429,6 +444,7 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
         warnings.append(msg)
     options = OmegaConf.to_container(cfg.adapter.options)
     model = apply_adapter(model, cfg.adapter.kind, **options)
+    freeze(model, b.get("frozen") or [])
     ranks = rank_report(model, options["rank"], options.get("rank_limit", "paper")) if "rank" in options else None
     channels_last = use_channels_last(cfg.train.channels_last, device)
     model.to(device)
@@ -607,7 +623,7 @@ def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, A
         if cfg.adapter.kind != "finetune":
             save_task(model, rundir.file(TASK),
                       adapter={"kind": cfg.adapter.kind, "options": OmegaConf.to_container(cfg.adapter.options)},
-                      classes=data.classes, structure=task_structure)
+                      classes=data.classes, structure=task_structure, frozen=list(b.get("frozen") or []))
             files[TASK] = rundir.file(TASK).stat().st_size
     summary = RunSummary(
         run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
@@ -694,12 +710,17 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
             rundir.append_epoch(record)
         last = initial.read_steps()[-1]     # an unpruned run has one row
         rows = [{**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
+                 "weight_density": last.get("weight_density", 1.0) if checkpoint["history"] else 1.0,
                  "kept_filters": session.kept_filters if session is not None else None}]
         log.info("starting from the %s run %s (test top-1 %.2f%%)", "channel-pruned" if checkpoint["history"] else
                  "unpruned", initial_run, rows[0]["top1"])
         selection = checkpoint["selection"]
     else:
         t0 = time.perf_counter()
+        head_epochs = int(parts.cfg.train.get("head_epochs", 0))
+        if head_epochs:       # the ViT runs of the paper's ICLR version: the new head alone first
+            with head_only(model):
+                parts.train(head_epochs, "head", 0)
         result, final = parts.train(initial_epochs(parts.cfg), "train", 0)
         rows = [step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0)]
         selection = _selection(result)
@@ -712,19 +733,27 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
     """Pruning steps after ``done_step``: score, remove, test, recover, record, checkpoint."""
     cfg, model = parts.cfg, parts.model
     sched, t, seed = cfg.schedule, cfg.train, int(cfg.seed)
-    plan = Plan(session.original_filters, sched.step_fraction, sched.target_density)
+    by_weights = sched.get("density", "filters") == "weights"
+    # by weights: the filter plan goes on to step_fraction, the loop stops at the target's weight density
+    plan = Plan(session.original_filters, sched.step_fraction,
+                sched.step_fraction if by_weights else sched.target_density)
+    base = rows[0]["params_deployable"] / (rows[0].get("weight_density") or 1.0)
     selection = None
     for step in range(done_step + 1, plan.steps + 1):
+        if by_weights and (rows[-1].get("weight_density") or 1.0) <= sched.target_density:
+            break
         t0 = time.perf_counter()
         parts.seed_step(step)
         criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, parts.mean_std)
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
-                     cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1))
+                     cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1), cfg.pruning.get("scope", "global"))
         if parts.channels_last:     # pruned layers get new (contiguous) weights
             apply_channels_last(model, parts.device)
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)
-        result, final = parts.train(int(sched.recovery_epochs), "recover", step)
-        rows.append(step_row(step, model, session, before["top1"], final, parts.size, time.perf_counter() - t0))
+        result, final = parts.train(int(sched.recovery_epochs), "recover", step,
+                                    lr_scale=float(sched.get("recovery_lr_scale", 1.0)))
+        rows.append(step_row(step, model, session, before["top1"], final, parts.size, time.perf_counter() - t0,
+                             base_deployable=base))
         selection = _selection(result)
         parts.rundir.write_steps(rows)
         save_checkpoint(parts.rundir, model, session, step, selection)
@@ -753,15 +782,19 @@ def make_criterion(name: str, seed: int, mean_std: tuple[tuple[float, ...], tupl
 
 
 def step_row(step: int, model, session, top1_before: float | None, final, size: tuple[int, int],
-             seconds: float) -> dict[str, Any]:
-    """One row of steps.csv. MACs (the paper's "FLOPs") at the run's input size and at 32 × 32."""
+             seconds: float, base_deployable: float | None = None) -> dict[str, Any]:
+    """One row of steps.csv. MACs (the paper's "FLOPs") at the run's input size and at 32 × 32.
+    ``weight_density``: deployable (fused) parameters / those of the unpruned network
+    (``base_deployable``), the ViT runs' "pruned weights" (1 at step 0; None where not counted)."""
     params = count_parameters(model)
+    weight_density = round(params.deployable / base_deployable, 6) if base_deployable else \
+        (1.0 if step == 0 else None)
     try:
         macs_32 = count_macs(model, (32, 32))
     except Exception:  # e.g. a ViT with a fixed input size
         macs_32 = None
     return {"step": step, "density": round(session.density, 6) if session else 1.0,
-            "kept_filters": session.kept_filters if session else None,
+            "weight_density": weight_density, "kept_filters": session.kept_filters if session else None,
             "top1_before": top1_before, "top1": final.test_top1, "top5": final.test_top5,
             "test_loss": final.test_loss, "val_top1": final.val_top1, "train_loss": final.train_loss,
             "train_top1": final.train_top1, "params_total": params.total, "params_learned": params.trainable,

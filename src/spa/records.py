@@ -31,13 +31,15 @@ from spa.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 # Keys that say where or how fast a run goes, not what it computes: left out of the config hash.
-VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "train.num_workers", "dataset.root",
+VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "cost", "train.num_workers", "dataset.root",
                  "dataset.download", "base.dataset.root", "base.dataset.download")
 # Keys added after runs existed, at the value that computes what those runs computed: left out of
 # the hash at that value, so adding a key with its neutral default keeps every finished run valid.
 NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False, "dataset.skip_unreadable": None,
                     "adapter.options.rank_limit": "paper", "base.dataset.skip_unreadable": None,
-                    "pruning.columns": []}
+                    "pruning.columns": [], "train.clip_grad_norm": None, "train.head_epochs": 0,
+                    "schedule.recovery_lr_scale": 1.0, "schedule.density": "filters", "pruning.scope": "global",
+                    "backbone.frozen": [], "backbone.torchvision_weights": None}
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
 STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"
@@ -257,7 +259,8 @@ class RunDir:
         if not rows:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        fields = list(dict.fromkeys(k for row in rows for k in row))   # rows copied from older runs may lack a column
+        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.file(STEPS), buffer.getvalue())

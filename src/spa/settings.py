@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 
 from spa.adapters import apply_adapter
+from spa.adapters.convert import freeze
 from spa.models import apply_cifar_stem
 from spa.records import flatten
 from spa.utils import resolve_device
@@ -79,6 +80,8 @@ RULES: dict[str, Rule] = {
     "train.max_steps_per_epoch": int_at_least(1, 10, optional=True),
     "train.num_workers": Rule("auto or an int >= 0", lambda v: v == "auto" or (_int(v) and v >= 0), "auto"),
     "train.select": choice("last", "best_val"),
+    "train.head_epochs": int_at_least(0, 10),
+    "train.clip_grad_norm": Rule("a number > 0 or null", lambda v: v is None or (_number(v) and v > 0), "1.0"),
     "dataset.image_size": int_at_least(8, 32),
     "dataset.download": BOOL,
     "dataset.train_fraction": number_in(0, 1, 0.5, high_open=False),
@@ -103,6 +106,8 @@ PRUNING_RULES: dict[str, Rule] = {
     "schedule.recovery_epochs": int_at_least(0, 20),
     "schedule.score_batches": int_at_least(1, 10, optional=True),
     "schedule.reuse_unpruned": BOOL,
+    "schedule.density": choice("filters", "weights"),
+    "schedule.recovery_lr_scale": POSITIVE,
     "pruning.group_reduction": choice("mean", "sum", "max"),
     # block pruning (its stages; the ordered targets, the warm-ups' sum and the block are checked by
     # spa.pipeline.check_block_pruning)
@@ -163,9 +168,10 @@ def check_optimizer(optim: dict[str, Any]) -> None:
 
 
 def check_adapter_options(timm_name: str, kwargs: dict[str, Any], cifar_stem: bool, kind: str,
-                          options: dict[str, Any]) -> None:
+                          options: dict[str, Any], frozen: list[str] | None = None) -> None:
     """The adapter kind and its options, applied to the backbone built on the meta device (no weights,
-    no memory): unknown options, a rank no layer can use, layers the adapter cannot stand in for."""
+    no memory): unknown options, a rank no layer can use, layers the adapter cannot stand in for; and
+    the modules ``backbone.frozen`` names exist."""
     if not timm.is_model(timm_name):
         raise SettingError(f"backbone.timm_name={timm_name!r} is not a timm model; see timm.list_models()")
     try:
@@ -186,3 +192,4 @@ def check_adapter_options(timm_name: str, kwargs: dict[str, Any], cifar_stem: bo
             checked("adapter.options", apply_adapter, model, kind, **options)
     finally:
         adapters_log.setLevel(level)
+    checked("backbone.frozen", freeze, model, frozen or [])

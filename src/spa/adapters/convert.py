@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 
 import torch.nn as nn
 
@@ -169,11 +170,20 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
     return [name for name, _ in planned]
 
 
+# a ViT's own tensors, learned with the adapters as its biases and norms are (the paper's ViT runs do)
+TOKENS = ("cls_token", "reg_token", "dist_token", "pos_embed")
+
+
 def set_trainable(model: nn.Module, train_norm: bool = True) -> None:
-    """The paper's trainable set: adapter factors, normalisation layers, biases, the head.
+    """The paper's trainable set: adapter factors, normalisation layers, biases, the head, and a
+    ViT's class (register, distillation) tokens and position embedding (:data:`TOKENS`).
     Base weights of adapted and non-adapted layers are frozen."""
     for param in model.parameters():
         param.requires_grad_(False)
+    for name in TOKENS:
+        token = getattr(model, name, None)
+        if isinstance(token, nn.Parameter):
+            token.requires_grad_(True)
     heads = head_names(model)
     for name, module in model.named_modules():
         if isinstance(module, AdapterLayer):
@@ -188,6 +198,33 @@ def set_trainable(model: nn.Module, train_norm: bool = True) -> None:
         bias = getattr(module, "bias", None)
         if isinstance(bias, nn.Parameter):
             bias.requires_grad_(True)
+
+
+@contextmanager
+def head_only(model: nn.Module):
+    """Inside, only the classifier head's parameters that were trainable stay trainable."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    head = {id(p) for name in head_names(model) for p in model.get_submodule(name).parameters()}
+    for p, trainable in flags:
+        p.requires_grad_(trainable and id(p) in head)
+    try:
+        yield
+    finally:
+        for p, trainable in flags:
+            p.requires_grad_(trainable)
+
+
+def freeze(model: nn.Module, names: list[str]) -> None:
+    """``backbone.frozen``: no learner trains the parameters of these modules (the ViT runs of the
+    paper's ICLR version freeze the patch embedding, ``patch_embed``, for fine-tuning too)."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as err:
+            raise ValueError(f"backbone.frozen names {name!r}, which {type(model).__name__} has not; use module "
+                             f"names such as patch_embed") from err
+        for p in module.parameters():
+            p.requires_grad_(False)
 
 
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:

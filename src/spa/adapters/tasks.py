@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from spa.adapters.convert import NORM_TYPES, adapter_layers, head_names
+from spa.adapters.convert import NORM_TYPES, adapter_layers, freeze, head_names
 from spa.adapters.layers import RESIDUAL
 from spa.adapters.registry import apply_adapter
 from spa.utils import atomic_torch_save
@@ -39,13 +39,16 @@ def task_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_task(model: nn.Module, path: str | Path, *, adapter: dict[str, Any], classes: list[str] | None = None,
-              structure: dict[str, Any] | None = None) -> Path:
+              structure: dict[str, Any] | None = None, frozen: list[str] | None = None) -> Path:
     """Write the task file. ``adapter`` = ``{"kind": ..., "options": {...}}`` as given to
-    :func:`~spa.adapters.apply_adapter`; ``structure`` is the pruning structure (kept channels)."""
+    :func:`~spa.adapters.apply_adapter`; ``structure`` is the pruning structure (kept channels);
+    ``frozen``: the modules the run froze on top (``backbone.frozen``), frozen again on loading."""
     num_classes = getattr(model, "num_classes", None)
     payload = {"format": TASK_FORMAT, "adapter": {"kind": adapter["kind"], "options": dict(adapter.get("options", {}))},
                "classes": list(classes) if classes is not None else None, "num_classes": num_classes,
                "structure": structure, "state": task_state(model)}
+    if frozen:
+        payload["frozen"] = list(frozen)
     atomic_torch_save(payload, path)
     return Path(path)
 
@@ -79,6 +82,7 @@ def load_task(base: nn.Module, path: str | Path | dict, device: torch.device | s
     if payload["num_classes"] is not None and hasattr(model, "reset_classifier"):
         model.reset_classifier(payload["num_classes"])
     apply_adapter(model, payload["adapter"]["kind"], **payload["adapter"]["options"])
+    freeze(model, payload.get("frozen") or [])     # e.g. the patch embedding: not in the task, the base's own
     from spa.pruning.session import restore
     restore(model, payload["structure"])      # a pruned task: remove the same channels, in the same order
     switch_task(model, payload)

@@ -138,7 +138,7 @@ def check_head_init(head_init: str) -> None:
 def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", pretrained_tag: str | None = None,
                     cifar_stem: bool = False, kwargs: dict[str, Any] | None = None,
                     load_head: bool = False, packaged_weights: str | None = None,
-                    head_init: str = "timm") -> tuple[nn.Module, WeightsInfo]:
+                    head_init: str = "timm", torchvision_weights: str | None = None) -> tuple[nn.Module, WeightsInfo]:
     """Build ``timm_name`` with a fresh ``num_classes`` head.
 
     ``head_init``: ``timm`` keeps timm's initialisation of the new head; ``torch`` redraws it as
@@ -148,10 +148,16 @@ def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", 
     ``weights``: ``"pretrained"`` (the packaged file ``packaged_weights`` if given, offline; else the
     timm hub, ``<timm_name>.<pretrained_tag>``), ``"none"``, or a path to a ``model.pt`` written by
     :func:`save_model_file` (or a plain state dict). From a file, the head is re-initialised unless
-    ``load_head`` (and the class count matches).
+    ``load_head`` (and the class count matches). ``torchvision_weights`` (with ``"pretrained"``):
+    torchvision's ViT weights of that name on timm's ViT (``spa.models.torchvision_vit``).
     """
     kwargs = dict(kwargs or {})
-    if weights == "pretrained" and packaged_weights:
+    if weights == "pretrained" and torchvision_weights:
+        from spa.models.torchvision_vit import load_torchvision_vit
+        model = _timm_model(timm_name, num_classes, None, False, kwargs)
+        url = load_torchvision_vit(model, torchvision_weights)
+        info = WeightsInfo("pretrained", name=f"torchvision:{torchvision_weights}", path=url)
+    elif weights == "pretrained" and packaged_weights:
         model = _timm_model(timm_name, num_classes, None, False, kwargs)
         info = load_packaged(model, packaged_weights)
     elif weights == "pretrained":

@@ -36,10 +36,13 @@ class Plan:
         """Number of steps from density 1 to the target (paper: 5 % steps to 5 % = 19 steps)."""
         return max(0, round((1.0 - self.target_density) / self.step_fraction))
 
+    def density_after(self, step: int) -> float:
+        """Kept fraction of the original filters after ``step`` steps (step 0 = unpruned)."""
+        return max(self.target_density, 1.0 - step * self.step_fraction)
+
     def kept_after(self, step: int) -> int:
         """Filters kept after ``step`` steps (step 0 = unpruned)."""
-        density = max(self.target_density, 1.0 - step * self.step_fraction)
-        return int(round(density * self.original_filters))
+        return int(round(self.density_after(step) * self.original_filters))
 
     def budget(self, step: int, kept_now: int) -> int:
         """Filters to remove at ``step`` (1-based) given the current count."""
@@ -85,6 +88,25 @@ def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
     if round_to > 1:
         removed = _rounded(groups, scores, removed, round_to)
     return {root: sorted(idxs) for root, idxs in removed.items()}
+
+
+SCOPES = ("global", "local")
+
+
+def select_local(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], density: float,
+                 original_sizes: dict[str, int], min_channels: int = 1) -> dict[str, list[int]]:
+    """``pruning.scope=local`` (Torch-Pruning's non-global pruning, the paper's ViT runs): every group
+    keeps ``density`` of its original width (halves round up; at least ``min_channels``), losing its
+    own lowest-scored units (ties by index). Groups of different sizes then shrink alike instead of
+    competing through per-layer normalised scores, which rank a unit of a wide layer (an MLP channel,
+    1 / 3,072 of its layer) below one of a narrow one (a head, 1 / 12)."""
+    removed: dict[str, list[int]] = {}
+    for g in groups:
+        keep = max(min_channels, math.floor(density * original_sizes[g.root] + 0.5))
+        if g.size > keep:
+            order = sorted(range(g.size), key=lambda c: (float(scores[g.root][c]), c))
+            removed[g.root] = sorted(order[: g.size - keep])
+    return removed
 
 
 def _rounded(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], removed: dict[str, list[int]],

@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from spa.pruning.groups import producer_filters
 from spa.pruning.importance import Importance, group_scores
-from spa.pruning.schedule import Plan, removed_filters, select_channels
+from spa.pruning.schedule import SCOPES, Plan, removed_filters, select_channels, select_local
 from spa.pruning.structures import structure_for
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class PruningSession:
         self.context = self.structure.context(model, example_input)     # the CNNs' dependency graph
         self.groups = self._groups()
         self.original_filters = original_filters or producer_filters(self.groups)
+        self.original_sizes = {g.root: g.size for g in self.groups}   # built on the unpruned model
         self.history: History = []
 
     def _groups(self):
@@ -67,13 +68,17 @@ class PruningSession:
 
     def step(self, step: int, plan: Plan, criterion: Importance, loader: Iterable | None,
              device: torch.device, max_batches: int | None = None, reduction: str = "mean",
-             round_to: int = 1) -> StepResult:
-        """Score, select the step's budget of filters globally (kept widths rounded to multiples of
-        ``round_to``), remove them."""
+             round_to: int = 1, scope: str = "global") -> StepResult:
+        """Score, select the step's budget of filters (``scope``: ``global``, ranked across the groups,
+        kept widths rounded to multiples of ``round_to``; ``local``, the same fraction of every group:
+        :func:`~spa.pruning.schedule.select_local`), remove them."""
+        if scope not in SCOPES:
+            raise ValueError(f"pruning.scope={scope!r}: use global (ranked across layers) or local (every layer alike)")
         scores = criterion.score(self.model, self.groups, loader, device, max_batches)
         ranked = group_scores(self.groups, scores, criterion.normalization, reduction)
         budget = plan.budget(step, self.kept_filters)
-        selection = select_channels(self.groups, ranked, budget, round_to=round_to)
+        selection = select_channels(self.groups, ranked, budget, round_to=round_to) if scope == "global" else \
+            select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
         result = self.apply(step, selection)
         log.info("pruning step %d: removed %d filters (budget %d), density %.3f (%d / %d filters)", step,
                  result.removed_filters, budget, result.density, result.kept_filters, self.original_filters)

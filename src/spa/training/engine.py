@@ -109,9 +109,12 @@ def train_one_epoch(
     max_steps: int | None = None,
     desc: str = "train",
     on_step: Callable[[], None] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> tuple[float, float]:
     """Train for one pass over ``loader``; returns (mean loss, top-1 %) over the seen samples.
     ``on_step`` is called after every optimiser step (block pruning updates its masks there).
+    ``clip_grad_norm``: the gradients' total L2 norm is clipped to it before every step (the ViT
+    runs of the paper's ICLR version clip at 1.0); None = no clipping.
 
     Sums stay on the device (one host sync per epoch); a non-finite loss stops training.
     """
@@ -127,12 +130,17 @@ def train_one_epoch(
             logits = model(x)
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None and scaler.is_enabled():
-            scaler.scale(loss).backward()
+        scaled = scaler is not None and scaler.is_enabled()
+        (scaler.scale(loss) if scaled else loss).backward()
+        if clip_grad_norm is not None:
+            if scaled:
+                scaler.unscale_(optimizer)       # clip the true gradients, not the loss-scaled ones
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                           clip_grad_norm)
+        if scaled:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         if schedule is not None:
             schedule.step_batch()
@@ -214,13 +222,14 @@ def fit(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     train_forward: nn.Module | None = None,
     on_step: Callable[[], None] | None = None,
+    clip_grad_norm: float | None = None,
 ) -> FitResult:
     """Train ``epochs`` epochs, evaluating every ``eval_every`` epochs and after the last.
 
     ``select="best_val"`` restores the weights of the epoch with the best validation top-1 at the
     end (needs ``val_loader``); ``"last"`` keeps the final weights. The test set never selects.
     ``train_forward``: a compiled ``model`` (:func:`compiled`) for the training steps; evaluation
-    runs ``model`` itself.
+    runs ``model`` itself. ``clip_grad_norm``: see :func:`train_one_epoch`.
     """
     if select not in ("last", "best_val"):
         raise ValueError(f"train.select={select!r} is unknown; use last or best_val")
@@ -245,6 +254,7 @@ def fit(
             max_steps,
             desc=f"{phase} {epoch}/{epochs}",
             on_step=on_step,
+            clip_grad_norm=clip_grad_norm,
         )
         schedule.step_epoch()
         record = EpochRecord(phase, step, epoch, epochs, lr, loss, acc)
