@@ -282,3 +282,16 @@ def test_architecture_counts_need_no_training_and_match_the_counts_by_hand():
     # at half the weights, fine-pruning learns about half its weights; SPLoRA's A factors and extras stay
     assert 0.3 < ft["learned_at"] / ft["learned_unpruned"] < 0.55
     assert 0.5 < sp["learned_at"] / sp["learned_unpruned"] < 1
+
+
+@pytest.mark.slow      # two full-size ViT-B/16 (86 M parameters each, random weights)
+def test_torchvision_vit_b_16_maps_onto_timms_vit_base_patch16_224_exactly():
+    from torchvision.models import vit_b_16
+    torch.manual_seed(0)
+    tv = vit_b_16(weights=None).eval()
+    nn.init.normal_(tv.heads.head.weight, std=0.02)
+    tm = timm.create_model("vit_base_patch16_224", num_classes=1000).eval()
+    tm.load_state_dict(timm_state(tv.state_dict()), strict=True)      # every tensor, the head included
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(tm(x), tv(x), rtol=1e-4, atol=1e-4)
