@@ -214,6 +214,10 @@ def test_sweep_cost_counts_the_head_phase_and_the_weight_stop():
     assert cifar[cifar["phase"] == "recover"]["epochs"].sum() == 16 * 10 * 6
     assert "score" not in set(cifar["phase"])                                 # weight magnitude reads no data
     assert pruning_steps(Plan(1, 0.05, 0.05), "weights") == 19 and pruning_steps(Plan(1, 0.05, 0.25), "filters") == 15
+    assert pruning_steps(Plan(1, 0.1, 0.25), "weights") == 8        # where every vit_iclr_mini run stopped
+    mini = sweep_epochs("vit_iclr_mini")
+    assert sorted(set(mini.loc[mini["phase"] == "recover", "density"])) == pytest.approx([0.2, 0.3, 0.4, 0.5, 0.6, 0.7,
+                                                                                         0.8, 0.9])
     seconds, note = stated_epoch_seconds("vit_iclr")
     assert set(seconds) == {"cifar10", "cifar100", "flowers102", "cats_vs_dogs", "stanford_cars"} and "stated" in note
 
