@@ -623,7 +623,9 @@ def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, A
         if cfg.adapter.kind != "finetune":
             save_task(model, rundir.file(TASK),
                       adapter={"kind": cfg.adapter.kind, "options": OmegaConf.to_container(cfg.adapter.options)},
-                      classes=data.classes, structure=task_structure, frozen=list(b.get("frozen") or []))
+                      classes=data.classes, structure=task_structure, frozen=list(b.get("frozen") or []),
+                      base={"timm_name": b.timm_name, "weights": parts.weights.name or parts.weights.source,
+                            "sha256": parts.weights.sha256})
             files[TASK] = rundir.file(TASK).stat().st_size
     summary = RunSummary(
         run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,

@@ -39,21 +39,26 @@ def task_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_task(model: nn.Module, path: str | Path, *, adapter: dict[str, Any], classes: list[str] | None = None,
-              structure: dict[str, Any] | None = None, frozen: list[str] | None = None) -> Path:
+              structure: dict[str, Any] | None = None, frozen: list[str] | None = None,
+              base: dict[str, Any] | None = None) -> Path:
     """Write the task file. ``adapter`` = ``{"kind": ..., "options": {...}}`` as given to
     :func:`~spa.adapters.apply_adapter`; ``structure`` is the pruning structure (kept channels);
-    ``frozen``: the modules the run froze on top (``backbone.frozen``), frozen again on loading."""
+    ``frozen``: the modules the run froze on top (``backbone.frozen``), frozen again on loading;
+    ``base``: what the task was trained on (``{"timm_name", "weights", "sha256"}``), which a
+    :class:`~spa.adapters.bank.TaskBank` checks against its own base."""
     num_classes = getattr(model, "num_classes", None)
     payload = {"format": TASK_FORMAT, "adapter": {"kind": adapter["kind"], "options": dict(adapter.get("options", {}))},
                "classes": list(classes) if classes is not None else None, "num_classes": num_classes,
                "structure": structure, "state": task_state(model)}
     if frozen:
         payload["frozen"] = list(frozen)
+    if base:
+        payload["base"] = dict(base)
     atomic_torch_save(payload, path)
     return Path(path)
 
 
-def _read(path_or_payload: str | Path | dict) -> dict[str, Any]:
+def read_task(path_or_payload: str | Path | dict) -> dict[str, Any]:
     payload = path_or_payload if isinstance(path_or_payload, dict) else \
         torch.load(path_or_payload, map_location="cpu", weights_only=True)
     if payload.get("format") != TASK_FORMAT:
@@ -77,7 +82,7 @@ def load_task(base: nn.Module, path: str | Path | dict, device: torch.device | s
 
     The base is not modified, and its frozen weights are shared, not copied, by the returned model.
     """
-    payload = _read(path)
+    payload = read_task(path)
     model = _shared_copy(base)
     if payload["num_classes"] is not None and hasattr(model, "reset_classifier"):
         model.reset_classifier(payload["num_classes"])
@@ -94,7 +99,7 @@ def load_task(base: nn.Module, path: str | Path | dict, device: torch.device | s
 def switch_task(model: nn.Module, path: str | Path | dict) -> nn.Module:
     """Load a task into an adapted model of the same structure, in place: only the task's tensors
     change, the shared base weights are not touched (and need not be reloaded)."""
-    payload = _read(path)
+    payload = read_task(path)
     state = payload["state"]
     expected = set(task_state(model))
     missing, unexpected = expected - set(state), set(state) - expected

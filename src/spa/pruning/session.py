@@ -39,7 +39,8 @@ class PruningSession:
     def __init__(self, model: nn.Module, example_input: torch.Tensor, original_filters: int | None = None):
         self.model = model
         self.structure = structure_for(model)
-        self.context = self.structure.context(model, example_input)     # the CNNs' dependency graph
+        with torch.enable_grad():       # the CNNs' dependency graph is traced through autograd, even under no_grad
+            self.context = self.structure.context(model, example_input)
         self.groups = self._groups()
         self.original_filters = original_filters or producer_filters(self.groups)
         self.original_sizes = {g.root: g.size for g in self.groups}   # built on the unpruned model
