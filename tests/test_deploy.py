@@ -102,3 +102,84 @@ def test_predict_prints_the_runs_top_classes_with_its_own_preprocessing(compose_
     assert lines[0].split(": ", 1)[1].startswith(f"{best[0]} {100 * best[1]:.1f}%")
     assert predict.main([str(run.parent), str(images[0])]) == 2
     assert "not a finished run" in capsys.readouterr().err
+
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-subset"
+
+
+def _real_images(count: int = 8) -> list[Path]:
+    images = sorted(p for p in (DATA / "test").rglob("*.png"))
+    return images[:: len(images) // count][:count]
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/cifar10-subset (real images)")
+@pytest.mark.parametrize("backbone,extra", [("test_resnet", ()), ("test_vit", ("pruning.scope=local",))])
+def test_a_pruned_run_exports_to_every_format_and_matches_pytorch_on_real_images(compose_cfg, backbone, extra,
+                                                                                   tmp_path):
+    from spa.deploy import load_run, read_images
+    from spa.export import FORMATS, export_run, load_export
+    summary = pipeline.run(compose_cfg(f"backbone={backbone}", "adapter=splora_r8", "pruning=weight", "train.epochs=1",
+                                       "schedule.step_fraction=0.3", "schedule.target_density=0.4",
+                                       "schedule.recovery_epochs=1", *extra))
+    assert summary["metrics"]["density"] < 0.75                     # channels (heads) really removed
+    run = Path(summary["run_dir"])
+    loaded = load_run(run)
+    batch = read_images(_real_images(), loaded.transform)
+    with torch.no_grad():
+        reference = loaded.model(batch).numpy()
+    for fmt, suffix in FORMATS.items():
+        path, diff = export_run(run, fmt, tmp_path / f"model{suffix}", check=batch)
+        forward, meta = load_export(path)
+        assert (meta["classes"], meta["image_size"], meta["mean"]) == (CLASSES, 32, loaded.normalization["mean"])
+        got = forward(batch.numpy())
+        assert got.shape == (8, 4) and float(abs(got - reference).max()) <= 1e-4 and diff <= 1e-4, fmt
+        assert forward(batch[:3].numpy()).shape == (3, 4)             # dynamic batch
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/cifar10-subset (real images)")
+def test_export_and_predict_from_the_command_line_and_bad_input(compose_cfg, capsys, monkeypatch, tmp_path):
+    from spa import export
+    summary = pipeline.run(compose_cfg("adapter=splora_r8", "pruning=weight", "train.epochs=1",
+                                       "schedule.step_fraction=0.3", "schedule.target_density=0.4",
+                                       "schedule.recovery_epochs=1"))
+    run = Path(summary["run_dir"])
+    script = load_script("export")
+    assert script.main([str(run), "--format", "onnx"]) == 0
+    assert (run / "model.onnx").is_file() and (run / "model.onnx.json").is_file()
+    capsys.readouterr()
+    images = [str(p) for p in _real_images(3)]
+    assert predict.main([str(run), *images]) == 0
+    from_run = capsys.readouterr().out
+    assert predict.main([str(run / "model.onnx"), *images]) == 0
+    from_onnx = capsys.readouterr().out
+    tops = [[line.split(": ", 1)[1].split(", ")[0].split(" ")[0] for line in out.splitlines()]
+            for out in (from_run, from_onnx)]
+    assert tops[0] == tops[1] and len(tops[0]) == 3
+    with pytest.raises(ValueError, match="use one of onnx, exported, torchscript"):
+        export.export_run(run, "tflite")
+    with pytest.raises(ValueError, match="must end in .pt2"):
+        export.export_run(run, "exported", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(RuntimeError, match="differs from PyTorch.*removed"):
+        export.export_run(run, "exported", tmp_path / "m.pt2", tolerance=-1.0)
+    assert not (tmp_path / "m.pt2").exists()
+
+    def broken(*args):
+        raise NotImplementedError("aten::some_op has no ONNX symbolic")
+    monkeypatch.setitem(export._EXPORTERS, "onnx", broken)
+    assert script.main([str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "try --format exported or torchscript" in capsys.readouterr().err
+
+
+@pytest.mark.slow      # full-size networks (random weights), pruned one step, exported to ONNX and run in onnxruntime
+@pytest.mark.parametrize("name", ["resnet50", "vgg16", "deit_small_patch16_224"])
+def test_full_size_pruned_networks_export_to_onnx(name, tmp_path):
+    from spa.export import export_model
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).eval()
+    session = PruningSession(model, torch.zeros(1, 3, 224, 224))
+    session.step(1, Plan(session.original_filters, 0.3, 0.5), WeightImportance(), None, torch.device("cpu"),
+                 scope="local" if "deit" in name else "global")
+    assert session.density < 0.75
+    check = torch.randn(2, 3, 224, 224)
+    assert export_model(model, "onnx", tmp_path / "m.onnx", {"classes": list("abcdefghij")}, check) <= 1e-4
