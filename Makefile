@@ -73,7 +73,7 @@ export: install ## a finished run's deployable network for other runtimes: make 
 sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR; T1=vit_iclr: its stated times)
 	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)
 
-bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost, block-sparse / SPLoPA forms (DeiT-S shapes) -> results/benchmarks/ (CPU: ~9 min)
+bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost, block-sparse / SPLoPA forms (DeiT-S shapes), deployment runtimes, task switching -> results/benchmarks/ (CPU: ~11 min)
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)

@@ -21,6 +21,13 @@ in the same run.
              random block mask at 70/50/30/10 % of the blocks, dense vs torch's BSR and CSR layouts (the
              form to deploy per layer); and a SPLoPA training step (64 / 128 prototypes, rank 2) with
              ΔW materialised (the layer's form) vs the exact factored form that never builds it.
+  deploy     ResNet-50 and MobileNetV2 pruned to 100/30/10 % in PyTorch eager, torch.compile (inductor) and
+             onnxruntime (CPU; the ONNX file scripts/export.py writes), interleaved at one batch: ratios to
+             eager dense, next to the MACs ratio (--no-compile leaves torch.compile out).
+  tasks      one ResNet-50 base, SPLoRA-r8 task files: switching a task bank's model to another task vs
+             loading a full model file, A -> B -> A against a fresh load of A, and the memory of the base
+             + N task files vs N full models (N = 1, 4, 16; resident set added in a fresh process, and
+             the tensors held).
 CPU defaults: batch 8, the machine's torch threads; on CUDA: batch 64, bf16 autocast, channels-last
 (blocks: float32 everywhere).
 """
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +50,7 @@ from spa.benchmarks import (
     DEIT_S,
     DEIT_S_LINEARS,
     DEIT_S_TOKENS,
+    DEPLOY_NETS,
     NETS,
     RESNET50,
     SPARSE_PRODUCTS,
@@ -49,16 +58,18 @@ from spa.benchmarks import (
     authors_available,
     block_sparse_inference,
     checks,
+    deploy_latency,
     inference_vs_density,
     layer_speed,
     layer_totals,
     pruning_overhead,
     splopa_training_forms,
+    task_switching,
     training_step,
 )
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
-SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks")
+SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks")
 # the authors' library indexes with a list (deprecated in torch); it still computes the right thing
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="sp_adapters")
 
@@ -148,6 +159,40 @@ def pruning(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, shown
 
 
+def deploy(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with tempfile.TemporaryDirectory() as workdir:
+        table = pd.DataFrame([r for spec in DEPLOY_NETS for r in deploy_latency(
+            spec, batch, device, args.repeats, args.warmup, Path(workdir), compile_model=not args.no_compile)])
+    shown = table.assign(density=table["density"].map("{:.0%}".format), latency_ms=_ms(table["latency_s"]),
+                         ratio=_ratio(table["latency_ratio"]), macs=_ratio(table["macs_ratio"]),
+                         over=_ratio(table["latency_over_macs_ratio"], 2),
+                         same=_ratio(table["ratio_to_same_runtime_dense"]))
+    shown = shown[["network", "density", "runtime", "latency_ms", "ratio", "macs", "over", "same"]].rename(columns={
+        "latency_ms": f"latency (ms, batch {batch})", "ratio": "latency ratio to eager dense",
+        "macs": "MACs ratio (ideal)", "over": "latency ratio / MACs ratio",
+        "same": "latency ratio to the same runtime dense"})
+    return table, shown
+
+
+def tasks(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with tempfile.TemporaryDirectory() as workdir:
+        table = pd.DataFrame(task_switching(RESNET50, device, args.repeats, args.warmup, Path(workdir)))
+    mib = table.get("resident_bytes", pd.Series(dtype=float))
+    shown = table.assign(
+        ms=table["seconds"].map(lambda v: "" if pd.isna(v) else f"{1e3 * v:.1f}") if "seconds" in table else "",
+        resident=_mib(mib) if "resident_bytes" in table else "",
+        tensors=_mib(table["tensor_bytes"]) if "tensor_bytes" in table else "",
+        ratio=_ratio(table["ratio"]), tasks=table["tasks"].map(lambda v: "" if pd.isna(v) else f"{int(v)}"),
+        exact=table["exact_after_switching"].map({True: "yes", False: "**no**"}))
+    shown.loc[shown["measurement"] == "time", ["resident", "tensors"]] = ""
+    shown.loc[shown["measurement"] == "memory", "ms"] = ""
+    shown = shown[["network", "measurement", "what", "tasks", "ms", "resident", "tensors", "ratio", "exact"]].rename(
+        columns={"ms": "time (ms)", "resident": "resident set added (MiB, fresh process)",
+                 "tensors": "tensors held (MiB)", "ratio": "ratio (time: to a full load; memory: to N full models)",
+                 "exact": "A -> B -> A = fresh A"})
+    return table, shown
+
+
 def _header(device, batch, amp, timing, warmup) -> str:
     """The settings line every report starts with."""
     return (f"{device_description(device)}; batch {batch}; {torch.get_num_threads()} threads; "
@@ -225,6 +270,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
     parser.add_argument("--out", default=None, help="default: results/benchmarks")
+    parser.add_argument("--no-compile", action="store_true", help="deploy: leave torch.compile out (slow to compile)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -247,7 +293,8 @@ def main() -> int:
         else:
             timing = {"training": f"median of {args.train_repeats} steps", "pruning": "one timed pass",
                       "layers": f"median of {args.layer_repeats} forward + backward passes per shape",
-                      "adapters": f"median of {args.adapter_repeats} passes"}.get(section,
+                      "adapters": f"median of {args.adapter_repeats} passes",
+                      "tasks": f"median of {args.repeats} calls"}.get(section,
                                                                                  f"median of {args.repeats} passes")
             text = _header(device, batch, cuda, timing, args.warmup) + "\n\n" + _markdown(shown) + "\n"
         atomic_write_text(stem.with_suffix(".md"), text)

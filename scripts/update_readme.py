@@ -16,7 +16,8 @@ TABLES = {name: f"results/tables/{name}.md" for name in (
     "block_spa_mini", "pear_mini", "vit_iclr_mini", "vit_iclr_mini_claims", "vit_iclr_cost",
     "vit_iclr_params")}
 TABLES.update({f"bench_{section}_cpu": f"results/benchmarks/{section}_cpu.md"
-               for section in ("inference", "adapters", "training", "layers", "pruning", "blocks", "checks")})
+               for section in ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks",
+                               "checks")})
 
 
 def embed(readme: str, name: str, table: str) -> str:

@@ -261,3 +261,29 @@ def test_splopa_training_rows_time_both_forms():
                                  prototypes=(2, 4), block=BLOCK)
     assert [r["prototypes"] for r in rows] == [2, 4]
     assert all(r["factored_over_materialised"] == pytest.approx(r["factored_s"] / r["materialised_s"]) for r in rows)
+
+
+def test_deploy_rows_time_each_runtime_at_each_density(tmp_path):
+    from spa.benchmarks import deploy_latency
+    rows = deploy_latency(TINY, batch=2, device=CPU, repeats=1, warmup=0, workdir=tmp_path, densities=(1.0, 0.3),
+                          compile_model=False)
+    assert [(round(r["density"], 1), r["runtime"]) for r in rows] == [(1.0, "eager"), (1.0, "onnxruntime"),
+                                                                       (0.3, "eager"), (0.3, "onnxruntime")]
+    assert rows[0]["latency_ratio"] == rows[0]["macs_ratio"] == rows[0]["ratio_to_same_runtime_dense"] == 1.0
+    assert rows[1]["ratio_to_same_runtime_dense"] == 1.0 and rows[2]["macs_ratio"] < 1.0
+    assert all(r["latency_over_macs_ratio"] == pytest.approx(r["latency_ratio"] / r["macs_ratio"]) for r in rows)
+
+
+def test_task_rows_compare_switching_and_memory_with_full_models(tmp_path):
+    from spa.benchmarks import checks, task_switching
+    rows = task_switching(TINY, CPU, repeats=2, warmup=0, workdir=tmp_path, counts=(1, 3))
+    times = {r["what"]: r for r in rows if r["measurement"] == "time"}
+    assert set(times) == {"switch a task", "load a full model file"} and times["load a full model file"]["ratio"] == 1
+    assert all(r["exact_after_switching"] for r in rows)
+    memory = {(r["what"], r["tasks"]): r for r in rows if r["measurement"] == "memory"}
+    assert len(memory) == 4 and all(r["resident_bytes"] is not None for r in memory.values())
+    base = memory[("1 full models", 1)]["tensor_bytes"]
+    assert memory[("3 full models", 3)]["tensor_bytes"] == 3 * base
+    assert base < memory[("base + 3 task files", 3)]["tensor_bytes"] < 2 * base      # one base, three small tasks
+    found = {c["check"]: c for c in checks({"tasks": rows})}
+    assert found["tiny: outputs after switching A -> B -> A equal a fresh load of A (1 = yes)"]["met"]

@@ -707,5 +707,167 @@ def checks(sections: dict[str, list[dict[str, Any]]], density: float = 0.3) -> l
     for row in layer_totals(sections.get("layers", [])):
         add(f"{row['network']}, {row['adapter']}: our adapted layers' time / the authors' on the same shapes",
             row["ours_over_authors"], "<= 1.0", row["ours_over_authors"] <= 1.0)
+    deployed = [r for r in sections.get("deploy", []) if abs(r["density"] - density) < 0.02]
+    for network in dict.fromkeys(r["network"] for r in deployed):
+        best = min((r for r in deployed if r["network"] == network), key=lambda r: r["latency_s"])
+        add(f"{network} at {best['density']:.0%}: best runtime ({best['runtime']}) latency ratio / MACs ratio",
+            best["latency_over_macs_ratio"], f"<= {DEPLOY_TARGET}", best["latency_over_macs_ratio"] <= DEPLOY_TARGET)
+    for row in sections.get("tasks", []):
+        if row["measurement"] == "time" and row["what"] == "switch a task":
+            add(f"{row['network']}: task switch time / loading a full model file", row["ratio"], "< 1",
+                row["ratio"] < 1)
+            add(f"{row['network']}: outputs after switching A -> B -> A equal a fresh load of A (1 = yes)",
+                float(row["exact_after_switching"]), "= 1", row["exact_after_switching"])
     return out
 
+
+
+# ----------------------------------------------------------------------------- deployment runtimes
+DEPLOY_NETS = (RESNET50, MOBILENETV2)
+DEPLOY_DENSITIES = (1.0, 0.3, 0.1)
+DEPLOY_TARGET = 1.15      # at 30 % density the best runtime's latency ratio within this x the MACs ratio
+
+
+def _onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[], Any] | None:
+    """An onnxruntime (CPU) session of ``model`` exported as scripts/export.py does; None where
+    onnxruntime is not installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from spa.export import _onnx
+    path = workdir / f"deploy_{id(model)}.onnx"
+    _onnx(model.cpu(), torch.zeros(2, *x.shape[1:]), path, {})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name, feed = session.get_inputs()[0].name, x.cpu().numpy()
+    return lambda: session.run(None, {name: feed})
+
+
+def deploy_latency(spec: NetSpec, batch: int, device: torch.device, repeats: int, warmup: int, workdir: Path,
+                   densities=DEPLOY_DENSITIES, compile_model: bool = True) -> list[dict[str, Any]]:
+    """Latency of ``spec`` pruned (channels removed, data-free weight criterion) at each density in
+    PyTorch eager, ``torch.compile`` (inductor) and onnxruntime (CPU only), timed interleaved at one
+    batch; ratios to the dense network in eager mode, and to the MACs ratio."""
+    x = _input(spec, batch, device, False)
+    rows: list[dict[str, Any]] = []
+    for density, model, _ in pruned_versions(spec, densities, device=device):
+        model.eval()
+        macs = count_macs(model, (spec.size, spec.size))
+        fns = {"eager": _forward(model, x, False)}
+        if compile_model:
+            torch._dynamo.reset()
+            fns["torch.compile"] = _forward(torch.compile(model), x, False)
+        if device.type == "cpu":
+            runner = _onnx_runner(model, x, workdir)
+            if runner is not None:
+                fns["onnxruntime"] = runner
+        for name, seconds in timed(fns, device, repeats, warmup).items():
+            rows.append({"network": spec.label, "density": density, "runtime": name, "latency_s": seconds,
+                         "macs": macs})
+    eager_dense = next(r["latency_s"] for r in rows if r["runtime"] == "eager" and r["density"] == max(densities))
+    dense_macs = max(r["macs"] for r in rows)
+    dense = {r["runtime"]: r["latency_s"] for r in rows if r["density"] == max(densities)}
+    for r in rows:
+        r["latency_ratio"] = r["latency_s"] / eager_dense
+        r["macs_ratio"] = r["macs"] / dense_macs
+        r["latency_over_macs_ratio"] = r["latency_ratio"] / r["macs_ratio"]
+        r["ratio_to_same_runtime_dense"] = r["latency_s"] / dense[r["runtime"]]    # what pruning buys in it
+    return rows
+
+
+# ----------------------------------------------------------------------------- one base, many tasks
+TASK_COUNTS = (1, 4, 16)
+
+
+def _task_files(spec: NetSpec, count: int, workdir: Path) -> tuple[nn.Module, list[Path], list[Path]]:
+    """The dense base of ``spec`` (seeded random weights), ``count`` SPLoRA-r8 task files trained on it
+    (drawn at random: only their sizes and shapes matter here) and each task's full model file."""
+    import logging
+
+    from spa.adapters import save_task
+    from spa.models.backbones import save_model_file
+    base = _dense(spec, torch.device("cpu")).eval()
+    tasks, fulls = [], []
+    logging.getLogger("spa.adapters").setLevel(logging.ERROR)      # the stem's rank note, once per task otherwise
+    for i in range(count):
+        model = apply_adapter(copy.deepcopy(base), "splora", rank=8)
+        generator = torch.Generator().manual_seed(1000 + i)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.01 * torch.randn(p.shape, generator=generator))
+        tasks.append(save_task(model.eval(), workdir / f"task_{i}.pt", base={"timm_name": spec.timm_name},
+                               adapter={"kind": "splora", "options": {"rank": 8}}))
+        fulls.append(save_model_file(fuse(model), workdir / f"model_{i}.pt", timm_name=spec.timm_name,
+                                     cifar_stem=spec.cifar_stem, kwargs=dict(spec.kwargs),
+                                     classes=[str(c) for c in range(spec.num_classes)]))
+    return base, tasks, fulls
+
+
+def _resident_after(kind: str, spec: NetSpec, paths: list[str], queue) -> None:
+    """Child process: the resident set added by holding ``paths`` as a task bank (one base + the task
+    files) or as full models, after importing everything; put on ``queue``."""
+    from spa.adapters import TaskBank
+    _trim_malloc()
+    before = _proc_kib("VmRSS")
+    if kind == "bank":
+        bank = TaskBank(_dense(spec, torch.device("cpu")))
+        for i, path in enumerate(paths):
+            bank.register(str(i), path)
+        held = [bank, bank.model("0")]
+    else:
+        held = [create_backbone(spec.timm_name, spec.num_classes, weights=path)[0] for path in paths]
+    _trim_malloc()
+    queue.put(1024 * (_proc_kib("VmRSS") - before))
+    del held
+
+
+def task_switching(spec: NetSpec, device: torch.device, repeats: int, warmup: int, workdir: Path,
+                   counts=TASK_COUNTS) -> list[dict[str, Any]]:
+    """One base, many tasks: the time of switching a bank's model to another task against loading a
+    full model file, whether A -> B -> A gives A's outputs exactly, and the memory of a bank with N task
+    files against N full models (the resident set each adds in a fresh process, and the exact bytes of
+    the tensors each holds)."""
+    import multiprocessing
+
+    from spa.adapters import TaskBank, load_task
+    base, tasks, fulls = _task_files(spec, max(counts), workdir)
+    bank = TaskBank(base)
+    for i, path in enumerate(tasks):
+        bank.register(str(i), path)
+    x = _input(spec, 2, torch.device("cpu"), False)
+    a = bank.predict("0", x)
+    bank.predict("1", x)
+    exact = torch.equal(bank.predict("0", x), a) and torch.equal(a, load_task(base, tasks[0]).eval()(x).detach())
+    turn = {"i": 0}
+
+    def switch():
+        turn["i"] = 1 - turn["i"]
+        bank.model(str(turn["i"]))
+    times = timed({"switch a task": switch,
+                   "load a full model file": lambda: create_backbone(spec.timm_name, spec.num_classes,
+                                                                     weights=str(fulls[0]))},
+                  torch.device("cpu"), repeats, warmup)
+    param_bytes = sum(t.numel() * t.element_size() for t in base.state_dict().values())
+    task_bytes = [sum(t.numel() * t.element_size() for t in torch.load(p, weights_only=True)["state"].values())
+                  for p in tasks]
+    context = multiprocessing.get_context("spawn")
+    rows = [{"network": spec.label, "measurement": "time", "what": name, "tasks": None, "seconds": seconds,
+             "ratio": seconds / times["load a full model file"], "exact_after_switching": exact}
+            for name, seconds in times.items()]
+    for count in counts:
+        resident = {}
+        for kind, paths in (("bank", tasks[:count]), ("full", fulls[:count])):
+            queue = context.Queue()
+            child = context.Process(target=_resident_after, args=(kind, spec, [str(p) for p in paths], queue))
+            child.start()
+            resident[kind] = queue.get(timeout=600)
+            child.join()
+        held = {"bank": param_bytes + sum(task_bytes[:count]), "full": param_bytes * count}
+        for kind, label in (("bank", f"base + {count} task files"), ("full", f"{count} full models")):
+            rows.append({"network": spec.label, "measurement": "memory", "what": label, "tasks": count,
+                         "resident_bytes": resident[kind], "tensor_bytes": held[kind],
+                         "ratio": held[kind] / held["full"], "exact_after_switching": exact})
+    return rows
