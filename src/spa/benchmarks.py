@@ -790,9 +790,14 @@ def _task_files(spec: NetSpec, count: int, workdir: Path) -> tuple[nn.Module, li
     from spa.models.backbones import save_model_file
     base = _dense(spec, torch.device("cpu")).eval()
     tasks, fulls = [], []
-    logging.getLogger("spa.adapters").setLevel(logging.ERROR)      # the stem's rank note, once per task otherwise
+    adapters_log = logging.getLogger("spa.adapters")
+    level = adapters_log.level
     for i in range(count):
-        model = apply_adapter(copy.deepcopy(base), "splora", rank=8)
+        adapters_log.setLevel(logging.ERROR if i else level)      # the stem's rank note once, not once per task
+        try:
+            model = apply_adapter(copy.deepcopy(base), "splora", rank=8)
+        finally:
+            adapters_log.setLevel(level)
         generator = torch.Generator().manual_seed(1000 + i)
         with torch.no_grad():
             for p in model.parameters():

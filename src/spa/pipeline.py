@@ -27,6 +27,7 @@ from spa.adapters.convert import freeze, head_only
 from spa.data import build_datasets, make_loader, normalization
 from spa.data.fingerprint import fingerprint
 from spa.data.sources import SOURCES
+from spa.loggers import LOGGERS, make_logger
 from spa.metrics import count_parameters
 from spa.models import check_head_init, check_packaged, create_backbone, declared_normalization, save_model_file
 from spa.models.torchvision_vit import check_torchvision_weights
@@ -217,8 +218,17 @@ def run_single(cfg: DictConfig, base_run: str | None = None, initial_run: str | 
             log.info("skipping %s: finished with the same config and data (test top-1 %.2f%%)",
                      rundir.path, done["metrics"]["test_top1"])
             return done
-        with rundir.logging_to_file():
-            summary = _execute(cfg, resolved, rundir, base_run, status, initial_run, built)
+        observer = make_logger(OmegaConf.to_container(cfg.get("logger")) if cfg.get("logger") else None,
+                               rundir.path, Path(cfg.paths.runs_dir))
+        if observer is not None:
+            rundir.observers.append(observer)
+        try:
+            with rundir.logging_to_file():
+                summary = _execute(cfg, resolved, rundir, base_run, status, initial_run, built)
+        finally:
+            if observer is not None:
+                observer.close()
+                rundir.observers.remove(observer)
     return summary.to_dict()
 
 
@@ -237,6 +247,7 @@ def check_settings(cfg: DictConfig) -> None:
     checked("device", check_device, str(cfg.device))
     checked("optim", check_optimizer, OmegaConf.to_container(cfg.optim, resolve=True))
     checked("backbone.head_init", check_head_init, b.get("head_init", "timm"))
+    checked("logger", check_choice, "logger", (cfg.get("logger") or {}).get("name", "none"), LOGGERS)
     check_packaged(str(b.weights), b.get("packaged_weights"))
     if b.get("torchvision_weights") and str(b.weights) == "pretrained":
         checked("backbone.torchvision_weights", check_torchvision_weights, b.torchvision_weights)

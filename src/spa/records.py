@@ -31,8 +31,8 @@ from spa.utils import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 # Keys that say where or how fast a run goes, not what it computes: left out of the config hash.
-VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "cost", "train.num_workers", "dataset.root",
-                 "dataset.download", "base.dataset.root", "base.dataset.download")
+VOLATILE_KEYS = ("overwrite", "paths", "device", "report", "shard", "cost", "logger", "train.num_workers",
+                 "dataset.root", "dataset.download", "base.dataset.root", "base.dataset.download")
 # Keys added after runs existed, at the value that computes what those runs computed: left out of
 # the hash at that value, so adding a key with its neutral default keeps every finished run valid.
 NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False, "dataset.skip_unreadable": None,
@@ -156,6 +156,7 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.observers: list[Any] = []     # e.g. spa.loggers.TensorBoardLogger: each record also goes to them
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -248,6 +249,8 @@ class RunDir:
         row = asdict(record) if not isinstance(record, dict) else record
         with open(self.file(EPOCHS), "a") as handle:
             handle.write(json.dumps(row) + "\n")
+        for observer in self.observers:
+            observer.epoch(row)
 
     def keep_epochs_until(self, step: int) -> None:
         """Drop epoch records of steps after ``step`` (a resumed run redoes them)."""
@@ -264,6 +267,8 @@ class RunDir:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(self.file(STEPS), buffer.getvalue())
+        for observer in self.observers:
+            observer.steps(rows)
 
     def read_steps(self) -> list[dict[str, Any]]:
         path = self.file(STEPS)
