@@ -8,27 +8,23 @@ images when its data is at hand (else a seeded random batch). scripts/predict.py
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-import torch
-
-from spa.export import FORMATS, export_metadata, export_run, write_metadata_sidecar
+from spa.export import FORMATS, export_run, load_export, write_metadata_sidecar
 
 
-def check_batch(run_dir: Path, count: int = 8) -> tuple[torch.Tensor | None, str]:
-    """Up to ``count`` of the run's own test images through its test transform, or None without them."""
-    import json
-
-    from spa.deploy import load_run, read_images
-    summary = json.loads((run_dir / "summary.json").read_text())
-    root = Path(summary["data"].get("root") or "")
-    images = sorted(p for p in (root / "test").rglob("*") if p.is_file()) if (root / "test").is_dir() else []
-    images = images[:: max(1, len(images) // count)][:count]       # spread over the classes
+def check_images(run_dir: Path, count: int = 8) -> tuple[list[Path] | None, str]:
+    """Up to ``count`` of the run's own test images (spread over its classes), or None without them."""
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    root = (summary.get("data") or {}).get("root")
+    test = Path(root) / "test" if root else None
+    images = sorted(p for p in test.rglob("*") if p.is_file()) if test is not None and test.is_dir() else []
+    images = images[:: max(1, len(images) // count)][:count]
     if not images:
         return None, "a seeded random batch (the run's test images are not here)"
-    run = load_run(run_dir)
-    return read_images(images, run.transform), f"{len(images)} of the run's test images ({root / 'test'})"
+    return images, f"{len(images)} of the run's test images ({test})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,12 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
-        batch, what = check_batch(args.run_dir)
-        path, diff = export_run(args.run_dir, args.format, args.out, check=batch)
+        images, what = check_images(args.run_dir)
+        path, diff = export_run(args.run_dir, args.format, args.out, check=images)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    sidecar = write_metadata_sidecar(path, export_metadata(args.run_dir))
+    sidecar = write_metadata_sidecar(path, load_export(path)[1])
     print(f"written: {path} ({path.stat().st_size / 2**20:.1f} MiB; metadata also in {sidecar.name})")
     print(f"max |logit difference| against PyTorch on {what}: {diff:.2e}")
     return 0

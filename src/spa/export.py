@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from spa.deploy import load_run
+from spa.deploy import load_run, read_images
 from spa.records import CONFIG
 from spa.utils import atomic_write_text
 
@@ -31,9 +31,10 @@ META_FILE = "spa.json"
 TOLERANCE = 1e-4        # max |Δ logit| between the exported file and PyTorch on the check batch
 
 
-def export_metadata(run_dir: str | Path) -> dict[str, Any]:
-    """What a prediction from the exported file needs, from the run's records."""
-    run = load_run(run_dir)
+def export_metadata(run_dir: str | Path, run=None) -> dict[str, Any]:
+    """What a prediction from the exported file needs, from the run's records (``run``: its
+    :func:`~spa.deploy.load_run`, when loaded already)."""
+    run = run or load_run(run_dir)
     config = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
     return {"format": EXPORT_FORMAT, "run_dir": str(Path(run_dir).resolve()), "classes": run.classes,
             "image_size": run.image_size, "transform": config["dataset"]["transform"],
@@ -41,11 +42,12 @@ def export_metadata(run_dir: str | Path) -> dict[str, Any]:
             "timm_name": config["backbone"]["timm_name"]}
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, check: torch.Tensor | None = None,
-               tolerance: float = TOLERANCE) -> tuple[Path, float]:
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
+               check: torch.Tensor | list[Path] | None = None, tolerance: float = TOLERANCE) -> tuple[Path, float]:
     """Export run ``run_dir`` as ``fmt`` (:data:`FORMATS`) to ``out`` (default ``<run_dir>/model<suffix>``);
-    returns the path and the max |Δ logit| against PyTorch on ``check`` (default: a seeded random batch of
-    3 at the run's input size). A difference above ``tolerance`` removes the file and raises."""
+    returns the path and the max |Δ logit| against PyTorch on ``check`` (a batch, or image files read
+    with the run's test transform; default: a seeded random batch of 3 at the run's input size). A
+    difference above ``tolerance`` removes the file and raises."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out) if out is not None else Path(run_dir) / f"model{FORMATS[fmt]}"
@@ -55,7 +57,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, che
     size = run.image_size
     if check is None:
         check = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-    return out, export_model(run.model, fmt, out, export_metadata(run_dir), check, tolerance, what=str(run_dir))
+    elif not isinstance(check, torch.Tensor):
+        check = read_images(list(check), run.transform)
+    return out, export_model(run.model, fmt, out, export_metadata(run_dir, run), check, tolerance, what=str(run_dir))
 
 
 def export_model(model: torch.nn.Module, fmt: str, out: Path, meta: dict[str, Any], check: torch.Tensor,
