@@ -73,7 +73,8 @@ def export_model(model: torch.nn.Module, fmt: str, out: Path, meta: dict[str, An
         _EXPORTERS[fmt](model, example, out, meta)
     except Exception as err:   # name what failed and what else works
         others = [f for f in FORMATS if f != fmt]
-        raise RuntimeError(f"exporting {what} as {fmt} failed ({type(err).__name__}: {str(err).splitlines()[0]}); "
+        first = (str(err).splitlines() or [""])[0]
+        raise RuntimeError(f"exporting {what} as {fmt} failed ({type(err).__name__}: {first}); "
                            f"try --format {' or '.join(others)}") from err
     with torch.no_grad():
         reference = model(check).float().numpy()
