@@ -35,7 +35,7 @@ from spa.pruning import check_pruning
 from spa.pruning.blocks import BLOCK_METHODS, BlockPruner, attach_blocks, empty_lines, pruned_parameters
 from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
-from spa.pruning.schedule import SCOPES, Plan, check_round_to
+from spa.pruning.schedule import SCOPES, Plan, check_round_to, schedule_plan
 from spa.pruning.session import PruningSession, count_macs
 from spa.records import (
     CHECKPOINT,
@@ -747,9 +747,8 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
     cfg, model = parts.cfg, parts.model
     sched, t, seed = cfg.schedule, cfg.train, int(cfg.seed)
     by_weights = sched.get("density", "filters") == "weights"
-    # by weights: the filter plan goes on to step_fraction, the loop stops at the target's weight density
-    plan = Plan(session.original_filters, sched.step_fraction,
-                sched.step_fraction if by_weights else sched.target_density)
+    plan = schedule_plan(session.original_filters, sched.step_fraction, sched.target_density,
+                         sched.get("density", "filters"))
     base = rows[0]["params_deployable"] / (rows[0].get("weight_density") or 1.0)
     selection = None
     for step in range(done_step + 1, plan.steps + 1):

@@ -49,6 +49,20 @@ class Plan:
         return max(0, kept_now - self.kept_after(step))
 
 
+def schedule_plan(original_filters: int, step_fraction: float, target_density: float,
+                  density: str = "filters") -> Plan:
+    """The filter plan a pruned run follows: down to ``target_density`` of the filters, or, where the
+    target counts weights (``schedule.density=weights``), on down to ``step_fraction``, the run
+    stopping at the first step at or below the target in weights."""
+    return Plan(original_filters, step_fraction, step_fraction if density == "weights" else target_density)
+
+
+def lowest_scored(group: ChannelGroup, scores: dict[str, torch.Tensor], count: int) -> list[int]:
+    """The ``count`` lowest-scored units of ``group`` (ties by index), in index order."""
+    order = sorted(range(group.size), key=lambda c: (float(scores[group.root][c]), c))
+    return sorted(order[:count])
+
+
 def check_round_to(round_to: object) -> None:
     """``pruning.round_to`` must be a positive int (1 = no rounding)."""
     if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1:
@@ -104,8 +118,7 @@ def select_local(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], de
     for g in groups:
         keep = max(min_channels, math.floor(density * original_sizes[g.root] + 0.5))
         if g.size > keep:
-            order = sorted(range(g.size), key=lambda c: (float(scores[g.root][c]), c))
-            removed[g.root] = sorted(order[: g.size - keep])
+            removed[g.root] = lowest_scored(g, scores, g.size - keep)
     return removed
 
 
@@ -122,9 +135,8 @@ def _rounded(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], remove
             continue
         kept = g.size - len(idxs)
         target = min(g.size, max(round_to, math.floor(kept / round_to + 0.5) * round_to))
-        order = sorted(range(g.size), key=lambda c: (float(scores[g.root][c]), c))
         if g.size - target > 0:
-            out[g.root] = order[: g.size - target]
+            out[g.root] = lowest_scored(g, scores, g.size - target)
     return out
 
 

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from spa import config_dir
 from spa.pruning.importance import CRITERIA
-from spa.pruning.schedule import Plan
+from spa.pruning.schedule import Plan, schedule_plan
 from spa.records import EPOCHS, STEPS, SUMMARY
 
 # training images of the official splits (spa.md §3), for scoring passes given in batches
@@ -77,7 +77,7 @@ def sweep_epochs(exp_name: str, overrides: tuple[str, ...] = (), train_images: d
                 runs = len(criteria) * seeds
                 plan, kept = Plan(FILTERS, float(s.step_fraction), float(s.target_density)), FILTERS
                 steps = pruning_steps(plan, s.get("density", "filters"))
-                filters = Plan(FILTERS, plan.step_fraction, min(plan.target_density, plan.step_fraction))
+                filters = schedule_plan(FILTERS, plan.step_fraction, plan.target_density, s.get("density", "filters"))
                 for step in range(1, steps + 1):
                     before, kept = kept / FILTERS, filters.kept_after(step)
                     if scoring:      # criteria that read data (weight magnitude reads none)

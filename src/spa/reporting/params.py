@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from spa.adapters import apply_adapter, save_task
+from spa.adapters.convert import freeze
 from spa.metrics import count_parameters
 from spa.models import create_backbone, save_model_file
 from spa.utils import package_versions
@@ -97,13 +98,15 @@ def parameter_markdown(table: pd.DataFrame) -> str:
 
 def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict | None = None,
                   step_fraction: float = 0.1, target_density: float = 0.1, input_size: tuple[int, int] = (32, 32),
-                  device: torch.device | None = None, round_to: int = 1, seed: int = 0):
+                  device: torch.device | None = None, round_to: int = 1, seed: int = 0, scope: str = "global",
+                  frozen: tuple[str, ...] = ()):
     """Yield ``(step, session, model)`` for step 0 (unpruned) and after every step of a pruning
     schedule, with the network pruned as the data-free weight criterion (L1 of BN-folded filters)
     leaves it: the same groups and budgets a run takes, no training and no data. The model starts
     from random weights drawn with ``seed`` (so the same channels go every time) and is pruned in
-    place (eval mode); ``round_to`` as ``pruning.round_to``. Raises ValueError where the adapter
-    does not apply (SPPaRA on a transformer)."""
+    place (eval mode); ``round_to``, ``scope`` and ``frozen`` as ``pruning.round_to``,
+    ``pruning.scope`` and ``backbone.frozen``. Raises ValueError where the adapter does not apply
+    (SPPaRA on a transformer)."""
     from spa.pruning.importance import CRITERIA
     from spa.pruning.schedule import Plan
     from spa.pruning.session import PruningSession
@@ -114,12 +117,13 @@ def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict 
                                kwargs=dict(backbone.kwargs))
     if kind != "finetune":
         model = apply_adapter(model, kind, **(options or {}))
+    freeze(model, list(frozen))
     model.to(device).eval()
     session = PruningSession(model, torch.zeros(1, 3, *input_size, device=device))
     plan = Plan(session.original_filters, step_fraction, target_density)
     yield 0, session, model
     for step in range(1, plan.steps + 1):
-        session.step(step, plan, CRITERIA["weight"](), None, device, round_to=round_to)
+        session.step(step, plan, CRITERIA["weight"](), None, device, round_to=round_to, scope=scope)
         yield step, session, model
 
 

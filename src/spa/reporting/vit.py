@@ -50,36 +50,23 @@ def architecture_counts(timm_name: str, num_classes: int, learners: dict[str, tu
                             "patch_embed",), kwargs: dict | None = None, image_size: int = 224) -> list[dict]:
     """Learned parameters of each learner (``{label: (adapter kind, options)}``) on ``timm_name``,
     unpruned and at ``density`` kept weights, pruned as experiment=vit_iclr prunes (weight magnitude,
-    ``pruning.scope=local``, ``step_fraction`` steps, ``frozen`` modules): counted on randomly initialised
-    weights, which is exact for any weights, since every block keeps the same number of heads and MLP
-    channels whichever ones go. No training, no data."""
-    import timm
-    import torch
-
-    from spa.adapters import apply_adapter
-    from spa.adapters.convert import freeze
+    ``pruning.scope=local``, ``step_fraction`` steps, ``frozen`` modules; :func:`~spa.reporting.params.weight_pruned`):
+    counted on randomly initialised weights, which is exact for any weights, since every block keeps
+    the same number of heads and MLP channels whichever ones go. No training, no data."""
     from spa.metrics import count_parameters
-    from spa.pruning.importance import WeightImportance
-    from spa.pruning.schedule import Plan
-    from spa.pruning.session import PruningSession
+    from spa.reporting.params import BackboneSpec, weight_pruned
+    backbone = BackboneSpec(timm_name, timm_name, num_classes, kwargs=tuple((kwargs or {}).items()))
     rows = []
     for name, (kind, options) in learners.items():
-        torch.manual_seed(0)
-        model = timm.create_model(timm_name, num_classes=num_classes, **(kwargs or {}))
-        apply_adapter(model, kind, **options)
-        freeze(model, list(frozen))
-        session = PruningSession(model, torch.zeros(1, 3, image_size, image_size))
-        plan = Plan(session.original_filters, step_fraction, step_fraction)
-        counts = count_parameters(model)
-        steps = [{"step": 0, "weight_density": 1.0, "params_learned": counts.trainable}]
-        for step in range(1, plan.steps + 1):
-            session.step(step, plan, WeightImportance(), None, torch.device("cpu"), scope="local")
-            now = count_parameters(model)
-            steps.append({"step": step, "weight_density": now.deployable / counts.deployable,
-                          "params_learned": now.trainable})
+        steps = []
+        for step, _, model in weight_pruned(backbone, kind, options, step_fraction, step_fraction,
+                                            (image_size, image_size), scope="local", frozen=frozen):
+            counts = count_parameters(model)
+            steps.append({"step": step, "deployable": counts.deployable, "params_learned": counts.trainable})
+            steps[-1]["weight_density"] = counts.deployable / steps[0]["deployable"]
             if steps[-1]["weight_density"] <= density:
                 break
-        rows.append({"learner": name, "num_classes": num_classes, "learned_unpruned": counts.trainable,
+        rows.append({"learner": name, "num_classes": num_classes, "learned_unpruned": steps[0]["params_learned"],
                      "learned_at": at_density(pd.DataFrame(steps), "params_learned", density)})
     return rows
 
