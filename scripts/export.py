@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from spa.export import FORMATS, export_run, load_export, write_metadata_sidecar
+from spa.export import FORMATS, export_run
 
 
 def check_images(run_dir: Path, count: int = 8) -> tuple[list[Path] | None, str]:
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    sidecar = write_metadata_sidecar(path, load_export(path)[1])
-    print(f"written: {path} ({path.stat().st_size / 2**20:.1f} MiB; metadata also in {sidecar.name})")
+    print(f"written: {path} ({path.stat().st_size / 2**20:.1f} MiB; metadata also in {path.name}.json)")
     print(f"max |logit difference| against PyTorch on {what}: {diff:.2e}")
     return 0
 

@@ -732,17 +732,14 @@ def _onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[
     """An onnxruntime (CPU) session of ``model`` exported as scripts/export.py does; None where
     onnxruntime is not installed."""
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    from spa.export import _onnx
+    from spa.export import load_export, write_onnx
     path = workdir / f"deploy_{id(model)}.onnx"
-    _onnx(model.cpu(), torch.zeros(2, *x.shape[1:]), path, {})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name, feed = session.get_inputs()[0].name, x.cpu().numpy()
-    return lambda: session.run(None, {name: feed})
+    write_onnx(model.cpu(), torch.zeros(2, *x.shape[1:]), path, {})
+    run, feed = load_export(path, threads=torch.get_num_threads())[0], x.cpu().numpy()   # torch's threads
+    return lambda: run(feed)
 
 
 def deploy_latency(spec: NetSpec, batch: int, device: torch.device, repeats: int, warmup: int, workdir: Path,
@@ -766,11 +763,10 @@ def deploy_latency(spec: NetSpec, batch: int, device: torch.device, repeats: int
         for name, seconds in timed(fns, device, repeats, warmup).items():
             rows.append({"network": spec.label, "density": density, "runtime": name, "latency_s": seconds,
                          "macs": macs})
-    eager_dense = next(r["latency_s"] for r in rows if r["runtime"] == "eager" and r["density"] == max(densities))
-    dense_macs = max(r["macs"] for r in rows)
     dense = {r["runtime"]: r["latency_s"] for r in rows if r["density"] == max(densities)}
+    dense_macs = max(r["macs"] for r in rows)
     for r in rows:
-        r["latency_ratio"] = r["latency_s"] / eager_dense
+        r["latency_ratio"] = r["latency_s"] / dense["eager"]
         r["macs_ratio"] = r["macs"] / dense_macs
         r["latency_over_macs_ratio"] = r["latency_ratio"] / r["macs_ratio"]
         r["ratio_to_same_runtime_dense"] = r["latency_s"] / dense[r["runtime"]]    # what pruning buys in it

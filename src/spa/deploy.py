@@ -25,6 +25,8 @@ class RunModel:
     classes: list[str]
     image_size: int
     normalization: dict
+    transform_style: str            # dataset.transform of the run
+    timm_name: str
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> RunModel:
@@ -45,7 +47,8 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> RunMode
     norm = summary["data"]["normalization"]
     size = int(config["dataset"]["image_size"])
     _, transform = build_transforms(config["dataset"]["transform"], size, (norm["mean"], norm["std"]))
-    return RunModel(model.to(device).eval(), transform, classes, size, norm)
+    return RunModel(model.to(device).eval(), transform, classes, size, norm, config["dataset"]["transform"],
+                    backbone["timm_name"])
 
 
 def read_images(paths: list[str | Path], transform) -> torch.Tensor:

@@ -19,10 +19,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from spa.deploy import load_run, read_images
-from spa.records import CONFIG
 from spa.utils import atomic_write_text
 
 FORMATS = {"onnx": ".onnx", "exported": ".pt2", "torchscript": ".ts"}
@@ -35,19 +33,18 @@ def export_metadata(run_dir: str | Path, run=None) -> dict[str, Any]:
     """What a prediction from the exported file needs, from the run's records (``run``: its
     :func:`~spa.deploy.load_run`, when loaded already)."""
     run = run or load_run(run_dir)
-    config = yaml.safe_load((Path(run_dir) / CONFIG).read_text())
     return {"format": EXPORT_FORMAT, "run_dir": str(Path(run_dir).resolve()), "classes": run.classes,
-            "image_size": run.image_size, "transform": config["dataset"]["transform"],
+            "image_size": run.image_size, "transform": run.transform_style,
             "mean": list(run.normalization["mean"]), "std": list(run.normalization["std"]),
-            "timm_name": config["backbone"]["timm_name"]}
+            "timm_name": run.timm_name}
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
                check: torch.Tensor | list[Path] | None = None, tolerance: float = TOLERANCE) -> tuple[Path, float]:
-    """Export run ``run_dir`` as ``fmt`` (:data:`FORMATS`) to ``out`` (default ``<run_dir>/model<suffix>``);
-    returns the path and the max |Δ logit| against PyTorch on ``check`` (a batch, or image files read
-    with the run's test transform; default: a seeded random batch of 3 at the run's input size). A
-    difference above ``tolerance`` removes the file and raises."""
+    """Export run ``run_dir`` as ``fmt`` (:data:`FORMATS`) to ``out`` (default ``<run_dir>/model<suffix>``),
+    its metadata also in ``<out>.json``; returns the path and the max |Δ logit| against PyTorch on
+    ``check`` (a batch, or image files read with the run's test transform; default: a seeded random batch
+    of 3 at the run's input size). A difference above ``tolerance`` removes the file and raises."""
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out) if out is not None else Path(run_dir) / f"model{FORMATS[fmt]}"
@@ -59,7 +56,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
         check = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     elif not isinstance(check, torch.Tensor):
         check = read_images(list(check), run.transform)
-    return out, export_model(run.model, fmt, out, export_metadata(run_dir, run), check, tolerance, what=str(run_dir))
+    meta = export_metadata(run_dir, run)
+    diff = export_model(run.model, fmt, out, meta, check, tolerance, what=str(run_dir))
+    write_metadata_sidecar(out, meta)
+    return out, diff
 
 
 def export_model(model: torch.nn.Module, fmt: str, out: Path, meta: dict[str, Any], check: torch.Tensor,
@@ -87,7 +87,8 @@ def export_model(model: torch.nn.Module, fmt: str, out: Path, meta: dict[str, An
     return diff
 
 
-def _onnx(model, example, out: Path, meta: dict) -> None:
+def write_onnx(model, example, out: Path, meta: dict) -> None:
+    """``model`` as ONNX at ``out`` (dynamic batch, input ``image``, output ``logits``), ``meta`` in its properties."""
     import onnx
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["image"], output_names=["logits"],
@@ -113,18 +114,22 @@ def _torchscript(model, example, out: Path, meta: dict) -> None:
         torch.jit.save(traced, str(out), _extra_files={META_FILE: json.dumps(meta)})
 
 
-_EXPORTERS: dict[str, Callable] = {"onnx": _onnx, "exported": _exported, "torchscript": _torchscript}
+_EXPORTERS: dict[str, Callable] = {"onnx": write_onnx, "exported": _exported, "torchscript": _torchscript}
 
 
-def load_export(path: str | Path) -> tuple[Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
+def load_export(path: str | Path, threads: int | None = None) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                                        dict[str, Any]]:
     """``(predict, metadata)`` of an exported file: ``predict(batch float32 NCHW) -> logits``, with
-    onnxruntime (CPU) for ONNX, PyTorch for the others."""
+    onnxruntime (CPU; ``threads`` intra-op threads, default its own choice) for ONNX, PyTorch for the others."""
     path = Path(path)
     if path.suffix == ".onnx":
         import onnx
         import onnxruntime as ort
         meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return (lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]), \
             json.loads(meta.get("spa", "{}"))
