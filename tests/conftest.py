@@ -48,10 +48,28 @@ def _own_cache_dir(tmp_path_factory):
         os.environ["SPA_CACHE_DIR"] = previous
 
 
+@pytest.fixture
+def float64():
+    """Tensors and modules made inside the test default to float64 (tests/numerics.py: exact operations
+    are compared in float64, where no CPU kernel set's rounding can reach the tolerance)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     torch.set_num_threads(2)
     yield
+
+
+def pytest_report_header(config):
+    """Which CPU kernels this run uses (tests/numerics.py: tolerances must hold for every set)."""
+    from spa.utils import machine_record
+    machine = machine_record()
+    return (f"kernels: torch {machine['cpu_capability']}, oneDNN max ISA {machine['onednn_max_cpu_isa'] or 'the CPU'}"
+            f"; {machine['threads']} threads; {machine['cpu']}")
 
 
 def pytest_collection_modifyitems(config, items):

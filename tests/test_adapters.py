@@ -1,6 +1,6 @@
 """Channel SPAs: the maths of spa.md §1, fusion, the trainable set, exact counts and task files.
 
-Tolerance for float32 equality of fused vs unfused outputs: atol 1e-5 on unit-scale activations.
+Fused vs unfused outputs are exact in real arithmetic: compared in float64 (tests/numerics.py).
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from numerics import assert_exact
 
 from spa.adapters import (
     SPLoRAConv2d,
@@ -25,7 +26,6 @@ from spa.adapters import (
 from spa.metrics import count_parameters
 from spa.models import apply_cifar_stem, save_model_file
 
-ATOL = 1e-5
 CONVS = {  # name: (in, out, kernel, stride, padding, dilation, groups, bias)
     "1x1": (8, 12, 1, 1, 0, 1, 1, False),
     "3x3": (8, 12, 3, 1, 1, 1, 1, True),
@@ -57,18 +57,20 @@ def inputs(layer):
     return torch.randn(4, 10) if isinstance(layer, nn.Linear) else torch.randn(2, layer.in_channels, 11, 11)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", list(CONVS) + ["linear"])
-def test_converted_layer_equals_the_original_at_init_range_zero(name):
+def test_converted_layer_equals_the_original_at_init_range_zero(name, float64):
     layer = nn.Linear(10, 6) if name == "linear" else conv(name)
     x = inputs(layer)
     for adapted in adapters_of(layer, init_range=0.0):
         for mode in (True, False):
             adapted.train(mode)
-            assert torch.allclose(adapted(x), layer(x), atol=ATOL), (type(adapted).__name__, mode)
+            assert_exact(adapted(x), layer(x), what=f"{type(adapted).__name__} train={mode}")
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", list(CONVS) + ["linear"])
-def test_low_memory_training_form_equals_fused_weight_and_plain_layer(name):
+def test_low_memory_training_form_equals_fused_weight_and_plain_layer(name, float64):
     layer = nn.Linear(10, 6) if name == "linear" else conv(name)
     x = inputs(layer)
     for adapted in adapters_of(layer):
@@ -79,9 +81,9 @@ def test_low_memory_training_form_equals_fused_weight_and_plain_layer(name):
         eval_out = adapted.eval()(x)
         plain = adapted.to_module()
         assert type(plain) in (nn.Conv2d, nn.Linear)
-        assert torch.allclose(train_out, dense, atol=ATOL)
-        assert torch.allclose(eval_out, dense, atol=ATOL)
-        assert torch.allclose(plain(x), dense, atol=ATOL)
+        assert_exact(train_out, dense, what="training form")
+        assert_exact(eval_out, dense, what="eval form")
+        assert_exact(plain(x), dense, what="plain layer")
         assert not torch.allclose(dense, layer(x), atol=1e-3)     # the update is not negligible here
 
 
@@ -99,10 +101,11 @@ def test_eval_cache_is_reused_without_grad_and_bypassed_under_autograd():
     assert layer._cache.weight is None                           # dropped on train()
 
 
-def test_update_sits_at_the_centre_tap_only():
+@pytest.mark.numerics
+def test_update_sits_at_the_centre_tap_only(float64):
     adapted = SPLoRAConv2d.from_module(conv("7x7-stride2"), rank=2, init_range=0.5)
     delta = adapted.fused_weight() - adapted.weight
-    assert torch.allclose(delta[:, :, 3, 3], adapted.B @ adapted.A)
+    assert_exact(delta[:, :, 3, 3], adapted.B @ adapted.A)
     delta[:, :, 3, 3] = 0
     assert delta.abs().max() == 0
 
@@ -129,6 +132,7 @@ def test_per_layer_learned_counts():
     assert p.learned_parameters() == 12 * 8
 
 
+@pytest.mark.numerics
 def test_optimizer_step_changes_adapters_not_base_and_refreshes_the_eval_cache():
     # zero_init_last=False: timm otherwise zeroes each block's last BN, whose conv then gets no gradient
     model = timm.create_model("test_resnet", num_classes=3, zero_init_last=False)
@@ -148,12 +152,14 @@ def test_optimizer_step_changes_adapters_not_base_and_refreshes_the_eval_cache()
     model.eval()
     after = model(x)
     assert not torch.allclose(before, after)
-    assert torch.allclose(after, fuse(model).eval()(x), atol=ATOL)
+    model.double()                                   # fusing is exact: checked in float64
+    assert_exact(model(x.double()), fuse(model).eval()(x.double()))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name,kwargs,kinds", [("test_resnet", {}, ["splora", "sppara"]),
                                                 ("test_vit", {"img_size": 32}, ["splora"])])
-def test_fuse_returns_a_plain_model_with_the_same_outputs(name, kwargs, kinds):
+def test_fuse_returns_a_plain_model_with_the_same_outputs(name, kwargs, kinds, float64):
     for kind in kinds:
         torch.manual_seed(0)
         model = timm.create_model(name, num_classes=5, **kwargs)
@@ -163,7 +169,7 @@ def test_fuse_returns_a_plain_model_with_the_same_outputs(name, kwargs, kinds):
         fused = fuse(model)
         assert not adapter_layers(fused) and adapter_layers(model)
         assert all(type(m) is not SPLoRALinear for m in fused.modules())
-        assert torch.allclose(model(x), fused(x), atol=ATOL)
+        assert_exact(model(x), fused(x))
         counts = count_parameters(model)
         assert sum(p.numel() for p in fused.parameters()) == counts.deployable
 
@@ -209,6 +215,7 @@ def trained_task(base: nn.Module, classes: int, kind: str, seed: int) -> nn.Modu
     return model.eval()
 
 
+@pytest.mark.numerics
 def test_task_files_rebuild_outputs_switch_tasks_and_share_the_base(tmp_path):
     torch.manual_seed(0)
     base = timm.create_model("test_resnet", num_classes=1000).eval()
@@ -260,7 +267,8 @@ def test_parameter_table_counts_and_file_sizes():
     assert lora.learned < lora.deployable < lora.total and lora.model_to_task > 1.5
 
 
-def test_splora_convs_train_through_the_cheaper_form_with_the_same_gradients(monkeypatch):
+@pytest.mark.numerics
+def test_splora_convs_train_through_the_cheaper_form_with_the_same_gradients(monkeypatch, float64):
     from spa.adapters import layers
     assert not layers.branch_is_cheaper(32, 64, 256)             # early 1×1 conv: W + BA is cheaper
     assert layers.branch_is_cheaper(8, 512, 2048)                  # late 1×1 conv: the thin branch is
@@ -281,7 +289,8 @@ def test_splora_convs_train_through_the_cheaper_form_with_the_same_gradients(mon
                 t.grad = None
             return got
         branch, fused = grads(True), grads(False)
-        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(branch, fused))
+        for a, b in zip(branch, fused):
+            assert_exact(a, b)
         assert layer.weight.grad is None                           # the frozen weight learns nothing either way
 
 
@@ -299,7 +308,8 @@ def test_a_tensor_shared_by_two_layers_is_counted_once():
     assert tied.deployable == untied.deployable == sum(p.numel() for p in fuse(model).parameters())
 
 
-def test_an_adapter_layer_prunes_its_own_rows_and_columns():
+@pytest.mark.numerics
+def test_an_adapter_layer_prunes_its_own_rows_and_columns(float64):
     """The pruner asks the layer (keep_rows / keep_cols); the layer keeps the matching slices of W,
     of its adapter tensors and of the bias, and the kept part computes what it computed before."""
     torch.manual_seed(0)
@@ -308,7 +318,7 @@ def test_an_adapter_layer_prunes_its_own_rows_and_columns():
     layer.keep_rows([0, 2, 4])
     layer.keep_cols([1, 3, 5])
     assert (layer.A.shape, layer.B.shape, layer.bias.shape) == ((2, 3), (3, 2), (3,))
-    assert torch.allclose(layer.fused_weight(), full[[0, 2, 4]][:, [1, 3, 5]])
+    assert_exact(layer.fused_weight(), full[[0, 2, 4]][:, [1, 3, 5]])
     assert layer.A.requires_grad and layer.B.requires_grad and not layer.weight.requires_grad
     conv = SPPaRAConv2d.from_module(nn.Conv2d(4, 3, 3, padding=1), init_range=0.5)
     conv.keep_rows([1, 2])

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
+from numerics import assert_exact
 
 from spa.adapters import adapter_layers, apply_adapter
 from spa.benchmarks import (
@@ -78,6 +79,7 @@ def test_timing_is_a_median_after_warmup_interleaved():
     assert order == ["a", "b", "b", "a", "a", "b"]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind,options", [("splora", {"rank": 4}), ("sppara", {})])
 def test_the_authors_library_runs_the_same_layers_and_function(kind, options):
     """Same adapted layers, same trainable count, and with our factors copied in, the same outputs
@@ -97,10 +99,11 @@ def test_the_authors_library_runs_the_same_layers_and_function(kind, options):
                 target.adapter.rows.copy_(layer.A[None])
                 target.adapter.cols.copy_(layer.B[None] + 0.01)
                 layer.B.add_(0.01)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32).double()       # the same function written twice: exact, so in float64
+    ours.double(), theirs.double()
     for mode in (True, False):
         ours.train(mode), theirs.train(mode)
-        assert torch.allclose(ours(x), theirs(x), atol=1e-4), mode
+        assert_exact(ours(x), theirs(x), what=f"train={mode}")
 
 
 def test_training_step_rows_compare_learners_and_memory():
@@ -195,6 +198,7 @@ def test_block_sparse_rows_keep_exactly_the_asked_blocks_and_compare_the_forms()
         assert r["bsr_product"] is not None and r["csr_product"] is not None    # one product of each runs on CPU
 
 
+@pytest.mark.numerics
 def test_block_mask_and_sparse_forms_give_the_dense_product():
     from spa.benchmarks import SPARSE_PRODUCTS, block_sparse_weight, sparse_forms
     weight, mask = block_sparse_weight(64, 64, BLOCK, 0.3)
@@ -203,13 +207,13 @@ def test_block_mask_and_sparse_forms_give_the_dense_product():
     assert torch.equal(blocks > 0, mask)                             # zero exactly outside the kept blocks
     again, _ = block_sparse_weight(64, 64, BLOCK, 0.3)
     assert torch.equal(weight, again)                                # seeded
-    x = torch.randn(20, 64)
+    x, weight = torch.randn(20, 64).double(), weight.double()       # dropping zero blocks is exact: float64
     forms = sparse_forms(weight, BLOCK)
     assert forms["bsr"].layout == torch.sparse_bsr and forms["csr"].layout == torch.sparse_csr
     with torch.no_grad():
         for layout in ("bsr", "csr"):
-            for product in SPARSE_PRODUCTS.values():
-                torch.testing.assert_close(product(forms[layout], x), x @ weight.T, rtol=1e-4, atol=1e-5)
+            for name, product in SPARSE_PRODUCTS.items():
+                assert_exact(product(forms[layout], x), x @ weight.T, what=f"{layout} {name}")
 
 
 def test_fastest_form_names_one_of_the_forms():
@@ -220,24 +224,26 @@ def test_fastest_form_names_one_of_the_forms():
     assert deploy_form({"dense_s": 1.0, "bsr_s": 1.0, "csr_s": 1.0}) == "dense"
 
 
+@pytest.mark.numerics
 def test_factored_splopa_forward_equals_the_layer_with_the_same_gradients():
     from spa.benchmarks import splopa_factored_forward, splopa_layer
-    layer = splopa_layer(64, 32, prototypes=4, rank=2, block=BLOCK)
+    layer = splopa_layer(64, 32, prototypes=4, rank=2, block=BLOCK).double()     # exact: float64
     with torch.no_grad():
         layer.bank.C.normal_()                          # a visible update (C starts at ±1e-4)
-    x = torch.randn(3, 5, 32)
+    x = torch.randn(3, 5, 32).double()
     grads = []
     for forward in (layer, lambda v: splopa_factored_forward(layer, v)):
         layer.zero_grad(set_to_none=True)
         inp = x.clone().requires_grad_(True)
         out = forward(inp)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        (out * torch.linspace(-1, 1, out.numel()).double().view_as(out)).sum().backward()
         grads.append((out.detach(), inp.grad, layer.B.grad, layer.bank.C.grad, layer.bank.R.grad, layer.bias.grad))
     assert grads[0][0].shape == (3, 5, 64) and layer.weight.grad is None      # base frozen
-    for a, b in zip(*grads):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    for what, a, b in zip(("out", "x", "B", "C", "R", "bias"), *grads):
+        assert_exact(b, a, what=what)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("columns", [[], ["layer"]])
 def test_factored_splopa_forward_drops_the_masked_blocks_as_the_layer_does(columns):
     """Square blocks and hybrid column strips (a mask block a multiple of the prototypes')."""
@@ -247,12 +253,13 @@ def test_factored_splopa_forward_drops_the_masked_blocks_as_the_layer_does(colum
     model.pretrained_cfg = {"classifier": "none"}
     model.add_module("layer", splopa_layer(64, 32, prototypes=4, rank=2, block=BLOCK))
     attach_blocks(model, BLOCK, dense=False, columns=columns)
+    model.double()                                                  # exact: float64
     layer = model.layer
     with torch.no_grad():
         layer.bank.C.normal_()
         layer.block_mask.view(-1)[::2] = 0
-    x = torch.randn(3, 5, 32)
-    torch.testing.assert_close(splopa_factored_forward(layer, x), layer(x), rtol=1e-4, atol=1e-4)
+    x = torch.randn(3, 5, 32).double()
+    assert_exact(splopa_factored_forward(layer, x), layer(x))
 
 
 def test_splopa_training_rows_time_both_forms():

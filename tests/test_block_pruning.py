@@ -10,6 +10,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from numerics import assert_exact
 
 from spa import pipeline
 from spa.adapters import adapter_layers, apply_adapter, fuse, load_task
@@ -65,6 +66,7 @@ def test_block_sums_and_mask_expansion_follow_the_blocks():
     assert sums.shape == (2, 2) and sums[0, 1] == m[:2, 4:].sum() and sums[1, 0] == m[2:, :4].sum()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("method", ["magnitude", "movement"])
 def test_topk_methods_reach_the_density_per_matrix_and_pruned_blocks_are_zero_when_fused(method):
     model = _vit()
@@ -79,9 +81,10 @@ def test_topk_methods_reach_the_density_per_matrix_and_pruned_blocks_are_zero_wh
     assert pruner.density == 0.5
     if method == "movement":    # scores are the accumulated -W'·dL/dW' per block, so they moved from 0
         assert any(layer.block_scores.abs().sum() > 0 for layer in block_layers(model).values())
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32).double()
+    model.double().eval()                                         # fusing is exact: float64
     fused = fuse(model).eval()
-    assert torch.allclose(model.eval()(x), fused(x), atol=1e-5)
+    assert_exact(model(x), fused(x))
     for name, layer in block_layers(model).items():
         weight = dict(fused.named_modules())[name].weight
         zero = block_sums(weight.abs(), (16, 16)) == 0
@@ -249,6 +252,7 @@ def test_a_block_run_that_died_resumes_after_its_last_stage(compose_cfg, tmp_pat
     assert steps[2]["params_nonzero"] < steps[1]["params_nonzero"] < steps[0]["params_nonzero"]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("name", ["test_vit", "mobilenetv2_035"])
 def test_cropping_removes_only_what_no_layer_reads_and_changes_no_output(name):
     from spa.pruning.blocks import crop
@@ -259,18 +263,19 @@ def test_cropping_removes_only_what_no_layer_reads_and_changes_no_output(name):
     layers = block_layers(model)
     for layer in layers.values():                 # every consumer matrix: its first 8 input columns pruned
         layer.block_mask[:, 0] = 0
-    plain = fuse(model).eval()
-    x = torch.randn(2, 3, 32, 32)
+    plain = fuse(model).eval().double()                # cropping is exact: float64
+    x = torch.randn(2, 3, 32, 32).double()
     with torch.no_grad():
         expected = plain(x)
     macs = count_macs(plain, (32, 32))
     result = crop(plain, (32, 32))
     assert result["cropped_filters"] > 0
     with torch.no_grad():
-        assert torch.allclose(plain(x), expected, atol=1e-5)
+        assert_exact(plain(x), expected)
     assert count_macs(plain, (32, 32)) < macs
 
 
+@pytest.mark.numerics
 def test_hybrid_column_masks_prune_whole_input_channels_that_cropping_then_removes():
     from spa.pruning.blocks import crop
     torch.manual_seed(0)
@@ -287,19 +292,22 @@ def test_hybrid_column_masks_prune_whole_input_channels_that_cropping_then_remov
     # a pruned column strip of a SPLoPA layer takes N positions per 8 x 8 block it covers out of the count
     pwl_pruned = int((pwl.block_mask == 0).sum())
     assert pwl_pruned == 21
-    plain = fuse(model).eval()
-    x = torch.randn(2, 3, 32, 32)
+    # cropping is exact in real arithmetic: checked in float64 (in float32 the logits, up to ~100 after
+    # this training, moved by 8e-3 on one CPU's kernels and 1e-5 on another's: issue 32)
+    plain = fuse(model).eval().double()
+    x = torch.randn(2, 3, 32, 32).double()
     with torch.no_grad():
         expected = plain(x)
     macs = count_macs(plain, (32, 32))
     assert crop(plain, (32, 32))["cropped_filters"] >= 2 * 8 * 21    # a pw row and a dw filter per column
     with torch.no_grad():
-        assert torch.allclose(plain(x), expected, atol=1e-4)
+        assert_exact(plain(x), expected)
     assert count_macs(plain, (32, 32)) < 0.9 * macs
     with pytest.raises(ValueError, match="names no masked layer"):
         attach_blocks(_vit(), (16, 16), dense=False, columns=["conv_pwl"])
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("form", ["dense", "bsr", "csr"])
 def test_sparse_deployment_keeps_the_outputs_in_each_form(form):
     from spa.pruning.blocks import SparseLinear, deploy_sparse
@@ -307,8 +315,8 @@ def test_sparse_deployment_keeps_the_outputs_in_each_form(form):
     attach_blocks(model, (16, 16), dense=True)
     for layer in block_layers(model).values():
         layer.block_mask[:, ::2] = 0                      # half the blocks of every matrix
-    plain = fuse(model).eval()
-    x = torch.randn(2, 3, 32, 32)
+    plain = fuse(model).eval().double()                 # dropping zero blocks is exact: float64
+    x = torch.randn(2, 3, 32, 32).double()
     with torch.no_grad():
         expected = plain(x)
     forms = deploy_sparse(plain, x, (16, 16), choose=lambda weight, block, tokens: form)
@@ -316,7 +324,7 @@ def test_sparse_deployment_keeps_the_outputs_in_each_form(form):
     sparse = [m for m in plain.modules() if isinstance(m, SparseLinear)]
     assert len(sparse) == (0 if form == "dense" else 24) and all(m.form == form for m in sparse)
     with torch.no_grad():
-        assert torch.allclose(plain(x), expected, atol=1e-5)
+        assert_exact(plain(x), expected)
 
 
 def test_sparse_deployment_by_timing_picks_a_known_form():

@@ -6,11 +6,13 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from numerics import assert_exact
 
 from spa.models import apply_cifar_stem, create_backbone, load_model_file, save_model_file
 
 
-def test_cifar_stem_is_avg_pooled_7x7_at_stride_1_without_maxpool():
+@pytest.mark.numerics
+def test_cifar_stem_is_avg_pooled_7x7_at_stride_1_without_maxpool(float64):
     torch.manual_seed(0)
     model = timm.create_model("resnet18", num_classes=10)
     original = model.conv1.weight.detach().clone()
@@ -22,8 +24,8 @@ def test_cifar_stem_is_avg_pooled_7x7_at_stride_1_without_maxpool():
     for r in range(3):
         for c in range(3):
             manual[:, :, r, c] = original[:, :, 2 * r:2 * r + 2, 2 * c:2 * c + 2].mean(dim=(2, 3))
-    assert torch.allclose(conv.weight, manual)
-    assert torch.allclose(conv.weight, F.avg_pool2d(original, 2))
+    assert_exact(conv.weight, manual)
+    assert_exact(conv.weight, F.avg_pool2d(original, 2))
     assert isinstance(model.maxpool, nn.Identity)
     features = model.forward_features(torch.randn(2, 3, 32, 32))
     assert features.shape[-2:] == (4, 4)            # 32 px: stride 1 stem, three stride-2 stages

@@ -40,6 +40,10 @@ def test_smoke_run_writes_all_records(compose_cfg):
         assert stored["git"]["sha"] is None
     assert stored["data"]["fingerprint"]["train"] == 48 and len(stored["data"]["fingerprint"]["digest"]) == 16
     assert torch.__version__.startswith(stored["versions"]["torch"]) and stored["versions"]["timm"]
+    # which kernels made it (float32 results differ between kernel sets): CPU, torch's and oneDNN's sets, threads
+    assert stored["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert stored["versions"]["threads"] == torch.get_num_threads() and stored["versions"]["cpu"]
+    assert "onednn_max_cpu_isa" in stored["versions"]
     assert stored["params"]["trainable"] == stored["params"]["total"] > 0
     assert stored["weights"]["source"] == "none" and stored["wall_time_s"] > 0
     log = (run_dir / "run.log").read_text()
@@ -133,6 +137,7 @@ def test_where_the_data_lives_is_not_part_of_the_config_hash(compose_cfg, tmp_pa
     assert config_hash(a) == config_hash(b) != config_hash(c)
 
 
+@pytest.mark.numerics
 def test_channels_last_everywhere_is_a_setting_of_its_own(compose_cfg):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [pipeline.use_channels_last(v, cpu) for v in (True, "always", False)] == [False, True, False]
@@ -145,7 +150,8 @@ def test_channels_last_everywhere_is_a_setting_of_its_own(compose_cfg):
     plain = pipeline.run(compose_cfg(*over))
     fast = pipeline.run(compose_cfg(*over, "train.channels_last=always", "exp_name=cl"))
     assert fast["config_hash"] != plain["config_hash"] and fast["metrics"]["density"] == plain["metrics"]["density"]
-    assert abs(fast["metrics"]["test_loss"] - plain["metrics"]["test_loss"]) < 1e-3
+    # float32 by nature (two layouts' kernels, through a short training and pruning): relative to the loss
+    assert abs(fast["metrics"]["test_loss"] - plain["metrics"]["test_loss"]) <= 1e-3 * plain["metrics"]["test_loss"]
 
 
 def test_random_weights_transfer_warns_and_is_recorded(compose_cfg):

@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from numerics import assert_exact
 
 from spa import pipeline
 from spa.adapters import adapter_layers, apply_adapter, fuse, load_task, save_task
@@ -15,13 +16,14 @@ from spa.metrics import count_parameters
 from spa.settings import SettingError
 
 
-def test_the_update_is_the_sum_of_kronecker_products_of_positions_and_prototypes():
+@pytest.mark.numerics
+def test_the_update_is_the_sum_of_kronecker_products_of_positions_and_prototypes(float64):
     torch.manual_seed(0)
     bank = PrototypeBank(3, (2, 4), rank=2, init_range=0.5)
     layer = SPLoPALinear(nn.Linear(8, 6), bank)                 # 6 x 8 weight: 3 x 2 blocks of 2 x 4
     assert layer.B.shape == (3, 3, 2) and bank.C.shape == (3, 2, 2) and bank.R.shape == (3, 2, 4)
     expected = sum(torch.kron(layer.B[i], bank.C[i] @ bank.R[i]) for i in range(3))
-    assert torch.allclose(layer.delta(), expected, atol=1e-6)
+    assert_exact(layer.delta(), expected)
     assert bank.C.abs().max() <= 0.5                             # C ~ U(±init_range)
 
 
@@ -47,7 +49,8 @@ def test_prototypes_are_shared_within_a_model_and_counted_once():
     assert count_parameters(shared).deployable == sum(p.numel() for p in fuse(shared).parameters())
 
 
-def test_the_adapted_model_equals_its_fused_one_in_train_and_eval_mode():
+@pytest.mark.numerics
+def test_the_adapted_model_equals_its_fused_one_in_train_and_eval_mode(float64):
     torch.manual_seed(0)
     model = vit_with_splopa(True)
     for layer in adapter_layers(model).values():
@@ -57,18 +60,19 @@ def test_the_adapted_model_equals_its_fused_one_in_train_and_eval_mode():
     assert not adapter_layers(fused)
     model.eval()
     fused.eval()
-    assert torch.allclose(model(x), fused(x), atol=1e-5)
-    assert torch.allclose(model(x), fused(x), atol=1e-5)        # the cached fused weight
+    assert_exact(model(x), fused(x))
+    assert_exact(model(x), fused(x), what="the cached fused weight")
 
 
-def test_pointwise_convs_are_adapted_and_undivided_layers_left_out_by_name(caplog):
+@pytest.mark.numerics
+def test_pointwise_convs_are_adapted_and_undivided_layers_left_out_by_name(caplog, float64):
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(32, 64, 1), nn.Conv2d(64, 24, 1))
     model.pretrained_cfg = {"classifier": "none"}
     apply_adapter(model, "splopa", num_prototypes=2, block_shape=(32, 32))
     assert isinstance(model[1], SPLoPAConv2d) and type(model[0]) is nn.Conv2d and type(model[2]) is nn.Conv2d
     assert "2 (24 x 64)" in caplog.text
     x = torch.randn(1, 3, 8, 8)
-    assert torch.allclose(model.eval()(x), fuse(model).eval()(x), atol=1e-5)
+    assert_exact(model.eval()(x), fuse(model).eval()(x))
     lone = nn.Sequential(nn.Conv2d(24, 40, 1))
     lone.pretrained_cfg = {"classifier": "none"}
     with pytest.raises(ValueError, match=r"block sizes that divide them all: \[8\].*block_shape=\[8,8\]"):
@@ -84,7 +88,8 @@ def test_a_run_trains_splopa_and_channel_pruning_it_is_refused(compose_cfg):
         pipeline.run(compose_cfg("adapter=splopa_r64", "backbone=test_vit", "pruning=taylor"))
 
 
-def test_a_task_file_rebuilds_the_shared_prototypes(tmp_path):
+@pytest.mark.numerics
+def test_a_task_file_rebuilds_the_shared_prototypes(tmp_path, float64):
     torch.manual_seed(0)
     base = timm.create_model("test_vit", num_classes=3).eval()
     model = apply_adapter(timm.create_model("test_vit", num_classes=3), "splopa", num_prototypes=4,
@@ -97,10 +102,11 @@ def test_a_task_file_rebuilds_the_shared_prototypes(tmp_path):
     loaded = load_task(base, tmp_path / "task.pt").eval()
     assert len({id(m.bank) for m in adapter_layers(loaded).values()}) == 1
     x = torch.randn(2, 3, 32, 32)
-    assert torch.allclose(loaded(x), model.eval()(x), atol=1e-5)
+    assert_exact(loaded(x), model.eval()(x))
 
 
 @pytest.mark.slow      # a full-size DeiT-S (22 M parameters, random weights)
+@pytest.mark.numerics
 def test_deit_small_with_splopa_r64_counts_as_by_hand_and_fuses():
     torch.manual_seed(0)
     model = timm.create_model("deit_small_patch16_224", num_classes=10)
@@ -116,13 +122,14 @@ def test_deit_small_with_splopa_r64_counts_as_by_hand_and_fuses():
     assert count_parameters(model).trainable == 64 * blocks + 64 * 2 * (32 + 32) + others == 1_476_234
     for layer in layers.values():
         nn.init.uniform_(layer.bank.C, -1e-2, 1e-2)
-    x = torch.randn(1, 3, 224, 224)
-    model.eval()
+    x = torch.randn(1, 3, 224, 224).double()
+    model.eval().double()                                  # fusing is exact: float64
     with torch.no_grad():
-        assert torch.allclose(model(x), fuse(model).eval()(x), atol=1e-4)
+        assert_exact(model(x), fuse(model).eval()(x))
 
 
 @pytest.mark.slow      # a full-size DeiT-S (22 M parameters, random weights)
+@pytest.mark.numerics
 def test_deit_small_with_splopa_r64_takes_a_block_movement_step_and_fuses_with_its_zeros():
     from spa.pruning.blocks import BlockPruner, Stage, attach_blocks, block_sums, pruned_parameters
     torch.manual_seed(0)
@@ -140,10 +147,10 @@ def test_deit_small_with_splopa_r64_takes_a_block_movement_step_and_fuses_with_i
     assert pruner.kept_blocks == 10_368
     learned = count_parameters(model).trainable - pruned_parameters(model)["learned"]
     assert learned == 1_476_234 - 64 * 10_368
-    model.eval()
+    model.eval().double()                                  # fusing is exact: float64
     fused = fuse(model).eval()
     with torch.no_grad():
-        assert torch.allclose(model(x), fused(x), atol=1e-4)
+        assert_exact(model(x.double()), fused(x.double()))
     modules = dict(fused.named_modules())
     zero = sum(int((block_sums(modules[n].weight.abs(), (32, 32)) == 0).sum()) for n in adapter_layers(model))
     assert zero == 10_368

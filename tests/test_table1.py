@@ -10,7 +10,7 @@ import sys
 import matplotlib.image
 import pandas as pd
 import pytest
-from helpers import iclr_tree, run_tree
+from helpers import RUNS, iclr_tree, run_tree
 from scripts_path import load_script
 
 from spa.reporting import collect_steps, experiment_report
@@ -134,9 +134,28 @@ def test_tables_state_the_torch_versions_of_their_runs(tmp_path):
     both = "torch 2.13.0, 2.14.1"
     assert f"\n\n{both}\n\n|" in paths["md"].read_text() and paths["tex"].read_text().startswith(f"% {both}\n")
     assert paths["vs_md"].read_text().startswith(f"{both}\n\n|") and paths["claims"].read_text().startswith(both)
-    assert json.loads(paths["versions"].read_text()) == {"torch": ["2.13.0", "2.14.1"]}
+    runs = len(RUNS)                         # helpers' runs record no machine (as runs made before it was kept)
+    assert json.loads(paths["versions"].read_text()) == {"torch": ["2.13.0", "2.14.1"], "machines": [],
+                                                         "runs_without_machine_record": runs}
     assert pd.read_csv(paths["csv"]).columns[0] == "pruning"                           # the CSV stays plain
     table = experiment_report(root, tmp_path, "mixed_generic", report=True)["table"]
     assert table.read_text().startswith(f"{both}\n\n| data ")
     sidecar = json.loads((tmp_path / "tables" / "mixed_generic_versions.json").read_text())
-    assert sidecar == {"torch": ["2.13.0", "2.14.1"]}
+    assert sidecar == {"torch": ["2.13.0", "2.14.1"], "machines": [], "runs_without_machine_record": runs}
+
+
+def test_versions_sidecars_name_the_machines_and_kernel_sets_of_their_runs(tmp_path):
+    """Two runs on one AVX-512 machine, one with oneDNN capped at AVX2: two machines, counted."""
+    from spa.reporting.collect import run_machines, write_versions
+    root = run_tree(tmp_path / "runs")
+    summaries = sorted(root.rglob("summary.json"))
+    machine = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "onednn_max_cpu_isa": None, "threads": 2}
+    for path, isa in zip(summaries[:3], [None, None, "AVX2"]):
+        summary = json.loads(path.read_text())
+        summary["versions"].update(machine, onednn_max_cpu_isa=isa)
+        path.write_text(json.dumps(summary))
+    found = run_machines(root)
+    assert found == {"machines": [{**machine, "runs": 2}, {**machine, "onednn_max_cpu_isa": "AVX2", "runs": 1}],
+                     "runs_without_machine_record": len(summaries) - 3}
+    written = json.loads(write_versions(tmp_path / "x_versions.json", ["2.14.1"], found).read_text())
+    assert written == {"torch": ["2.14.1"], **found}

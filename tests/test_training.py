@@ -123,14 +123,18 @@ assert net[2].weight.stride() == (13, 1, 1, 1) and len(net[2]._forward_pre_hooks
 x, g = torch.randn(64, 3, 64, 64), torch.randn(64, 10, 32, 32)
 (net(x.contiguous(memory_format=torch.channels_last)) * g).sum().backward()
 (ref(x) * g).sum().backward()
+# float32 by nature (oneDNN's channels-last kernels against the default layout's, sums over 64 x 32 x 32
+# positions): each gradient within 1e-4 of its own largest entry
 for a, b in zip(net.parameters(), ref.parameters()):
-    assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-4)
+    err = float((a.grad - b.grad).abs().max() / b.grad.abs().max())
+    assert err <= 1e-4, err
 apply_channels_last(net, torch.device("cpu"))      # again (after pruning): still one hook
 assert len(net[2]._forward_pre_hooks) == 1
 print("ok")
 """
 
 
+@pytest.mark.numerics
 def test_channels_last_on_cpu_keeps_onednn_unsafe_convs_in_the_default_layout():
     """oneDNN's channels-last weight gradient of a 1x1 strided conv with < 16 input channels writes
     out of bounds (a crash at 13 -> 10 channels on 64 x 64 inputs here): pruning makes such layers.

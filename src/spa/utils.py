@@ -153,11 +153,33 @@ def git_state(root: str | Path) -> dict[str, Any]:
 PACKAGES = ("torch", "torchvision", "timm", "hydra-core", "omegaconf", "numpy", "pandas", "spa")
 
 
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; the platform's processor string elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_record() -> dict[str, Any]:
+    """Which CPU kernels made a result: float32 results differ in their last bits between kernel sets.
+    torch picks its kernels by the CPU's instruction set (``cpu_capability``, capped by
+    ``ATEN_CPU_CAPABILITY``); oneDNN, which runs the convolutions, by its own check (capped by
+    ``ONEDNN_MAX_CPU_ISA``, None when not set: the CPU's best)."""
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
+            "threads": torch.get_num_threads()}
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
+    """Python and ``names``' versions, and the machine's kernels (:func:`machine_record`)."""
+    versions: dict[str, Any] = {"python": platform.python_version()}
     for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return versions
+    return {**versions, **machine_record()}

@@ -72,7 +72,9 @@ class TaskBank:
         return self._models[key]
 
     def predict(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Logits of task ``name`` on the batch ``x`` (no gradients)."""
+        """Logits of task ``name`` on the batch ``x`` (no gradients), on the bank's device: ``x`` is moved
+        there first (a bank on ``cuda`` takes a CPU batch)."""
         model = self.model(name)
+        device = next(model.parameters()).device
         with torch.no_grad():
-            return model(x)
+            return model(x.to(device))

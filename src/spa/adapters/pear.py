@@ -76,12 +76,12 @@ def importance(model: nn.Module, kind: str, batches: Iterable, device: torch.dev
         found = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
         for key, grad in zip(params, found):
             if grad is not None:
-                grads[key] += grad.float()
+                grads[key] += grad.to(grads[key].dtype)       # half under AMP: summed in the parameter's dtype
         seen += 1
     model.train(was_training)
     if not seen:
         raise ValueError("Pear's Taylor importance saw no batch: the training loader is empty")
-    return {name: float(sum((p.detach().float() * grads[id(p)]).sum() for p in (layer.A, layer.B)).abs())
+    return {name: float(sum((p.detach() * grads[id(p)]).sum() for p in (layer.A, layer.B)).abs())
             for name, layer in layers.items()}
 
 

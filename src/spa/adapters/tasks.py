@@ -22,20 +22,25 @@ from spa.utils import atomic_torch_save
 TASK_FORMAT = "spa.task/1"
 
 
+def _task_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own tensors that a task holds (see :func:`task_state`), by name, not copied."""
+    tensors = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    for mod_name, module in model.named_modules():
+        for kept in ("block_mask", *RESIDUAL):    # kept blocks; Pear's folded residuals
+            if module._buffers.get(kept) is not None:
+                tensors[f"{mod_name}.{kept}"] = module._buffers[kept]
+        if isinstance(module, NORM_TYPES):
+            for buf_name, buf in module.named_buffers(recurse=False):
+                if buf is not None:
+                    tensors[f"{mod_name}.{buf_name}"] = buf
+    return tensors
+
+
 def task_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable parameters (a tensor shared by several layers once, under its first name) plus
     normalisation buffers (running statistics), block masks (a block-pruned task's kept blocks) and
     Pear's folded residuals, detached on CPU."""
-    state = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
-    for mod_name, module in model.named_modules():
-        for kept in ("block_mask", *RESIDUAL):    # kept blocks; Pear's folded residuals
-            if module._buffers.get(kept) is not None:
-                state[f"{mod_name}.{kept}"] = module._buffers[kept].detach().cpu()
-        if isinstance(module, NORM_TYPES):
-            for buf_name, buf in module.named_buffers(recurse=False):
-                if buf is not None:
-                    state[f"{mod_name}.{buf_name}"] = buf.detach().cpu()
-    return state
+    return {name: tensor.detach().cpu() for name, tensor in _task_tensors(model).items()}
 
 
 def save_task(model: nn.Module, path: str | Path, *, adapter: dict[str, Any], classes: list[str] | None = None,
@@ -101,7 +106,7 @@ def switch_task(model: nn.Module, path: str | Path | dict) -> nn.Module:
     change, the shared base weights are not touched (and need not be reloaded)."""
     payload = read_task(path)
     state = payload["state"]
-    expected = set(task_state(model))
+    expected = set(_task_tensors(model))           # names only: nothing is copied (the model may be on meta)
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
         raise ValueError(f"task file does not fit this model: missing {sorted(missing)[:4]}, "

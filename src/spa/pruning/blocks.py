@@ -345,9 +345,8 @@ def unread_channels(model: nn.Module, session) -> dict[str, list[int]]:
 def crop(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
     """Remove, in place, the channels of a plain block-pruned model that no layer reads
     (:func:`unread_channels`); returns how many producer filters went (``cropped_filters``)."""
-    from spa.pruning.session import PruningSession
-    device = next(model.parameters()).device
-    session = PruningSession(model, torch.zeros(1, 3, *input_size, device=device))
+    from spa.pruning.session import PruningSession, example_input
+    session = PruningSession(model, example_input(model, input_size))
     before = session.kept_filters
     selection = unread_channels(model, session)
     if selection:

@@ -110,11 +110,16 @@ def restore(model: nn.Module, structure: dict[str, Any] | None) -> PruningSessio
         attach_blocks(model, structure["block_shape"], dense=not adapter_layers(model),
                       exclude=structure.get("exclude"), columns=structure.get("columns", ()))
         return None
-    device = next(model.parameters()).device
-    session = PruningSession(model, torch.zeros(1, 3, *structure["input_size"], device=device),
-                             structure["original_filters"])
+    session = PruningSession(model, example_input(model, structure["input_size"]), structure["original_filters"])
     session.replay(structure["history"])
     return session
+
+
+def example_input(model: nn.Module, input_size: tuple[int, int] | list[int]) -> torch.Tensor:
+    """A zero image batch of one for tracing or counting ``model``: on its parameters' device and in
+    their dtype (a float64 model, as the equivalence tests build, traces in float64)."""
+    param = next(model.parameters())
+    return torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype)
 
 
 def layer_widths(model: nn.Module) -> dict[str, list[int]]:
@@ -156,8 +161,8 @@ def count_macs(model: nn.Module, input_size: tuple[int, int], device: torch.devi
     counted by :data:`MAC_FORMULAS` whichever kernel runs, so the count does not depend on the torch."""
     was_training = model.training
     model.eval()
-    device = device or next(model.parameters()).device
-    x = torch.zeros(1, 3, *input_size, device=device)
+    x = example_input(model, input_size)
+    x = x.to(device) if device is not None else x
     model(x)  # warm-up: adapter layers fuse their weights once per eval(); that is not per-image work
     counter = FlopCounterMode(display=False, custom_mapping=MAC_FORMULAS)
     with counter:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from spa.reporting.collect import collect_steps, torch_versions, versions_line, write_versions
+from spa.reporting.collect import collect_steps, run_machines, torch_versions, versions_line, write_versions
 from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
@@ -219,7 +219,7 @@ def block_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str
                  + (", latency: median CPU forward (batch 8)" if latency_repeats else "") + "; mean over seeds.\n\n"
                  + crop_markdown(cropping) + "\n")
     atomic_write_text(out["md"], text)
-    out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions)
+    out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions, run_machines(runs_root))
     for i, path in enumerate(figures(table, figures_dir, name)):
         out[f"figure{i}"] = path
     return out

@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -80,10 +81,32 @@ def versions_line(versions: list[str]) -> str:
     return f"torch {', '.join(versions)}" if versions else "torch not recorded"
 
 
-def write_versions(path: Path, versions: list[str]) -> Path:
+MACHINE_KEYS = ("cpu", "cpu_capability", "onednn_max_cpu_isa", "threads")   # spa.utils.machine_record
+
+
+def run_machines(root: str | Path) -> dict[str, Any]:
+    """The machines the finished runs under ``root`` ran on, as their ``summary.json`` recorded them
+    (CPU model, torch's and oneDNN's kernel sets, threads: what float32 results depend on), each once,
+    with how many runs ran there; runs from before that record was kept are counted as not recorded."""
+    seen: dict[str, dict[str, Any]] = {}
+    missing = 0
+    for path in sorted(Path(root).rglob(SUMMARY)):
+        versions = json.loads(path.read_text()).get("versions") or {}
+        if "cpu_capability" not in versions:
+            missing += 1
+            continue
+        machine = {k: versions.get(k) for k in MACHINE_KEYS}
+        entry = seen.setdefault(json.dumps(machine, sort_keys=True), {**machine, "runs": 0})
+        entry["runs"] += 1
+    return {"machines": list(seen.values()), "runs_without_machine_record": missing}
+
+
+def write_versions(path: Path, versions: list[str], machines: dict[str, Any] | None = None) -> Path:
     """The sidecar ``<name>_versions.json`` of an experiment's CSV tables, which stay plain CSV:
-    ``{"torch": [...]}``, the versions of the runs they were built from."""
-    atomic_write_text(path, json.dumps({"torch": versions}, indent=2) + "\n")
+    ``{"torch": [...], "machines": [...], ...}``, the torch versions of the runs they were built from
+    and the machines and kernel sets the runs ran on (:func:`run_machines` of the runs' root)."""
+    record = {"torch": versions, **(machines if machines is not None else {"machines": []})}
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

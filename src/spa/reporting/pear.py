@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from spa.records import STEPS, SUMMARY, RunDir
-from spa.reporting.collect import versions_line, write_versions
+from spa.reporting.collect import run_machines, versions_line, write_versions
 from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
@@ -212,7 +212,7 @@ def pear_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str 
         out["after_channels"] = tables_dir / f"{name}_after_channels.csv"
         atomic_write_text(out["after_channels"], combo_table.round(4).to_csv(index=False))
     atomic_write_text(out["md"], markdown(table, fx, combo_table, versions))
-    out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions)
+    out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions, run_machines(runs_root))
     for i, path in enumerate(figure(table, figures_dir, name) if not table.empty else []):
         out[f"figure{i}"] = path
     return out

@@ -19,6 +19,7 @@ from spa.reporting.collect import (
     collect_epochs,
     collect_runs,
     collect_steps,
+    run_machines,
     torch_versions,
     versions_line,
     write_versions,
@@ -180,7 +181,7 @@ def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str,
         summary, versions = summarise(runs), torch_versions(runs)
         atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False, float_format="%.4f"))
         atomic_write_text(tables / f"{name}.md", f"{versions_line(versions)}\n\n" + markdown_table(summary))
-        write_versions(tables / f"{name}_versions.json", versions)
+        write_versions(tables / f"{name}_versions.json", versions, run_machines(exp_dir))
         outputs = {"table": tables / f"{name}.md"}
     outputs["figure"] = learning_curves(collect_epochs(exp_dir), results_dir / "figures" / f"{name}_curves")[0]
     steps = collect_steps(exp_dir)

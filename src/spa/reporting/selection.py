@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from spa.records import RunDir
-from spa.reporting.collect import collect_runs, torch_versions, versions_line, write_versions
+from spa.reporting.collect import collect_runs, run_machines, torch_versions, versions_line, write_versions
 from spa.reporting.report import label
 from spa.utils import atomic_write_text
 
@@ -37,6 +37,7 @@ def selection_table(root: str | Path, setting: str = "optim.lr") -> pd.DataFrame
     table["selected"] = table.index.isin(best.index)
     table = table.rename(columns={"value": setting})
     table.attrs["torch"] = torch_versions(runs)
+    table.attrs["machines"] = run_machines(root)
     return table
 
 
@@ -53,7 +54,7 @@ def write_selection(table: pd.DataFrame, out_dir: str | Path, name: str, setting
     csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     versions = table.attrs.get("torch", [])
     atomic_write_text(csv, table.to_csv(index=False))
-    write_versions(out_dir / f"{name}_versions.json", versions)
+    write_versions(out_dir / f"{name}_versions.json", versions, table.attrs.get("machines"))
     wide = table.pivot(index=["dataset", "adapter"], columns=setting, values="val_top1")
     chosen = table[table["selected"]].set_index(["dataset", "adapter"])[setting]
     rows = pd.DataFrame({"data": [label(d) for d, _ in wide.index], "learning": [label(a) for _, a in wide.index]})

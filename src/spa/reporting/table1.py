@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spa.reporting.collect import collect_steps, torch_versions, versions_line, write_versions
+from spa.reporting.collect import collect_steps, run_machines, torch_versions, versions_line, write_versions
 from spa.reporting.paper import DATASETS, compare, load_table1
 from spa.utils import atomic_write_text
 
@@ -176,10 +176,11 @@ def swept_seeds(exp_name: str) -> int | None:
 
 
 def write_table1(steps: pd.DataFrame, paper: pd.DataFrame, out_dir: str | Path, name: str = "table1",
-                 expected_seeds: int = 3) -> dict[str, Path]:
+                 expected_seeds: int = 3, machines: dict | None = None) -> dict[str, Path]:
     """``<name>.{csv,md,tex}``, ``<name>_vs_paper.{csv,md}``, ``<name>_claims.md``, ``<name>_curves.csv``
     (every density, for the figures) and ``<name>_versions.json`` (the torch versions of the runs, which
-    the Markdown and LaTeX tables state in their header and the CSV files leave out) under ``out_dir``."""
+    the Markdown and LaTeX tables state in their header and the CSV files leave out, and ``machines``: the
+    runs' CPUs and kernel sets, :func:`~spa.reporting.collect.run_machines`) under ``out_dir``."""
     out_dir = Path(out_dir)
     ours = aggregate(cells(steps))
     table = wide(ours)
@@ -197,7 +198,7 @@ def write_table1(steps: pd.DataFrame, paper: pd.DataFrame, out_dir: str | Path, 
     atomic_write_text(paths["vs_md"], f"{header}\n\n" + vs.to_markdown(index=False, floatfmt=".2f") + "\n")
     atomic_write_text(paths["claims"], f"{header}\n\n" + claims_markdown(ours, paper))
     atomic_write_text(paths["curves"], curves(steps).to_csv(index=False, float_format="%.4f"))
-    write_versions(paths["versions"], versions)
+    write_versions(paths["versions"], versions, machines)
     return paths
 
 
@@ -209,4 +210,5 @@ def table1_report(exp_dir: str | Path, tables_dir: str | Path, name: str,
     steps = collect_steps(exp_dir)
     if steps.empty:
         raise FileNotFoundError(f"no finished runs under {exp_dir}")
-    return write_table1(steps, load_table1(), tables_dir, name, expected_seeds or swept_seeds(name) or 3)
+    return write_table1(steps, load_table1(), tables_dir, name, expected_seeds or swept_seeds(name) or 3,
+                        run_machines(exp_dir))

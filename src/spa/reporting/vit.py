@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spa.reporting.collect import collect_steps, versions_line, write_versions
+from spa.reporting.collect import collect_steps, run_machines, versions_line, write_versions
 from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
@@ -198,7 +198,7 @@ def vit_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str |
                       .round(4).to_csv(index=False))
     atomic_write_text(out["md"], markdown(table, versions))
     atomic_write_text(out["claims"], claims_markdown(claim(table), versions))
-    out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions)
+    out["versions"] = write_versions(tables_dir / f"{name}_versions.json", versions, run_machines(runs_root))
     for i, path in enumerate(figure(collect_steps(runs_root), figures_dir, name)):
         out[f"figure{i}"] = path
     return out
