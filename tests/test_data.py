@@ -198,7 +198,7 @@ def test_unreadable_images_stop_the_build_naming_them_or_are_skipped_and_counted
     assert "dataset.skip_unreadable=true" in text
     data = build_datasets("image_folder", root, image_size=32, skip_unreadable=True)
     assert data.sizes() == {"train": 6, "val": 0, "test": 4}
-    assert data.stats == {"unreadable_removed": 2, "converted_to_rgb": 0}
+    assert data.stats == {"unreadable_removed": 2, "converted_to_rgb": 0, "val_split": "none"}
     assert all(x.shape == (3, 32, 32) for split in (data.train, data.test) for x, _ in split)  # no crash mid-epoch
     # Cats & Dogs keeps skipping by default, in either layout, through the same rule; false stops it
     assert load_source("cats_vs_dogs", root, download=False).stats["unreadable_removed"] == 2
@@ -249,3 +249,45 @@ def test_the_check_works_without_a_writable_cache(tmp_path, monkeypatch):
     assert readable.cache_dir() == tmp_path / "xdg" / "spa"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert readable.cache_dir() == Path.home() / ".cache" / "spa"
+
+
+def _with_val(root: Path, test: bool = True) -> Path:
+    """An image folder with train/, val/ (3 per class) and, where ``test``, test/."""
+    import shutil
+    fake.write_image_folder(root, ["ant", "bee"], n_train=6, n_test=2)
+    for name in ("ant", "bee"):
+        (root / "val" / name).mkdir(parents=True)
+        for i, src in enumerate(sorted((root / "train" / name).iterdir())[:3]):
+            shutil.copy(src, root / "val" / name / f"v{i}.png")
+    if not test:
+        shutil.rmtree(root / "test")
+    return root
+
+
+def test_an_image_folders_val_is_its_validation_split_and_the_log_says_so(tmp_path, caplog):
+    """A root with train/, val/ and test/ once logged 'val': 0 and never read val/."""
+    root = _with_val(tmp_path / "data")
+    with caplog.at_level("INFO", logger="spa.data.datasets"):
+        data = build_datasets("image_folder", root, val_fraction=0.25)
+    assert data.sizes() == {"train": 12, "val": 6, "test": 4}          # all of train kept: val/ is the split
+    assert all("/val/" in item for item, _ in data.val.samples) and data.stats["val_split"] == "val/"
+    assert "val_fraction=0.25 is not used" in caplog.text
+    plain = build_datasets("image_folder", tmp_path / "data", val_fraction=0.0)
+    assert plain.sizes()["val"] == 6
+    no_val = fake.write_image_folder(tmp_path / "plain", ["ant", "bee"], n_train=6, n_test=2)
+    held_out = build_datasets("image_folder", no_val, val_fraction=0.5)
+    assert held_out.sizes() == {"train": 6, "val": 6, "test": 4} and held_out.stats["val_split"] == \
+        "val_fraction=0.5 of train"
+    assert build_datasets("image_folder", no_val).stats["val_split"] == "none"
+
+
+def test_a_root_with_train_and_val_only_names_the_fix_and_tests_on_val_when_asked(tmp_path):
+    root = _with_val(tmp_path / "data", test=False)
+    with pytest.raises(DatasetNotFoundError, match="no test/: run with dataset.test_split=val"):
+        build_datasets("image_folder", root)
+    data = build_datasets("image_folder", root, test_split="val", val_fraction=0.5)
+    assert data.sizes() == {"train": 6, "val": 6, "test": 6}
+    assert all("/val/" in item for item, _ in data.test.samples)
+    assert all("/train/" in item for item, _ in data.val.samples)     # validation held out of train/
+    with pytest.raises(ValueError, match="dataset.test_split='dev'"):
+        build_datasets("image_folder", root, test_split="dev")

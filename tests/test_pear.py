@@ -358,3 +358,45 @@ def test_the_pear_report_pairs_seeds_to_give_the_effects_of_sharing_and_of_the_c
                                     "+ Pear (ratio 0.5)"]
     assert list(combo["top1"]) == [50.0, 55.0, 53.0] and list(combo["stored_k"]) == [0.9, 0.7, 0.9]
     assert len(pd.read_csv(tmp_path / "tables" / "pear_mini.csv")) == 5      # the plain table is unchanged
+
+
+@pytest.mark.parametrize("sharing", ["tied", "copy"])
+@pytest.mark.parametrize("blend_weight", [None, 0.3])
+def test_the_blend_does_not_depend_on_the_order_of_the_positions(sharing, blend_weight):
+    """At ratio 0.75 one donor serves several pruned positions: the blend once went one pruned position
+    at a time (each later one diluting the earlier ones) and copies took the donor half-blended."""
+    import random
+    model = _vit()
+    names = list(positions(model))
+    plan = make_plan(model, {n: 1.0 + (7 * i % 11) for i, n in enumerate(names)}, ratio=0.75)
+    served = {}
+    for pruned, donor in plan["donors"].items():
+        served.setdefault(donor, []).append(pruned)
+    assert max(len(v) for v in served.values()) >= 2           # the case where order mattered
+    results = []
+    for seed in range(3):
+        shuffled = list(plan["pruned"])
+        random.Random(seed).shuffle(shuffled)
+        permuted = {**plan, "pruned": shuffled, "donors": {p: plan["donors"][p] for p in reversed(shuffled)}}
+        copy_ = copy.deepcopy(model)
+        apply_plan(copy_, permuted, sharing=sharing, checkpoint="blend", blend_weight=blend_weight)
+        results.append({n: (layer.A.detach().clone(), layer.B.detach().clone())
+                        for n, layer in positions(copy_).items()})
+    for other in results[1:]:
+        assert all(torch.equal(results[0][n][0], other[n][0]) and torch.equal(results[0][n][1], other[n][1])
+                   for n in names)
+    # every pruned position starts from its donor's final blend
+    for pruned, donor in plan["donors"].items():
+        if donor is not None:
+            assert torch.equal(results[0][pruned][0], results[0][donor][0])
+    # and the blend is the convex combination the docstring gives (one donor checked by hand)
+    donor, pruned = next((d, p) for d, p in served.items() if d is not None and len(p) >= 2)
+    layers = positions(model)
+    if blend_weight is None:
+        s = plan["importance"]
+        total = s[donor] + sum(s[p] for p in pruned)
+        expected = sum(s[n] / total * layers[n].A.detach() for n in [donor, *sorted(pruned)])
+    else:
+        expected = (1 - blend_weight) * layers[donor].A.detach() + sum(
+            blend_weight / len(pruned) * layers[p].A.detach() for p in sorted(pruned))
+    torch.testing.assert_close(results[0][donor][0], expected, rtol=0, atol=1e-7)

@@ -84,6 +84,21 @@ def test_a_bad_setting_of_a_pruned_run_stops_before_anything_is_written(compose_
     assert written(cfg) == [] and written(pipeline.unpruned_config(cfg)) == []
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("train.epochs=0", "train.epochs=0: use an int >= 1"),
+    ("schedule.recovery_epochs=0", "schedule.recovery_epochs=0: use an int >= 1 (each step's accuracy right after"),
+    ("+train.epochs_by_adapter.splora=0", "train.epochs_by_adapter.splora=0: use an int >= 1"),
+])
+def test_zero_epochs_are_refused_naming_the_smallest_valid_value(compose_cfg, override, expected):
+    """Zero training or recovery epochs once passed the checks and ended in a bare StopIteration
+    inside the training stage, after the run directory existed."""
+    cfg = compose_cfg("pruning=taylor", "adapter=splora_r8", "train.max_steps_per_epoch=1", override)
+    with pytest.raises(SettingError) as err:
+        pipeline.run(cfg)
+    assert expected in str(err.value)
+    assert written(cfg) == [] and written(pipeline.unpruned_config(cfg)) == []
+
+
 def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_corrected_command(compose_cfg):
     cfg = compose_cfg(*QUICK)
     rundir = RunDir(cfg.paths.run_dir)
@@ -205,3 +220,42 @@ def test_every_shipped_config_passes_the_checks(override, tmp_path):
     if cfg.get("base"):
         pipeline.check_settings(pipeline.base_config(cfg))
     pipeline.check_settings(cfg)
+
+
+def test_the_meta_device_check_skips_only_what_the_meta_device_cannot_build(monkeypatch, caplog):
+    """The adapter-options check once swallowed any error of the model build; now only the meta
+    device's own failures (RuntimeError, NotImplementedError) are skipped, and said in the log."""
+    from spa import settings
+
+    def fails_with(err):
+        def create(*args, **kwargs):
+            raise err
+        return create
+    monkeypatch.setattr(settings.timm, "create_model", fails_with(NotImplementedError("no meta kernel for op")))
+    with caplog.at_level("INFO", logger="spa.settings"):
+        settings.check_adapter_options("resnet18", {}, False, "splora", {"rank": 8})
+    assert "cannot be built on the meta device" in caplog.text and "no meta kernel" in caplog.text
+    monkeypatch.setattr(settings.timm, "create_model", fails_with(ValueError("a bug in the build")))
+    with pytest.raises(ValueError, match="a bug in the build"):
+        settings.check_adapter_options("resnet18", {}, False, "splora", {"rank": 8})
+
+
+def test_macs_at_32_px_are_left_out_only_for_a_fixed_input_size(monkeypatch):
+    """steps.csv's macs_32 once swallowed any error of the count; only timm's input-size assertion
+    (a ViT with a fixed input size) leaves it empty now."""
+    from types import SimpleNamespace
+
+    import timm
+
+    from spa import pipeline as pl
+    final = SimpleNamespace(test_top1=50.0, test_top5=100.0, test_loss=1.0, val_top1=None, train_loss=1.0,
+                            train_top1=50.0)
+    model = timm.create_model("deit_tiny_patch16_224", num_classes=2, depth=1)
+    row = pl.step_row(0, model, None, None, final, (224, 224), 1.0)
+    assert row["macs_32"] is None and row["macs"] > 0
+
+    def broken(*args, **kwargs):
+        raise ValueError("a counting bug")
+    monkeypatch.setattr(pl, "count_macs", broken)
+    with pytest.raises(ValueError, match="a counting bug"):
+        pl.step_row(0, model, None, None, final, (224, 224), 1.0)

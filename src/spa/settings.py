@@ -70,7 +70,9 @@ RULES: dict[str, Rule] = {
     "seed": int_at_least(0, 1),
     "save_model": BOOL,
     "overwrite": BOOL,
-    "train.epochs": int_at_least(0, 20),
+    # zero epochs would leave the run nothing to evaluate and select (it once ended in a bare StopIteration)
+    "train.epochs": Rule("an int >= 1 (a run evaluates and selects among its trained epochs)",
+                         lambda v: _int(v) and v >= 1, "1"),
     "train.batch_size": int_at_least(1, 64),
     "train.eval_batch_size": int_at_least(1, 256),
     "train.gamma": POSITIVE,
@@ -89,6 +91,7 @@ RULES: dict[str, Rule] = {
     "dataset.max_per_class": int_at_least(1, 100, optional=True),
     "dataset.test_max_per_class": int_at_least(1, 100, optional=True),
     "dataset.split_seed": int_at_least(0, 0),
+    "dataset.test_split": choice("test", "val"),
     "backbone.cifar_stem": BOOL,
     "backbone.allow_random": BOOL,
     "adapter.prunable": BOOL,
@@ -103,7 +106,8 @@ RULES: dict[str, Rule] = {
 PRUNING_RULES: dict[str, Rule] = {
     "schedule.step_fraction": number_in(0, 1, 0.05),
     "schedule.target_density": number_in(0, 1, 0.05),
-    "schedule.recovery_epochs": int_at_least(0, 20),
+    "schedule.recovery_epochs": Rule("an int >= 1 (each step's accuracy right after pruning, before any recovery, "
+                                     "is already steps.csv's top1_before)", lambda v: _int(v) and v >= 1, "1"),
     "schedule.score_batches": int_at_least(1, 10, optional=True),
     "schedule.reuse_unpruned": BOOL,
     "schedule.density": choice("filters", "weights"),
@@ -132,8 +136,9 @@ def check_values(cfg: dict[str, Any]) -> None:
         raise SettingError("train.select=best_val needs a validation split: set dataset.val_fraction > 0 "
                            "(e.g. dataset.val_fraction=0.1)")
     for name, epochs in (train.get("epochs_by_adapter") or {}).items():
-        if not (_int(epochs) and epochs >= 0):
-            raise SettingError(f"train.epochs_by_adapter.{name}={epochs!r}: use an int >= 0")
+        if not (_int(epochs) and epochs >= 1):
+            raise SettingError(f"train.epochs_by_adapter.{name}={epochs!r}: use an int >= 1, "
+                               f"e.g. train.epochs_by_adapter.{name}=1")
 
 
 def checked(key: str, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -181,8 +186,9 @@ def check_adapter_options(timm_name: str, kwargs: dict[str, Any], cifar_stem: bo
                 apply_cifar_stem(model)
     except TypeError as err:
         raise SettingError(f"backbone.kwargs={kwargs}: {err}") from err
-    except Exception as err:   # a model that cannot be built without weights: its real build checks again
-        log.debug("no meta-device check of the adapter options (%s: %s)", type(err).__name__, err)
+    except (RuntimeError, NotImplementedError) as err:   # an op the meta device lacks: the real build checks again
+        log.info("adapter options not checked before the run: %s cannot be built on the meta device (%s: %s); "
+                 "the run's own build checks them", timm_name, type(err).__name__, err)
         return
     adapters_log = logging.getLogger("spa.adapters")
     level = adapters_log.level

@@ -19,8 +19,11 @@ Every unknown is a knob, and the defaults are our guesses:
 - knowledge checkpoint: ``fold`` (the pruned adapter's s·B·A is kept as a frozen residual at its
   position and stored with the task, as its two factors: r·(out + in) numbers, not out·in),
   ``blend`` (the donor's factors start as a convex blend of its own and the pruned ones', weight
-  ``blend_weight`` on the pruned; default: importance-weighted), ``none``. A pruned position
-  without a donor keeps no trainable update (B = 0, frozen).
+  ``blend_weight`` on the pruned, shared equally among several; default: importance-weighted,
+  s_d / (s_d + Σ s_i) on the donor and s_i / (s_d + Σ s_i) on each pruned one), ``none``. The blend is
+  made from the values before any sharing, so it does not depend on the order of the positions, and
+  ties and copies are made after it. A pruned position without a donor keeps no trainable update
+  (B = 0, frozen).
 """
 from __future__ import annotations
 
@@ -128,22 +131,19 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], sharing: str = "tied", ch
     if missing or len(layers) != len(plan["positions"]):
         raise ValueError(f"the Pear plan does not fit this model: positions {missing[:3]} missing, or "
                          f"{len(layers)} positions against the plan's {len(plan['positions'])}")
-    scores = plan["importance"]
+    donors = {name: plan["donors"].get(name) if sharing != "none" else None for name in plan["pruned"]}
     with torch.no_grad():
+        if checkpoint == "blend" and fresh:
+            _blend(layers, donors, plan["importance"], blend_weight)
         for name in plan["pruned"]:
-            layer, donor_name = layers[name], plan["donors"].get(name)
-            donor = layers[donor_name] if donor_name is not None and sharing != "none" else None
+            layer, donor_name = layers[name], donors[name]
+            donor = layers[donor_name] if donor_name is not None else None
             if checkpoint == "fold":          # kept as its factors, s·B and A: r·(out + in) numbers
                 fold_b, fold_a = (layer.scale * layer.B.detach(), layer.A.detach().clone()) if fresh else \
                     (torch.zeros_like(layer.B), torch.zeros_like(layer.A))
                 for buffer, new, dim in zip(RESIDUAL, (fold_b, fold_a), (1, 0)):
                     old = layer._buffers.get(buffer)
                     layer.register_buffer(buffer, new if old is None else torch.cat([old, new], dim))
-            if donor is not None and checkpoint == "blend" and fresh:
-                w = blend_weight if blend_weight is not None else \
-                    scores[name] / max(scores[name] + scores[donor_name], 1e-30)
-                donor.A.mul_(1 - w).add_(layer.A, alpha=w)
-                donor.B.mul_(1 - w).add_(layer.B, alpha=w)
             if donor is None:                  # no trainable update left here
                 layer.B.zero_()
                 layer.A.requires_grad_(False)
@@ -154,6 +154,30 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], sharing: str = "tied", ch
                 layer.A = nn.Parameter(donor.A.detach().clone(), requires_grad=donor.A.requires_grad)
                 layer.B = nn.Parameter(donor.B.detach().clone(), requires_grad=donor.B.requires_grad)
             layer._cache.clear()
+
+
+def _blend(layers: dict[str, AdapterLayer], donors: dict[str, str | None], scores: dict[str, float],
+           blend_weight: float | None) -> None:
+    """Each donor's factors become the convex blend of its own and those of every pruned position it
+    receives (see the module docstring), all read before any is written: the result does not depend
+    on the order the positions are listed in."""
+    received: dict[str, list[str]] = {}
+    for name, donor in donors.items():
+        if donor is not None:
+            received.setdefault(donor, []).append(name)
+    blended = {}
+    for donor, pruned in received.items():
+        if blend_weight is not None:
+            weights = {donor: 1 - blend_weight, **{p: blend_weight / len(pruned) for p in pruned}}
+        else:
+            total = max(scores[donor] + sum(scores[p] for p in pruned), 1e-30)
+            weights = {n: scores[n] / total for n in (donor, *pruned)}
+        # summed in a fixed order (the donor, then the pruned by name): the same bits whatever the plan's order
+        order = [donor, *sorted(pruned)]
+        blended[donor] = tuple(sum(weights[n] * getattr(layers[n], f).detach() for n in order) for f in ("A", "B"))
+    for donor, (a, b) in blended.items():
+        layers[donor].A.copy_(a)
+        layers[donor].B.copy_(b)
 
 
 def residual_parameters(model: nn.Module) -> int:

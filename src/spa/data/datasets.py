@@ -2,6 +2,7 @@
 split, transforms, and the data loaders."""
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections import defaultdict
@@ -17,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from spa.data.sources import RawSplits, Sample, load_source
 from spa.data.transforms import build_transforms
+
+log = logging.getLogger(__name__)
 
 
 class SampleDataset(Dataset):
@@ -81,7 +84,8 @@ def select_classes(raw: RawSplits, classes: Sequence[str | int] | None) -> RawSp
     def keep(samples: list[Sample]) -> list[Sample]:
         return [(item, remap[label]) for item, label in samples if label in remap]
 
-    return RawSplits([raw.classes[i] for i in picked], keep(raw.train), keep(raw.test), raw.layout, raw.stats)
+    return RawSplits([raw.classes[i] for i in picked], keep(raw.train), keep(raw.test), raw.layout, raw.stats,
+                     keep(raw.val) if raw.val is not None else None)
 
 
 def _by_class(samples: list[Sample]) -> dict[int, list[Sample]]:
@@ -142,16 +146,29 @@ def build_datasets(
     source_options: dict[str, Any] | None = None,
     mean_std: tuple[Sequence[float], Sequence[float]] | None = None,
     skip_unreadable: bool | None = None,
+    test_split: str = "test",
 ) -> DataBundle:
     """Read, subset and wrap a data set. All randomness here depends on ``split_seed`` only,
     so every training seed sees the same train/val/test split. ``mean_std`` overrides the
     normalisation of the ``transform`` style (weights that declare their own). Unreadable image
-    files raise before training starts, or are left out with ``skip_unreadable`` (see :func:`load_source`)."""
-    raw = load_source(source, root, download, skip_unreadable, split_seed=split_seed, **(source_options or {}))
+    files raise before training starts, or are left out with ``skip_unreadable`` (see :func:`load_source`).
+    Validation: the split the data ships (an image folder's ``val/``) where it has one, ``val_fraction``
+    of the training set otherwise; ``stats["val_split"]`` says which."""
+    raw = load_source(source, root, download, skip_unreadable, test_split=test_split, split_seed=split_seed,
+                      **(source_options or {}))
     raw = select_classes(raw, classes)
     train = subsample(raw.train, split_seed, train_fraction, max_per_class)
     test = subsample(raw.test, split_seed, 1.0, test_max_per_class)
-    train, val = split_validation(train, val_fraction, split_seed)
+    stats = dict(raw.stats)
+    if raw.val:
+        val = subsample(raw.val, split_seed, 1.0, test_max_per_class)
+        stats["val_split"] = "val/"
+        if val_fraction:
+            log.info("validation split: the data's own val/ (%d images); dataset.val_fraction=%g is not used",
+                     len(val), val_fraction)
+    else:
+        train, val = split_validation(train, val_fraction, split_seed)
+        stats["val_split"] = f"val_fraction={val_fraction:g} of train" if val else "none"
     train_tf, test_tf = build_transforms(transform, image_size, mean_std)
     return DataBundle(
         SampleDataset(train, train_tf),
@@ -159,7 +176,7 @@ def build_datasets(
         SampleDataset(test, test_tf),
         raw.classes,
         raw.layout,
-        dict(raw.stats),
+        stats,
     )
 
 

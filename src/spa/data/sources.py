@@ -31,6 +31,7 @@ class RawSplits:
     test: list[Sample]
     layout: str                     # "image_folder" or the official format's name
     stats: dict[str, Any] = field(default_factory=dict)
+    val: list[Sample] | None = None  # a validation split the data ships (an image folder's val/)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -66,19 +67,42 @@ def _folder_samples(split_dir: Path, class_index: dict[str, int]) -> list[Sample
     return samples
 
 
-def read_image_folder(root: Path, skip_unreadable: bool = False) -> RawSplits:
-    """``root/{train,test}/<class>/<image>``; classes = sorted folder names under ``train``. Unreadable
-    files raise, or are left out and counted with ``skip_unreadable`` (:func:`drop_unreadable`)."""
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    unknown = sorted({p.name for p in (root / "test").iterdir() if p.is_dir()} - set(classes))
-    if unknown:
-        raise ValueError(f"{root}/test has classes that train lacks: {unknown}")
+TEST_SPLITS = ("test", "val")     # dataset.test_split: the folder an image folder's test split is read from
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+
+
+def train_val_only(root: Path) -> bool:
+    """``root/train`` and ``root/val`` hold class folders and ``root/test`` does not exist (the layout
+    of many public image sets, whose test labels are withheld)."""
+    return bool(_class_dirs(root / "train")) and bool(_class_dirs(root / "val")) and not (root / "test").exists()
+
+
+def read_image_folder(root: Path, skip_unreadable: bool = False, test_split: str = "test") -> RawSplits:
+    """``root/{train,test}/<class>/<image>``, and ``root/val/<class>/<image>`` as the validation split
+    where it exists; ``test_split="val"`` reads the test split from ``val/`` instead (a root without
+    ``test/``). Classes = sorted folder names under ``train``. Unreadable files raise, or are left out
+    and counted with ``skip_unreadable`` (:func:`drop_unreadable`)."""
+    if test_split not in TEST_SPLITS:
+        raise ValueError(f"dataset.test_split={test_split!r}: use one of {', '.join(TEST_SPLITS)}")
+    classes = _class_dirs(root / "train")
     index = {name: i for i, name in enumerate(classes)}
-    train, test = _folder_samples(root / "train", index), _folder_samples(root / "test", index)
+    val_dir = root / "val" if test_split == "test" and _class_dirs(root / "val") else None
+    for split in (test_split, *(["val"] if val_dir else [])):
+        unknown = sorted(set(_class_dirs(root / split)) - set(classes))
+        if unknown:
+            raise ValueError(f"{root}/{split} has classes that train lacks: {unknown}")
+    train, test = _folder_samples(root / "train", index), _folder_samples(root / test_split, index)
     if not train or not test:
-        raise ValueError(f"image folder {root} has no images in train/ or test/ ({len(train)}, {len(test)})")
-    (train, test), stats = drop_unreadable(root, [train, test], skip_unreadable)
-    return RawSplits(classes, train, test, layout="image_folder", stats=stats)
+        raise ValueError(f"image folder {root} has no images in train/ or {test_split}/ ({len(train)}, {len(test)})")
+    val = _folder_samples(val_dir, index) if val_dir else []
+    if val_dir and not val:
+        raise ValueError(f"image folder {root} has class folders in val/ but no images in them")
+    splits, stats = drop_unreadable(root, [train, test, val] if val else [train, test], skip_unreadable)
+    return RawSplits(classes, splits[0], splits[1], layout="image_folder", stats=stats,
+                     val=splits[2] if val else None)
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -229,7 +253,7 @@ SOURCES: dict[str, Source] = {
 
 
 def load_source(source: str, root: str | Path, download: bool, skip_unreadable: bool | None = None,
-                **options: Any) -> RawSplits:
+                test_split: str = "test", **options: Any) -> RawSplits:
     """Read ``source`` from ``root``: image-folder layout if present, else the official format,
     downloading it first when allowed. Raises :class:`DatasetNotFoundError` naming the fix.
     ``skip_unreadable``: leave unreadable image files out (True) or raise naming them (False);
@@ -238,8 +262,17 @@ def load_source(source: str, root: str | Path, download: bool, skip_unreadable: 
         raise ValueError(f"dataset.source={source!r} is unknown; use one of {sorted(SOURCES)}")
     spec, root = SOURCES[source], Path(root).expanduser()
     skip = spec.skip_unreadable if skip_unreadable is None else bool(skip_unreadable)
+    if test_split not in TEST_SPLITS:
+        raise ValueError(f"dataset.test_split={test_split!r}: use one of {', '.join(TEST_SPLITS)}")
+    if root.is_dir() and train_val_only(root):
+        if test_split != "val":
+            raise DatasetNotFoundError(
+                f"{spec.display} at {root} has train/ and val/ but no test/: run with dataset.test_split=val to "
+                f"test on val/ (then hold out a validation split of train/ with dataset.val_fraction=0.1 where "
+                f"a run selects on one), or add a test/ folder")
+        return read_image_folder(root, skip, test_split="val")
     if root.is_dir() and has_image_folder_layout(root):
-        return read_image_folder(root, skip)
+        return read_image_folder(root, skip, test_split=test_split)
     if spec.present is None:  # the generic image folder has no official format
         raise not_found(spec.display, root, spec.expected)
     if not spec.present(root):
