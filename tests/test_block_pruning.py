@@ -183,6 +183,9 @@ def test_block_pruning_settings_are_checked_before_anything_is_written(compose_c
          "block_shape=null"),
         (("pruning=block_magnitude", "pruning.epochs_per_stage=0"), "epochs_per_stage"),
         (("adapter=splopa_r64", "backbone=test_vit", "pruning=taylor"), "pruning=block_movement"),
+        # soft movement's score optimiser and penalty (once unchecked)
+        (("pruning=block_soft_movement", "pruning.score_lr=0"), r"pruning.score_lr=0: use a number > 0"),
+        (("pruning=block_soft_movement", "pruning.l1=-1"), r"pruning.l1=-1: use a number >= 0"),
     ]
     for overrides, message in cases:
         with pytest.raises(SettingError, match=message):
@@ -336,3 +339,82 @@ def test_sparse_deployment_by_timing_picks_a_known_form():
     plain = fuse(model).eval()
     forms = deploy_sparse(plain, torch.randn(2, 3, 32, 32), (16, 16))
     assert forms and set(forms.values()) <= {"dense", "bsr", "csr"}
+
+
+# ----------------------------------------------------------------------------- which blocks each method keeps
+def _matrix_model(weight: torch.Tensor) -> nn.Module:
+    """One 32 x 32 Linear (no bias) with the given weight, masked by 16 x 16 blocks (a 2 x 2 grid)."""
+    model = nn.Sequential(nn.Linear(32, 32, bias=False))
+    model.pretrained_cfg = {"classifier": "none"}
+    with torch.no_grad():
+        model[0].weight.copy_(weight)
+    attach_blocks(model, (16, 16), dense=True)
+    return model
+
+
+def _blocks(values) -> torch.Tensor:
+    """A 32 x 32 matrix whose 16 x 16 block (i, j) is values[i][j] everywhere."""
+    return torch.tensor(values, dtype=torch.float32).repeat_interleave(16, 0).repeat_interleave(16, 1)
+
+
+def _kept_after(model: nn.Module, method: str, steps: int, **options) -> torch.Tensor:
+    """Block mask after ``steps`` training steps at lr 0 (the weights stay as built) of the loss
+    L = Σ y·g with x = 1 (columns 0-15) or 2 (16-31) and g = +1 (rows 0-15) or -1 (16-31), so that
+    ∂L/∂W[o, i] = g[o]·x[i] is known by hand: W·∂L/∂W > 0 (SGD moves W towards 0) in the top block
+    row, < 0 (away from 0) in the bottom one, twice as much in the right block column."""
+    layer = model[0]
+    pruner = BlockPruner(model, method, **options)
+    pruner.begin(Stage(1.0 if method != "soft_movement" else 0.0, 0.5 if method != "soft_movement" else 0.4,
+                       steps=steps, initial_warmup=0, final_warmup=0))
+    x = torch.cat([torch.ones(1, 16), 2 * torch.ones(1, 16)], dim=1)
+    g = torch.cat([torch.ones(1, 16), -torch.ones(1, 16)], dim=1)
+    for _ in range(steps):
+        layer.train()
+        (model(x) * g).sum().backward()
+        layer.weight.grad = None
+        pruner.on_step()
+    return layer.block_mask.clone()
+
+
+def _flipped(monkeypatch):
+    """Every block score with its sign flipped: what a sign error in a method would do."""
+    from spa.pruning import blocks
+    real = blocks.block_sums
+    monkeypatch.setattr(blocks, "block_sums", lambda matrix, block: -real(matrix, block))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_magnitude_keeps_the_blocks_of_largest_absolute_weight(monkeypatch, flip):
+    # |W| per block: 3 and 0.5 on top, 2 (negative weights) and 1 below; half the blocks kept
+    weight = _blocks([[3.0, 0.5], [-2.0, 1.0]]) * torch.where(torch.arange(32) % 2 == 0, 1.0, -1.0)
+    if flip:
+        _flipped(monkeypatch)
+    kept = _kept_after(_matrix_model(weight), "magnitude", 1)
+    expected = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert torch.equal(kept, expected) != flip, kept          # a flipped score keeps the smallest instead
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_movement_keeps_the_blocks_whose_weights_move_away_from_zero(monkeypatch, flip):
+    """score = −Σ W·∂L/∂W accumulated: W = 1 everywhere, so the gradient's sign decides; the bottom
+    row's weights grow under SGD (∂L/∂W < 0), the top row's shrink towards zero."""
+    if flip:
+        _flipped(monkeypatch)
+    model = _matrix_model(torch.ones(32, 32))
+    kept = _kept_after(model, "movement", 3)
+    scores = model[0].block_scores
+    assert torch.equal(kept, torch.tensor([[0.0, 0.0], [1.0, 1.0]])) != flip, kept
+    if not flip:       # by hand: −Σ W·g·x over a 16 x 16 block, per step, 3 steps
+        assert torch.equal(scores, torch.tensor([[-1.0, -2.0], [1.0, 2.0]]) * 256 * 3)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_soft_movement_raises_the_scores_of_blocks_moving_away_from_zero_and_lowers_the_others(monkeypatch, flip):
+    if flip:
+        _flipped(monkeypatch)
+    model = _matrix_model(torch.ones(32, 32))
+    kept = _kept_after(model, "soft_movement", 40, score_lr=0.1, l1=1.0)
+    scores = model[0].block_scores
+    moved = bool((scores[1] > 0).all() and (scores[0] < 0).all())     # Adam on Σ W·∂L/∂W (+ the L1 push down)
+    assert moved != flip, scores
+    assert torch.equal(kept, torch.tensor([[0.0, 0.0], [1.0, 1.0]])) != flip, (kept, scores)

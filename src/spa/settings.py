@@ -118,6 +118,9 @@ PRUNING_RULES: dict[str, Rule] = {
     "pruning.epochs_per_stage": int_at_least(1, 2),
     "pruning.initial_warmup": number_in(0, 1, 0.1, low_open=False),
     "pruning.final_warmup": number_in(0, 1, 0.2, low_open=False),
+    # soft movement: Adam's lr on the block scores, and the L1 penalty's lambda on sigmoid(scores)
+    "pruning.score_lr": POSITIVE,
+    "pruning.l1": Rule("a number >= 0", lambda v: _number(v) and v >= 0, "1.0"),
 }
 
 
