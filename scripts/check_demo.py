@@ -1,8 +1,14 @@
 """CI check of `make demo`: its transfer runs finished clearly above chance, and the table it just
-wrote is the committed one (the demo is deterministic on CPU, so a difference means the committed
-table, and the README that embeds it, are stale).
+wrote is the committed one.
 
-python scripts/check_demo.py RESULTS_DIR [--min-ratio 2.0] [--expected results/tables/demo.csv]
+The demo is deterministic on one machine and kernel set (CPU, torch's and oneDNN's instruction sets,
+threads: recorded in ``demo_versions.json``), so there a difference means the committed table, and
+the README that embeds it, are stale: the tables must be equal (time excepted). Float32 training
+turns the last-bit differences between kernel sets into different numbers (issue 32), so on another
+machine or kernel set the accuracies must agree within ``--tolerance`` points and the structure
+(rows, epochs, densities, unpruned counts) exactly; the check says which comparison it made.
+
+python scripts/check_demo.py RESULTS_DIR [--min-ratio 2.0] [--expected results/tables/demo.csv] [--tolerance 6]
 """
 from __future__ import annotations
 
@@ -16,6 +22,41 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 # every column of tables/demo.csv but the wall time, which no two machines share
 VOLATILE = ("wall_time_s",)
+# on another kernel set: top-1 / top-5 within the tolerance; the learned counts of pruned runs differ
+# (pruning picks other channels from other scores); everything else exactly
+ACCURACY = ("test_top1", "test_top5")
+FREE_ELSEWHERE = ("test_top1_std", "test_top5_std", "params_trainable", "params_total")
+# points of top-1 / top-5 on another machine or kernel set: the largest gap measured between three kernel
+# sets was 5.44 (SPLoRA-r8 unpruned: 59.93 with AVX2's kernels, 57.80 with AVX-512's on one AMD EPYC, 54.49
+# on the machine of the table committed before; README, "What the demo does")
+TOLERANCE = 6.0
+
+
+def machines(tables_dir: Path, name: str = "demo") -> list[dict]:
+    """The machines (CPU, kernel sets, threads) recorded beside a demo table, [] where none is."""
+    path = tables_dir / f"{name}_versions.json"
+    if not path.is_file():
+        return []
+    return [{k: v for k, v in m.items() if k != "runs"} for m in json.loads(path.read_text()).get("machines", [])]
+
+
+def close_differences(generated: Path, expected: Path, tolerance: float) -> list[str]:
+    """Rows that differ beyond what another kernel set explains: accuracies by more than ``tolerance``
+    points, or anything structural (rows, epochs, densities, unpruned parameter counts)."""
+    new, old = (pd.read_csv(p).drop(columns=list(VOLATILE), errors="ignore") for p in (generated, expected))
+    if list(new.columns) != list(old.columns) or len(new) != len(old):
+        return [f"columns or row count differ: {list(new.columns)} x {len(new)} vs {list(old.columns)} x {len(old)}"]
+    diffs = []
+    for i in range(len(new)):
+        a, b = new.iloc[i], old.iloc[i]
+        unpruned = b.get("pruning") == "none"
+        exact = [c for c in new.columns if c not in ACCURACY and (c not in FREE_ELSEWHERE or
+                                                                 (unpruned and c.startswith("params")))]
+        far = {c: (a[c], b[c]) for c in ACCURACY if abs(float(a[c]) - float(b[c])) > tolerance}
+        other = {c: (a[c], b[c]) for c in exact if str(a[c]) != str(b[c])}
+        if far or other:
+            diffs.append(f"row {i} ({b.get('adapter')}, {b.get('pruning')}): generated vs committed {far | other}")
+    return diffs
 
 
 def transfer_ok(runs: list[dict], min_ratio: float) -> bool:
@@ -60,6 +101,8 @@ def main() -> int:
         default=REPO / "results" / "tables" / "demo.csv",
         help="the committed demo table the generated one must equal (time excepted)",
     )
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help="points of top-1 / top-5 allowed on another machine or kernel set")
     args = parser.parse_args()
     runs = [json.loads(p.read_text()) for p in sorted((args.results_dir / "runs" / "demo").rglob("summary.json"))]
     ok = transfer_ok(runs, args.min_ratio)
@@ -67,7 +110,16 @@ def main() -> int:
     if not generated.is_file():
         print(f"{generated} was not written", file=sys.stderr)
         return 1
-    diffs = table_differences(generated, args.expected)
+    ours, theirs = machines(generated.parent), machines(args.expected.parent)
+    same = bool(ours) and ours == theirs
+    if same:
+        diffs = table_differences(generated, args.expected)
+        how = "equals"
+    else:
+        print(f"this machine and kernels {ours or 'not recorded'} are not the committed table's "
+              f"{theirs or 'not recorded'}: accuracies compared within {args.tolerance:g} points")
+        diffs = close_differences(generated, args.expected, args.tolerance)
+        how = f"agrees within {args.tolerance:g} points of top-1 / top-5 and in its structure with"
     if diffs:
         print(f"the demo table {generated} differs from the committed {args.expected}:", file=sys.stderr)
         for line in diffs:
@@ -78,7 +130,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"demo table equals {args.expected} (time excepted)")
+    print(f"demo table {how} {args.expected} (time excepted)")
     return 0 if ok else 1
 
 

@@ -80,3 +80,29 @@ def test_the_demo_check_fails_on_a_table_that_differs_from_the_committed_one(tmp
     assert check.table_differences(same, committed) == []  # the time is not compared
     diffs = check.table_differences(moved, committed)
     assert len(diffs) == 1 and "49.2100" in diffs[0] and "61.5730" in diffs[0]
+
+
+def test_the_demo_check_compares_exactly_on_the_committed_machine_and_within_tolerance_elsewhere(tmp_path):
+    """Float32 training turns kernel-set rounding into other numbers (issue 32): the same machine and
+    kernels must reproduce the table exactly, another one within the tolerance and in its structure."""
+    check = load_script("check_demo")
+    cols = {"adapter": ["finetune", "finetune"], "pruning": ["none", "taylor"], "density": [1.0, 0.3],
+            "test_top1": [72.93, 61.58], "test_top5": [98.35, 96.10], "params_trainable": [3383818, 571110],
+            "params_total": [3383818, 571110], "wall_time_s": [73.0, 90.0]}
+    committed = tmp_path / "committed.csv"
+    pd.DataFrame(cols).to_csv(committed, index=False)
+    elsewhere = tmp_path / "elsewhere.csv"      # another kernel set: 1.2 points off, pruning kept other channels
+    pd.DataFrame({**cols, "test_top1": [71.75, 63.59], "params_trainable": [3383818, 578408],
+                  "params_total": [3383818, 578408]}).to_csv(elsewhere, index=False)
+    assert check.close_differences(elsewhere, committed, 6.0) == []
+    assert check.table_differences(elsewhere, committed)                    # not equal, so not on the same machine
+    far = check.close_differences(elsewhere, committed, 1.5)
+    assert len(far) == 1 and "63.59" in far[0]
+    broken = tmp_path / "broken.csv"            # an unpruned count or a density that moved is never noise
+    pd.DataFrame({**cols, "params_trainable": [3383000, 571110], "density": [1.0, 0.35]}).to_csv(broken, index=False)
+    assert len(check.close_differences(broken, committed, 6.0)) == 2
+    (tmp_path / "demo_versions.json").write_text(json.dumps({"torch": ["2.14.1"], "machines": [
+        {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "onednn_max_cpu_isa": None, "threads": 2, "runs": 4}]}))
+    assert check.machines(tmp_path) == [{"cpu": "AMD EPYC", "cpu_capability": "AVX512", "onednn_max_cpu_isa": None,
+                                         "threads": 2}]
+    assert check.machines(tmp_path / "nowhere") == []
