@@ -106,3 +106,16 @@ def test_the_demo_check_compares_exactly_on_the_committed_machine_and_within_tol
     assert check.machines(tmp_path) == [{"cpu": "AMD EPYC", "cpu_capability": "AVX512", "onednn_max_cpu_isa": None,
                                          "threads": 2}]
     assert check.machines(tmp_path / "nowhere") == []
+
+
+def test_the_demo_check_is_exact_on_one_cpu_or_on_the_portable_kernels_of_any():
+    check = load_script("check_demo")
+    native = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "onednn_max_cpu_isa": None, "mkl_cbwr": None,
+              "threads": 2}
+    portable = {**native, "cpu_capability": "DEFAULT", "onednn_max_cpu_isa": "SSE41", "mkl_cbwr": "COMPATIBLE"}
+    intel = {"cpu": "Intel Xeon"}
+    assert check.same_kernels([native], [native])
+    assert not check.same_kernels([{**native, **intel}], [native])                   # another CPU's own kernels
+    assert check.same_kernels([{**portable, **intel}], [portable])                   # portable: any x86 CPU
+    assert not check.same_kernels([{**portable, "threads": 4}], [portable])          # reductions split by threads
+    assert not check.same_kernels([portable], [native]) and not check.same_kernels([], [native])

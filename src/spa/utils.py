@@ -168,10 +168,11 @@ def machine_record() -> dict[str, Any]:
     """Which CPU kernels made a result: float32 results differ in their last bits between kernel sets.
     torch picks its kernels by the CPU's instruction set (``cpu_capability``, capped by
     ``ATEN_CPU_CAPABILITY``); oneDNN, which runs the convolutions, by its own check (capped by
-    ``ONEDNN_MAX_CPU_ISA``, None when not set: the CPU's best)."""
+    ``ONEDNN_MAX_CPU_ISA``, None when not set: the CPU's best); MKL, which runs the matrix products, by
+    its own (``MKL_CBWR``, None when not set; ``COMPATIBLE``: the same code on every x86 CPU)."""
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"),
-            "threads": torch.get_num_threads()}
+            "mkl_cbwr": os.environ.get("MKL_CBWR"), "threads": torch.get_num_threads()}
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, Any]:

@@ -81,7 +81,7 @@ def versions_line(versions: list[str]) -> str:
     return f"torch {', '.join(versions)}" if versions else "torch not recorded"
 
 
-MACHINE_KEYS = ("cpu", "cpu_capability", "onednn_max_cpu_isa", "threads")   # spa.utils.machine_record
+MACHINE_KEYS = ("cpu", "cpu_capability", "onednn_max_cpu_isa", "mkl_cbwr", "threads")   # spa.utils.machine_record
 
 
 def run_machines(root: str | Path) -> dict[str, Any]:
