@@ -149,7 +149,8 @@ def test_versions_sidecars_name_the_machines_and_kernel_sets_of_their_runs(tmp_p
     from spa.reporting.collect import run_machines, write_versions
     root = run_tree(tmp_path / "runs")
     summaries = sorted(root.rglob("summary.json"))
-    machine = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "onednn_max_cpu_isa": None, "threads": 2}
+    machine = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "onednn_max_cpu_isa": None, "mkl_cbwr": None,
+               "threads": 2}
     for path, isa in zip(summaries[:3], [None, None, "AVX2"]):
         summary = json.loads(path.read_text())
         summary["versions"].update(machine, onednn_max_cpu_isa=isa)
