@@ -132,6 +132,24 @@ def test_criteria_match_hand_computation(float64):
     assert torch.allclose(normalize(v, "l2"), torch.tensor([1, 3, 4], dtype=torch.float64) / 26 ** 0.5)
 
 
+def test_every_normalisation_by_hand_and_mean_stops_the_widest_layer_going_first():
+    """l1 / l2 shrink a channel's score with its layer's width, so ranked globally the widest layer
+    empties first (issue 26: Lite0's conv_head); mean scores each channel against its own layer."""
+    from spa.pruning.groups import ChannelGroup
+    v = torch.tensor([1.0, -3.0, 4.0], dtype=torch.float64)
+    expected = {"l1": [1 / 8, 3 / 8, 4 / 8], "mean": [1 / (8 / 3), 3 / (8 / 3), 4 / (8 / 3)], "max": [0.25, 0.75, 1.0],
+                "none": [1.0, 3.0, 4.0], "l2": [1 / 26 ** 0.5, 3 / 26 ** 0.5, 4 / 26 ** 0.5]}
+    for kind, values in expected.items():
+        assert normalize(v, kind).tolist() == pytest.approx(values), kind
+    with pytest.raises(ValueError, match="use one of l1, l2, mean, max, none"):
+        normalize(v, "median")
+    groups = [ChannelGroup("narrow", ["narrow"], 4), ChannelGroup("wide", ["wide"], 64)]
+    raw = {"narrow": torch.tensor([0.5, 1.0, 1.0, 1.5]), "wide": torch.full((64,), 1.1)}
+    by = {kind: select_channels(groups, group_scores(groups, raw, kind), budget=1) for kind in ("l1", "mean")}
+    assert list(by["l1"]) == ["wide"]                        # 1.1 / 70.4 per wide channel against 0.5 / 4
+    assert by["mean"] == {"narrow": [0]}                     # the weakest channel relative to its own layer
+
+
 def test_group_scores_average_the_producers_normalised_scores():
     from spa.pruning.groups import ChannelGroup
     g = ChannelGroup("r", ["p", "q"], 2)

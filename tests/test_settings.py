@@ -68,6 +68,7 @@ def test_an_unknown_rank_limit_names_the_choices(compose_cfg):
     ("schedule.target_density=0", "schedule.target_density=0: use a number in (0, 1)"),
     ("schedule.step_fraction=1.5", "schedule.step_fraction=1.5: use a number in (0, 1)"),
     ("pruning.group_reduction=median", "pruning.group_reduction='median': use one of mean, sum, max"),
+    ("pruning.normalization=median", "pruning.normalization='median': use null (the criterion's own) or one of"),
     ("pruning.round_to=0", "pruning.round_to=0: use a positive int"),
     ("train.scheduler=linear", "train.scheduler='linear' is unknown"),
     ("dataset.transform=fancy", "dataset.transform"),

@@ -760,7 +760,8 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         parts.seed_step(step)
         criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, parts.mean_std)
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
-                     cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1), cfg.pruning.get("scope", "global"))
+                     cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1), cfg.pruning.get("scope", "global"),
+                     cfg.pruning.get("normalization"))
         if parts.channels_last:     # pruned layers get new (contiguous) weights
             apply_channels_last(model, parts.device)
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)

@@ -113,6 +113,8 @@ PRUNING_RULES: dict[str, Rule] = {
     "schedule.density": choice("filters", "weights"),
     "schedule.recovery_lr_scale": POSITIVE,
     "pruning.group_reduction": choice("mean", "sum", "max"),
+    "pruning.normalization": Rule("null (the criterion's own) or one of l1, l2, mean, max, none",
+                                  lambda v: v is None or v in ("l1", "l2", "mean", "max", "none"), "mean"),
     # block pruning (its stages; the ordered targets, the warm-ups' sum and the block are checked by
     # spa.pipeline.check_block_pruning)
     "pruning.epochs_per_stage": int_at_least(1, 2),

@@ -69,14 +69,16 @@ class PruningSession:
 
     def step(self, step: int, plan: Plan, criterion: Importance, loader: Iterable | None,
              device: torch.device, max_batches: int | None = None, reduction: str = "mean",
-             round_to: int = 1, scope: str = "global") -> StepResult:
+             round_to: int = 1, scope: str = "global", normalization: str | None = None) -> StepResult:
         """Score, select the step's budget of filters (``scope``: ``global``, ranked across the groups,
         kept widths rounded to multiples of ``round_to``; ``local``, the same fraction of every group:
-        :func:`~spa.pruning.schedule.select_local`), remove them."""
+        :func:`~spa.pruning.schedule.select_local`), remove them. ``normalization``: how each layer's
+        scores are normalised before ranking (:data:`~spa.pruning.importance.NORMALIZATIONS`; None: the
+        criterion's own, the paper's)."""
         if scope not in SCOPES:
             raise ValueError(f"pruning.scope={scope!r}: use global (ranked across layers) or local (every layer alike)")
         scores = criterion.score(self.model, self.groups, loader, device, max_batches)
-        ranked = group_scores(self.groups, scores, criterion.normalization, reduction)
+        ranked = group_scores(self.groups, scores, normalization or criterion.normalization, reduction)
         budget = plan.budget(step, self.kept_filters)
         selection = select_channels(self.groups, ranked, budget, round_to=round_to) if scope == "global" else \
             select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
