@@ -150,6 +150,44 @@ def test_every_normalisation_by_hand_and_mean_stops_the_widest_layer_going_first
     assert by["mean"] == {"narrow": [0]}                     # the weakest channel relative to its own layer
 
 
+def test_the_guard_caps_a_layer_and_hands_the_rest_of_the_budget_elsewhere():
+    """Widths 16 and 1,280, identical raw scores per channel: l1 scores the wide layer's channels
+    1 / 1,280 against 1 / 16, so a budget of 700 comes all from it (by hand). With at most half of a
+    layer's channels allowed to go (floors 8 and 640), a budget of 645 takes 640 from the wide layer and
+    the other 5 from the narrow one; a budget of 700 can get only 648; a layer kept whole gives none."""
+    from spa.pruning.groups import ChannelGroup
+    groups = [ChannelGroup("narrow", ["narrow"], 16), ChannelGroup("wide", ["wide"], 1280)]
+    raw = {"narrow": torch.ones(16), "wide": torch.ones(1280)}
+    ranked = group_scores(groups, raw, "l1")
+    free = select_channels(groups, ranked, budget=700)
+    assert list(free) == ["wide"] and len(free["wide"]) == 700
+    floors = {"narrow": 8, "wide": 640}                       # what max_group_pruning=0.5 gives (640 of 1,280)
+    capped = select_channels(groups, ranked, budget=645, keep_at_least=floors)
+    assert len(capped["wide"]) == 640 and len(capped["narrow"]) == 5         # the full budget, all the same
+    short = select_channels(groups, ranked, budget=700, keep_at_least=floors)
+    assert sum(map(len, short.values())) == 648                             # what the floors leave
+    whole = select_channels(groups, ranked, budget=10, keep_at_least={"wide": 1280})    # ignore: kept whole
+    assert list(whole) == ["narrow"] and len(whole["narrow"]) == 10
+
+
+def test_the_guard_in_a_pruning_session_floors_ignore_and_a_step_it_cannot_make():
+    model = small_resnet(None)
+    session = PruningSession(model, torch.zeros(1, 3, 32, 32))
+    floors = session.floors(0.5, ["fc*", "conv1"])
+    assert floors["conv1"] == session.original_sizes["conv1"]                 # ignored: kept whole
+    assert all(floors[r] == s - s // 2 for r, s in session.original_sizes.items() if r != "conv1")
+    with pytest.raises(ValueError, match=r"pruning.ignore=\['nothing\*'\] matches no prunable layer; .*conv1"):
+        session.check_ignore(["nothing*"])
+    plan = Plan(session.original_filters, 0.4, 0.2)
+    result = session.step(1, plan, WeightImportance(), None, torch.device("cpu"), max_group_pruning=0.5,
+                          ignore=["conv1"])
+    assert result.removed_filters == plan.budget(1, session.original_filters)   # the full budget
+    widths = layer_widths(model)
+    assert widths["conv1"][0] == session.original_sizes["conv1"]
+    with pytest.raises(ValueError, match="the lowest density they allow is 0.5"):
+        session.step(2, plan, WeightImportance(), None, torch.device("cpu"), max_group_pruning=0.5, ignore=["conv1"])
+
+
 def test_group_scores_average_the_producers_normalised_scores():
     from spa.pruning.groups import ChannelGroup
     g = ChannelGroup("r", ["p", "q"], 2)

@@ -68,6 +68,7 @@ def test_an_unknown_rank_limit_names_the_choices(compose_cfg):
     ("schedule.target_density=0", "schedule.target_density=0: use a number in (0, 1)"),
     ("schedule.step_fraction=1.5", "schedule.step_fraction=1.5: use a number in (0, 1)"),
     ("pruning.group_reduction=median", "pruning.group_reduction='median': use one of mean, sum, max"),
+    ("pruning.max_group_pruning=1.0", "pruning.max_group_pruning=1.0: use null (a layer keeps at least one"),
     ("pruning.normalization=median", "pruning.normalization='median': use null (the criterion's own) or one of"),
     ("pruning.round_to=0", "pruning.round_to=0: use a positive int"),
     ("train.scheduler=linear", "train.scheduler='linear' is unknown"),
@@ -83,6 +84,13 @@ def test_a_bad_setting_of_a_pruned_run_stops_before_anything_is_written(compose_
     assert expected in str(err.value)
     # not even the unpruned run it starts from was written
     assert written(cfg) == [] and written(pipeline.unpruned_config(cfg)) == []
+
+
+def test_an_ignore_glob_that_matches_no_layer_stops_before_any_training(compose_cfg):
+    cfg = compose_cfg("pruning=weight", "pruning.ignore=[nothing*]", *QUICK)
+    with pytest.raises(SettingError, match=r"pruning.ignore=\['nothing\*'\] matches no prunable layer"):
+        pipeline.run(cfg)
+    assert not any(name in written(cfg) for name in ("epochs.jsonl", "steps.csv", "model.pt"))
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -478,6 +478,8 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     channels = (method_name(cfg) == "iterative" and not is_unpruned(cfg.pruning)) or \
         (method_name(cfg) == "pear" and cfg.pruning.get("after"))
     session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if channels else None
+    if session is not None and cfg.pruning.get("ignore"):
+        checked("pruning.ignore", session.check_ignore, list(cfg.pruning.ignore))   # before any training
     return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
                  test_loader=test_loader, val_loader=val_loader, channels_last=channels_last, size=size,
                  data=built, session=session, weights=weights, ranks=ranks, warnings=warnings)
@@ -761,7 +763,8 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         criterion = make_criterion(cfg.pruning.criterion, seed * 1000 + step, parts.mean_std)
         session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
                      cfg.pruning.group_reduction, cfg.pruning.get("round_to", 1), cfg.pruning.get("scope", "global"),
-                     cfg.pruning.get("normalization"))
+                     cfg.pruning.get("normalization"), cfg.pruning.get("max_group_pruning"),
+                     list(cfg.pruning.get("ignore") or []))
         if parts.channels_last:     # pruned layers get new (contiguous) weights
             apply_channels_last(model, parts.device)
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)

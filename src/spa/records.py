@@ -40,7 +40,8 @@ NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False, "dataset.skip
                     "pruning.columns": [], "train.clip_grad_norm": None, "train.head_epochs": 0,
                     "schedule.recovery_lr_scale": 1.0, "schedule.density": "filters", "pruning.scope": "global",
                     "backbone.frozen": [], "backbone.torchvision_weights": None, "dataset.test_split": "test",
-                    "base.dataset.test_split": "test", "pruning.normalization": None}
+                    "base.dataset.test_split": "test", "pruning.normalization": None,
+                    "pruning.max_group_pruning": None, "pruning.ignore": []}
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
 STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"

@@ -113,6 +113,8 @@ PRUNING_RULES: dict[str, Rule] = {
     "schedule.density": choice("filters", "weights"),
     "schedule.recovery_lr_scale": POSITIVE,
     "pruning.group_reduction": choice("mean", "sum", "max"),
+    "pruning.max_group_pruning": Rule("null (a layer keeps at least one channel) or a number in (0, 1)",
+                                      lambda v: v is None or (_number(v) and 0 < v < 1), "0.9"),
     "pruning.normalization": Rule("null (the criterion's own) or one of l1, l2, mean, max, none",
                                   lambda v: v is None or v in ("l1", "l2", "mean", "max", "none"), "mean"),
     # block pruning (its stages; the ordered targets, the warm-ups' sum and the block are checked by

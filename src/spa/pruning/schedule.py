@@ -70,13 +70,17 @@ def check_round_to(round_to: object) -> None:
 
 
 def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], budget: int,
-                    min_channels: int = 1, round_to: int = 1) -> dict[str, list[int]]:
+                    min_channels: int = 1, round_to: int = 1,
+                    keep_at_least: dict[str, int] | None = None) -> dict[str, list[int]]:
     """Lowest-scored channels across all groups whose filters add up to ``budget``.
 
-    Ties break by group order and channel index (deterministic). A group keeps ``min_channels``.
-    ``round_to`` > 1 rounds the kept width of every group the step touches (module docstring).
-    Returns ``{group root: [channel indices]}`` (current indices).
+    Ties break by group order and channel index (deterministic). A group keeps ``min_channels``, and
+    at least ``keep_at_least[root]`` where given (the guard: a group at its floor gives no more, and
+    the step's remaining budget goes to the next-lowest scores elsewhere). ``round_to`` > 1 rounds the
+    kept width of every group the step touches (module docstring). Returns ``{group root: [channel
+    indices]}`` (current indices).
     """
+    floors = keep_at_least or {}
     check_round_to(round_to)
     candidates = []
     for gi, g in enumerate(groups):
@@ -94,7 +98,7 @@ def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
             break
         g = groups[gi]
         cost = g.filters_per_channel
-        if total + cost > budget or left[g.root] - 1 < min_channels:
+        if total + cost > budget or left[g.root] - 1 < max(min_channels, floors.get(g.root, 0)):
             continue
         removed.setdefault(g.root, []).append(c)
         left[g.root] -= 1

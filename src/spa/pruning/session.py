@@ -3,9 +3,10 @@ groups for ViT/DeiT), and the history of what was removed, replayable on a fresh
 (checkpoints, resume, reload)."""
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,23 +70,63 @@ class PruningSession:
 
     def step(self, step: int, plan: Plan, criterion: Importance, loader: Iterable | None,
              device: torch.device, max_batches: int | None = None, reduction: str = "mean",
-             round_to: int = 1, scope: str = "global", normalization: str | None = None) -> StepResult:
+             round_to: int = 1, scope: str = "global", normalization: str | None = None,
+             max_group_pruning: float | None = None, ignore: Sequence[str] = ()) -> StepResult:
         """Score, select the step's budget of filters (``scope``: ``global``, ranked across the groups,
         kept widths rounded to multiples of ``round_to``; ``local``, the same fraction of every group:
         :func:`~spa.pruning.schedule.select_local`), remove them. ``normalization``: how each layer's
         scores are normalised before ranking (:data:`~spa.pruning.importance.NORMALIZATIONS`; None: the
-        criterion's own, the paper's)."""
+        criterion's own, the paper's). The guard (global scope): ``max_group_pruning``, the fraction of a
+        group's original channels that may ever go (None: the paper's rule, a group keeps one), and
+        ``ignore``, globs of module names whose groups are kept whole; a step the floors leave short of
+        its budget stops with an error naming the density they allow."""
         if scope not in SCOPES:
             raise ValueError(f"pruning.scope={scope!r}: use global (ranked across layers) or local (every layer alike)")
         scores = criterion.score(self.model, self.groups, loader, device, max_batches)
         ranked = group_scores(self.groups, scores, normalization or criterion.normalization, reduction)
         budget = plan.budget(step, self.kept_filters)
-        selection = select_channels(self.groups, ranked, budget, round_to=round_to) if scope == "global" else \
-            select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
+        floors = self.floors(max_group_pruning, ignore)
+        selection = select_channels(self.groups, ranked, budget, round_to=round_to, keep_at_least=floors) \
+            if scope == "global" else select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
+        if floors and scope == "global":
+            removed = removed_filters(self.groups, selection)
+            unguarded = removed_filters(self.groups, select_channels(self.groups, ranked, budget, round_to=round_to))
+            if removed < min(budget, unguarded):
+                room = sum((g.size - max(1, floors.get(g.root, 0))) * g.filters_per_channel for g in self.groups)
+                reachable = (self.kept_filters - room) / self.original_filters
+                raise ValueError(f"pruning step {step} needs {budget} filters but pruning.max_group_pruning="
+                                 f"{max_group_pruning} and pruning.ignore={list(ignore)} leave {room}: the lowest "
+                                 f"density they allow is {reachable:.3f}; raise schedule.target_density to it or "
+                                 f"loosen the guard")
         result = self.apply(step, selection)
         log.info("pruning step %d: removed %d filters (budget %d), density %.3f (%d / %d filters)", step,
                  result.removed_filters, budget, result.density, result.kept_filters, self.original_filters)
         return result
+
+    def ignored(self, ignore: Sequence[str]) -> set[str]:
+        """Roots of the groups a module-name glob of ``ignore`` matches (any of their producers)."""
+        return {g.root for g in self.groups if any(fnmatch.fnmatch(p, pattern) for p in g.producers
+                                                   for pattern in ignore)}
+
+    def check_ignore(self, ignore: Sequence[str]) -> None:
+        """Every glob of ``ignore`` matches a prunable layer; else ValueError listing the candidates."""
+        names = [p for g in self.groups for p in g.producers]
+        unmatched = [pattern for pattern in ignore if not any(fnmatch.fnmatch(n, pattern) for n in names)]
+        if unmatched:
+            raise ValueError(f"pruning.ignore={unmatched} matches no prunable layer; the prunable layers are "
+                             f"{names[:12]}{' ...' if len(names) > 12 else ''} (globs: e.g. 'conv_head', 'blocks.0.*')")
+
+    def floors(self, max_group_pruning: float | None, ignore: Sequence[str]) -> dict[str, int]:
+        """The fewest channels each group may keep under the guard (empty: no guard)."""
+        floors = {}
+        if max_group_pruning is not None:
+            for root, size in self.original_sizes.items():
+                floors[root] = max(1, size - math.floor(max_group_pruning * size + 1e-9))
+        kept_whole = self.ignored(ignore) if ignore else set()
+        for g in self.groups:
+            if g.root in kept_whole:
+                floors[g.root] = g.size
+        return floors
 
     def replay(self, history: History) -> None:
         """Apply a recorded history to this (unpruned) model, in order."""
