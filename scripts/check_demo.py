@@ -58,9 +58,9 @@ def machines(tables_dir: Path, name: str = "demo") -> list[dict]:
 def close_differences(generated: Path, expected: Path, tolerance: float) -> list[str]:
     """Rows that differ beyond what another kernel set explains: accuracies by more than ``tolerance``
     points, or anything structural (rows, epochs, densities, unpruned parameter counts)."""
-    new, old = (pd.read_csv(p).drop(columns=list(VOLATILE), errors="ignore") for p in (generated, expected))
-    if list(new.columns) != list(old.columns) or len(new) != len(old):
-        return [f"columns or row count differ: {list(new.columns)} x {len(new)} vs {list(old.columns)} x {len(old)}"]
+    new, old, shape = read_pair(generated, expected)
+    if shape:
+        return shape
     diffs = []
     for i in range(len(new)):
         a, b = new.iloc[i], old.iloc[i]
@@ -68,7 +68,7 @@ def close_differences(generated: Path, expected: Path, tolerance: float) -> list
         exact = [c for c in new.columns if c not in ACCURACY and (c not in FREE_ELSEWHERE or
                                                                  (unpruned and c.startswith("params")))]
         far = {c: (a[c], b[c]) for c in ACCURACY if abs(float(a[c]) - float(b[c])) > tolerance}
-        other = {c: (a[c], b[c]) for c in exact if str(a[c]) != str(b[c])}
+        other = {c: (a[c], b[c]) for c in exact if a[c] != b[c]}
         if far or other:
             diffs.append(f"row {i} ({b.get('adapter')}, {b.get('pruning')}): generated vs committed {far | other}")
     return diffs
@@ -94,11 +94,20 @@ def transfer_ok(runs: list[dict], min_ratio: float) -> bool:
     return ok
 
 
-def table_differences(generated: Path, expected: Path) -> list[str]:
-    """Rows of the generated demo table that differ from the committed one (time left out)."""
+def read_pair(generated: Path, expected: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Both tables as written (cells as text, time left out), and a line where their shapes differ."""
     new, old = (pd.read_csv(p, dtype=str).drop(columns=list(VOLATILE), errors="ignore") for p in (generated, expected))
     if list(new.columns) != list(old.columns) or len(new) != len(old):
-        return [f"columns or row count differ: {list(new.columns)} x {len(new)} vs {list(old.columns)} x {len(old)}"]
+        return new, old, [f"columns or row count differ: {list(new.columns)} x {len(new)} vs "
+                          f"{list(old.columns)} x {len(old)}"]
+    return new, old, []
+
+
+def table_differences(generated: Path, expected: Path) -> list[str]:
+    """Rows of the generated demo table that differ from the committed one (time left out)."""
+    new, old, shape = read_pair(generated, expected)
+    if shape:
+        return shape
     return [
         f"row {i}: generated {dict(new.iloc[i])} vs committed {dict(old.iloc[i])}"
         for i in range(len(new))

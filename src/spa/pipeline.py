@@ -36,7 +36,7 @@ from spa.pruning.blocks import BLOCK_METHODS, BlockPruner, attach_blocks, empty_
 from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import SCOPES, Plan, check_round_to, schedule_plan
-from spa.pruning.session import PruningSession, count_macs
+from spa.pruning.session import PruningSession, count_macs, example_input
 from spa.records import (
     CHECKPOINT,
     FINGERPRINT,
@@ -477,7 +477,7 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     size = (int(d.image_size), int(d.image_size))
     channels = (method_name(cfg) == "iterative" and not is_unpruned(cfg.pruning)) or \
         (method_name(cfg) == "pear" and cfg.pruning.get("after"))
-    session = PruningSession(model, torch.zeros(1, 3, *size, device=device)) if channels else None
+    session = PruningSession(model, example_input(model, size)) if channels else None
     if session is not None and cfg.pruning.get("ignore"):
         checked("pruning.ignore", session.check_ignore, list(cfg.pruning.ignore))   # before any training
     return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,

@@ -16,7 +16,9 @@ from hydra.utils import instantiate
 
 from spa.adapters import apply_adapter
 from spa.adapters.convert import freeze
+from spa.data.sources import TEST_SPLITS
 from spa.models import apply_cifar_stem
+from spa.pruning.importance import NORMALIZATIONS
 from spa.records import flatten
 from spa.utils import resolve_device
 
@@ -91,7 +93,7 @@ RULES: dict[str, Rule] = {
     "dataset.max_per_class": int_at_least(1, 100, optional=True),
     "dataset.test_max_per_class": int_at_least(1, 100, optional=True),
     "dataset.split_seed": int_at_least(0, 0),
-    "dataset.test_split": choice("test", "val"),
+    "dataset.test_split": choice(*TEST_SPLITS),
     "backbone.cifar_stem": BOOL,
     "backbone.allow_random": BOOL,
     "adapter.prunable": BOOL,
@@ -115,8 +117,8 @@ PRUNING_RULES: dict[str, Rule] = {
     "pruning.group_reduction": choice("mean", "sum", "max"),
     "pruning.max_group_pruning": Rule("null (a layer keeps at least one channel) or a number in (0, 1)",
                                       lambda v: v is None or (_number(v) and 0 < v < 1), "0.9"),
-    "pruning.normalization": Rule("null (the criterion's own) or one of l1, l2, mean, max, none",
-                                  lambda v: v is None or v in ("l1", "l2", "mean", "max", "none"), "mean"),
+    "pruning.normalization": Rule(f"null (the criterion's own) or one of {', '.join(NORMALIZATIONS)}",
+                                  lambda v: v is None or v in NORMALIZATIONS, "mean"),
     # block pruning (its stages; the ordered targets, the warm-ups' sum and the block are checked by
     # spa.pipeline.check_block_pruning)
     "pruning.epochs_per_stage": int_at_least(1, 2),

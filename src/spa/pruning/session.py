@@ -89,9 +89,10 @@ class PruningSession:
         selection = select_channels(self.groups, ranked, budget, round_to=round_to, keep_at_least=floors) \
             if scope == "global" else select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
         if floors and scope == "global":
+            # short of the budget by the floors' doing: the same step without them gets further
             removed = removed_filters(self.groups, selection)
-            unguarded = removed_filters(self.groups, select_channels(self.groups, ranked, budget, round_to=round_to))
-            if removed < min(budget, unguarded):
+            if removed < budget and removed < removed_filters(
+                    self.groups, select_channels(self.groups, ranked, budget, round_to=round_to)):
                 room = sum((g.size - max(1, floors.get(g.root, 0))) * g.filters_per_channel for g in self.groups)
                 reachable = (self.kept_filters - room) / self.original_filters
                 raise ValueError(f"pruning step {step} needs {budget} filters but pruning.max_group_pruning="

@@ -109,7 +109,7 @@ def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict 
     (SPPaRA on a transformer)."""
     from spa.pruning.importance import CRITERIA
     from spa.pruning.schedule import Plan
-    from spa.pruning.session import PruningSession
+    from spa.pruning.session import PruningSession, example_input
 
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
@@ -119,7 +119,7 @@ def weight_pruned(backbone: BackboneSpec, kind: str = "finetune", options: dict 
         model = apply_adapter(model, kind, **(options or {}))
     freeze(model, list(frozen))
     model.to(device).eval()
-    session = PruningSession(model, torch.zeros(1, 3, *input_size, device=device))
+    session = PruningSession(model, example_input(model, input_size))
     plan = Plan(session.original_filters, step_fraction, target_density)
     yield 0, session, model
     for step in range(1, plan.steps + 1):
