@@ -3,6 +3,7 @@ the cubic schedule, the three methods, and runs through the pipeline."""
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -26,6 +27,7 @@ from spa.pruning.blocks import (
     cubic,
     empty_lines,
     pruned_parameters,
+    stage_score_lr,
 )
 from spa.pruning.session import count_macs
 from spa.records import RunDir
@@ -184,7 +186,7 @@ def test_block_pruning_settings_are_checked_before_anything_is_written(compose_c
         (("pruning=block_magnitude", "pruning.epochs_per_stage=0"), "epochs_per_stage"),
         (("adapter=splopa_r64", "backbone=test_vit", "pruning=taylor"), "pruning=block_movement"),
         # soft movement's score optimiser and penalty (once unchecked)
-        (("pruning=block_soft_movement", "pruning.score_lr=0"), r"pruning.score_lr=0: use a number > 0"),
+        (("pruning=block_soft_movement", "pruning.score_lr=0"), r"pruning.score_lr=0: use null .* or a number > 0"),
         (("pruning=block_soft_movement", "pruning.l1=-1"), r"pruning.l1=-1: use a number >= 0"),
     ]
     for overrides, message in cases:
@@ -394,6 +396,15 @@ def test_magnitude_keeps_the_blocks_of_largest_absolute_weight(monkeypatch, flip
     assert torch.equal(kept, expected) != flip, kept          # a flipped score keeps the smallest instead
 
 
+def test_magnitude_ranks_blocks_by_their_frobenius_norm_not_the_sum_of_absolute_values():
+    # per block: one weight of 20 (Frobenius 20, Σ|W| 20), 256 of 0.5 (8, 128), of 0.1 (1.6, 25.6),
+    # of 0.05 (0.8, 12.8): the spike and the 0.5 block have the largest norms, Σ|W| keeps 0.5 and 0.1
+    weight = _blocks([[0.0, 0.5], [0.1, 0.05]])
+    weight[3, 5] = 20.0
+    kept = _kept_after(_matrix_model(weight), "magnitude", 1)
+    assert torch.equal(kept, torch.tensor([[1.0, 1.0], [0.0, 0.0]])), kept
+
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_movement_keeps_the_blocks_whose_weights_move_away_from_zero(monkeypatch, flip):
     """score = −Σ W·∂L/∂W accumulated: W = 1 everywhere, so the gradient's sign decides; the bottom
@@ -418,3 +429,23 @@ def test_soft_movement_raises_the_scores_of_blocks_moving_away_from_zero_and_low
     moved = bool((scores[1] > 0).all() and (scores[0] < 0).all())     # Adam on Σ W·∂L/∂W (+ the L1 push down)
     assert moved != flip, scores
     assert torch.equal(kept, torch.tensor([[0.0, 0.0], [1.0, 1.0]])) != flip, (kept, scores)
+
+
+def test_soft_movement_prunes_within_a_short_stage_with_its_default_score_rate():
+    """At the spec's fixed 1e-2 no score falls below logit(0.4) = -0.41 in 40 steps (Adam moves it by
+    about 0.01 a step; τ ramps to 0.4 only at the end): nothing is pruned. The default (score_lr None)
+    raises the rate for a stage this short, and the blocks moving towards zero go."""
+    assert stage_score_lr(0.1, 100_000) == 1e-2
+    assert stage_score_lr(0.4, 40) == pytest.approx(2 * math.log(1.5) / 40)
+    fixed = _matrix_model(torch.ones(32, 32))
+    assert torch.equal(_kept_after(fixed, "soft_movement", 40, score_lr=1e-2), torch.ones(2, 2))
+    default = _matrix_model(torch.ones(32, 32))
+    assert torch.equal(_kept_after(default, "soft_movement", 40), torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    assert (default[0].block_scores[0] < math.log(0.4 / 0.6)).all()
+
+
+@pytest.mark.parametrize("options, message", [({"score_lr": 0.0}, "score_lr=0.0"), ({"score_lr": -1.0}, "score_lr"),
+                                              ({"l1": -0.5}, "l1=-0.5")])
+def test_soft_movement_refuses_a_score_rate_or_penalty_out_of_range(options, message):
+    with pytest.raises(ValueError, match=message):
+        BlockPruner(_matrix_model(torch.ones(32, 32)), "soft_movement", **options)

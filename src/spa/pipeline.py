@@ -504,7 +504,7 @@ def block_pruning(parts: Parts, status: str, initial_run: str | None) -> tuple[l
                   exclude=cfg.adapter.options.get("exclude"), columns=list(pr.get("columns") or ()))
     if parts.channels_last:
         apply_channels_last(model, parts.device)
-    pruner = BlockPruner(model, pr.method, score_lr=pr.get("score_lr", 1e-2), l1=pr.get("l1", 1.0))
+    pruner = BlockPruner(model, pr.method, score_lr=pr.get("score_lr"), l1=pr.get("l1", 1.0))
     rows, done_step, selection = _initial_state(parts, None, status, initial_run)
     if status != "resume":
         rows[0].update(density=1.0, kept_filters=pruner.kept_blocks, params_nonzero=rows[0]["params_deployable"])

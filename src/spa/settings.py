@@ -125,7 +125,8 @@ PRUNING_RULES: dict[str, Rule] = {
     "pruning.initial_warmup": number_in(0, 1, 0.1, low_open=False),
     "pruning.final_warmup": number_in(0, 1, 0.2, low_open=False),
     # soft movement: Adam's lr on the block scores, and the L1 penalty's lambda on sigmoid(scores)
-    "pruning.score_lr": POSITIVE,
+    "pruning.score_lr": Rule("null (the paper's 1e-2, raised for short stages) or a number > 0",
+                             lambda v: v is None or (_number(v) and v > 0), "null"),
     "pruning.l1": Rule("a number >= 0", lambda v: _number(v) and v >= 0, "1.0"),
 }
 

@@ -189,14 +189,32 @@ class Stage:
     final_warmup: int
 
 
+PAPER_SCORE_LR = 1e-2     # the mask scores' learning rate of the published block experiments
+
+
+def stage_score_lr(tau: float, steps: int) -> float:
+    """Soft movement's learning rate on the block scores when none is given: the paper's 1e-2, or,
+    where a stage is too short for it, 2·|logit τ| / steps. Adam moves a score by about its learning
+    rate per step, and the scores start at 0 (σ = 0.5): at 1e-2 a block needs |logit τ| / 0.01 steps
+    of steady push to fall below τ (220 for τ = 0.1), more than a laptop-scale stage has, so nothing
+    would be pruned; at the raised rate a steadily pushed score crosses τ halfway through the stage."""
+    logit = abs(math.log(tau / (1.0 - tau))) if 0.0 < tau < 1.0 else 0.0
+    return max(PAPER_SCORE_LR, 2.0 * logit / max(1, int(steps)))
+
+
 class BlockPruner:
     """Masks the block layers of ``model`` by ``method`` during training: call :meth:`begin` before
     a stage's training and :meth:`on_step` after every optimiser step."""
 
-    def __init__(self, model: nn.Module, method: str, score_lr: float = 1e-2, l1: float = 1.0) -> None:
+    def __init__(self, model: nn.Module, method: str, score_lr: float | None = None, l1: float = 1.0) -> None:
         if method not in BLOCK_METHODS:
             raise ValueError(f"block pruning method {method!r} is unknown; use one of {BLOCK_METHODS}")
-        self.model, self.method, self.score_lr, self.l1 = model, method, float(score_lr), float(l1)
+        if score_lr is not None and not score_lr > 0:
+            raise ValueError(f"score_lr={score_lr}: use a number > 0, or None (see stage_score_lr)")
+        if not l1 >= 0:
+            raise ValueError(f"l1={l1}: use a number >= 0")
+        self.model, self.method, self.l1 = model, method, float(l1)
+        self.score_lr = None if score_lr is None else float(score_lr)
         self.layers = block_layers(model)
         if not self.layers:
             raise ValueError("the model has no block layers: call spa.pruning.blocks.attach_blocks first")
@@ -225,8 +243,8 @@ class BlockPruner:
             return
         block = layer.block_shape
         with torch.no_grad():
-            if self.method == "magnitude":
-                layer.block_scores.copy_(block_sums(unmasked.abs().float(), block))
+            if self.method == "magnitude":     # the blocks' Frobenius norms, squared (the same order)
+                layer.block_scores.copy_(block_sums(unmasked.float().square(), block))
             else:
                 mask_grad = block_sums((unmasked * grad).float(), block)
                 if self.method == "movement":
@@ -240,7 +258,8 @@ class BlockPruner:
         self.stage, self.done = stage, 0
         if self.method == "soft_movement":
             self._score_params = {id(m): nn.Parameter(m.block_scores) for m in self.layers.values()}
-            self.optimizer = torch.optim.Adam(list(self._score_params.values()), lr=self.score_lr)
+            lr = self.score_lr if self.score_lr is not None else stage_score_lr(stage.target, stage.steps)
+            self.optimizer = torch.optim.Adam(list(self._score_params.values()), lr=lr)
         self._update_masks(self.current())
 
     def current(self) -> float:
