@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from spa import config_dir, pipeline, repo_root
 from spa.data import UnreadableImagesError, fake
+from spa.data import fingerprint as fingerprint_module
 from spa.records import FINGERPRINT, ConfigChangedError, RunDir
 from spa.settings import SettingError
 
@@ -194,6 +195,40 @@ def test_the_same_data_moved_is_the_same_run_and_other_data_never_is(compose_cfg
     shutil.copy(next((tmp_path / "big" / "test" / "bee").iterdir()), victim)
     with pytest.raises(ConfigChangedError, match=f"{FINGERPRINT}.digest"):
         pipeline.run(compose_cfg(f"dataset.root={other}", *QUICK))
+
+
+def test_files_replaced_by_others_of_the_same_name_and_size_are_other_data(compose_cfg, tmp_path, monkeypatch):
+    """BMP files of one image size all have one byte size: swapping two keeps every path and size."""
+    root = fake.write_image_folder(tmp_path / "bmp", ["ant", "bee"], n_train=24, n_test=4, size=32, ext="bmp")
+    a, b = sorted((root / "test" / "bee").iterdir())[:2]
+    assert a.stat().st_size == b.stat().st_size and a.read_bytes() != b.read_bytes()
+    first = pipeline.run(compose_cfg(f"dataset.root={root}", *QUICK))
+    hashed = []
+    real = fingerprint_module.file_digest
+    monkeypatch.setattr(fingerprint_module, "file_digest", lambda path: hashed.append(path) or real(path))
+    assert pipeline.run(compose_cfg(f"dataset.root={root}", *QUICK)) == first    # skipped: same data
+    assert hashed == []                         # every digest came from the cache (path, size, mtime)
+    a_bytes, b_bytes = a.read_bytes(), b.read_bytes()
+    a.write_bytes(b_bytes)
+    b.write_bytes(a_bytes)
+    with pytest.raises(ConfigChangedError) as err:
+        pipeline.run(compose_cfg(f"dataset.root={root}", *QUICK))
+    assert "other data" in str(err.value) and f"{FINGERPRINT}.content" in str(err.value)
+    assert f"{FINGERPRINT}.digest" not in str(err.value)       # paths and sizes alone saw no change
+    assert sorted(hashed) == sorted([a, b])                    # only the two changed files were read again
+
+
+def test_a_run_recorded_before_content_digests_stays_valid_where_the_rest_agrees(compose_cfg):
+    first = pipeline.run(compose_cfg(*QUICK))
+    config = Path(first["run_dir"]) / "config.yaml"
+    stored = yaml.safe_load(config.read_text())
+    stored[FINGERPRINT].pop("content")
+    config.write_text(yaml.safe_dump(stored))
+    assert pipeline.run(compose_cfg(*QUICK)) == first       # skipped, not refused
+    stored[FINGERPRINT]["digest"] = "0" * 16                  # it saw other files
+    config.write_text(yaml.safe_dump(stored))
+    with pytest.raises(ConfigChangedError, match="other data"):
+        pipeline.run(compose_cfg(*QUICK))
 
 
 def test_a_run_finished_before_fingerprints_stays_valid_where_its_summary_agrees(compose_cfg):

@@ -232,10 +232,17 @@ class RunDir:
     def _with_legacy_fingerprint(self, old: dict[str, Any] | None, cfg: dict[str, Any]) -> dict[str, Any] | None:
         """A config stored before runs recorded their data's fingerprint takes the new one where the
         run's records agree with it (a finished run: the split sizes and class count of its summary;
-        an unfinished one records none), so that upgrading keeps finished runs valid."""
-        if old is None or FINGERPRINT in old or FINGERPRINT not in cfg:
+        an unfinished one records none), and one stored before the fingerprint had all of today's keys
+        (``content``: the files' bytes) takes it where every key it has agrees, so that upgrading keeps
+        finished runs valid."""
+        if old is None or FINGERPRINT not in cfg:
             return old
         fp = cfg[FINGERPRINT]
+        if FINGERPRINT in old:     # recorded before some of today's keys (content): matched on the rest
+            stored = old[FINGERPRINT]
+            if isinstance(stored, dict) and set(stored) < set(fp) and all(fp[k] == v for k, v in stored.items()):
+                return {**old, FINGERPRINT: fp}
+            return old
         data = self.read_summary().get("data", {}) if self.finished else fp
         if all(data.get(k) == fp.get(k) for k in ("train", "val", "test", "num_classes")):
             return {**old, FINGERPRINT: fp}
