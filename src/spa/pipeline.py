@@ -7,6 +7,7 @@ first, once, and whose ``model.pt`` becomes this run's ``backbone.weights``.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import time
@@ -29,6 +30,7 @@ from spa.data.fingerprint import fingerprint
 from spa.data.sources import SOURCES
 from spa.loggers import LOGGERS, make_logger
 from spa.metrics import count_parameters
+from spa.metrics.collapse import Chance
 from spa.models import check_head_init, check_packaged, create_backbone, declared_normalization, save_model_file
 from spa.models.torchvision_vit import check_torchvision_weights
 from spa.pruning import check_pruning
@@ -37,6 +39,7 @@ from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import SCOPES, Plan, check_round_to, schedule_plan
 from spa.pruning.session import PruningSession, count_macs, example_input
+from spa.pruning.widths import block_widths, narrowest, session_widths
 from spa.records import (
     CHECKPOINT,
     FINGERPRINT,
@@ -404,6 +407,25 @@ class Parts:
         """The input normalisation (LRP's input bounds)."""
         return tuple(self.data.norm["mean"]), tuple(self.data.norm["std"])
 
+    @functools.cached_property
+    def chance(self) -> Chance:
+        """The test set's majority-class share: what a collapsed network scores (spa.metrics.collapse)."""
+        return Chance.of(self.data.bundle.test.targets)
+
+    def with_health(self, row: dict[str, Any], widths: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """``row`` with the narrowest unit of ``widths`` (spa.pruning.widths; none for an unpruned run),
+        the test set's majority-class share (``chance``, %) and whether the step ``collapsed`` to it."""
+        unit, fraction = narrowest(widths or [])
+        return {**row, "narrowest_unit": unit, "narrowest_fraction": fraction,
+                "chance": round(self.chance.majority, 4), "collapsed": self.chance.collapsed(row.get("top1"))}
+
+    def record_step(self, rows: list[dict[str, Any]], widths: list[dict[str, Any]] | None) -> None:
+        """steps.csv with ``rows``, and the last row's step in widths.csv where there are ``widths``
+        (both atomic; the checkpoint comes after them, so a resumed run redoes and rewrites both)."""
+        self.rundir.write_steps(rows)
+        if widths is not None:
+            self.rundir.write_widths(int(rows[-1]["step"]), rows[-1]["density"], widths)
+
     def seed_step(self, step: int) -> None:
         """Seed pruning step ``step`` (its RNGs and the training loader's order) from the run's seed,
         so a resumed run redoes a step identically."""
@@ -508,7 +530,8 @@ def block_pruning(parts: Parts, status: str, initial_run: str | None) -> tuple[l
     rows, done_step, selection = _initial_state(parts, None, status, initial_run)
     if status != "resume":
         rows[0].update(density=1.0, kept_filters=pruner.kept_blocks, params_nonzero=rows[0]["params_deployable"])
-        parts.rundir.write_steps(rows)
+        rows[0] = parts.with_health(rows[0], block_widths(pruner.layers))
+        parts.record_step(rows, block_widths(pruner.layers))
     targets = list(pr.thresholds if pr.method == "soft_movement" else pr.densities)
     epochs = int(pr.epochs_per_stage)
     stages = pruner.stages(targets, epochs * parts.batches(), pr.get("initial_warmup", 0), pr.get("final_warmup", 0))
@@ -520,13 +543,14 @@ def block_pruning(parts: Parts, status: str, initial_run: str | None) -> tuple[l
         row = step_row(step, model, None, None, final, parts.size, time.perf_counter() - t0)
         # learned: without the pruned blocks' terms; nonzero: the deployed weights a sparse format stores
         pruned = pruned_parameters(model)
-        rows.append({**row, "density": round(pruner.density, 6), "kept_filters": pruner.kept_blocks,
-                     "params_learned": row["params_learned"] - pruned["learned"],
-                     "params_nonzero": row["params_deployable"] - pruned["weights"]})
+        widths = block_widths(pruner.layers)
+        rows.append(parts.with_health({**row, "density": round(pruner.density, 6), "kept_filters": pruner.kept_blocks,
+                                       "params_learned": row["params_learned"] - pruned["learned"],
+                                       "params_nonzero": row["params_deployable"] - pruned["weights"]}, widths))
         log.info("block pruning stage %d (%s): density %.3f (%d / %d blocks), test top-1 %.2f%%", step, pr.method,
                  pruner.density, pruner.kept_blocks, pruner.original_blocks, final.test_top1)
         selection = _selection(result)
-        parts.rundir.write_steps(rows)
+        parts.record_step(rows, widths)
         save_checkpoint(parts.rundir, model, None, step, selection)
         atomic_write_json(parts.rundir.file(HISTORY), {
             "structure": "blocks", "unit": "blocks", "method": pr.method, "block_shape": list(block_shape(cfg)),
@@ -564,9 +588,11 @@ def pear_step(parts: Parts, status: str, initial_run: str | None) -> tuple[list[
     before = evaluate(model, parts.test_loader, parts.device, amp, parts.channels_last)
     result, final = parts.train(int(cfg.train.epochs) - int(pr.prune_at_epoch), "pear", 1)
     row = step_row(1, model, parts.session, before["top1"], final, parts.size, time.perf_counter() - t0)
-    rows.append({**row, "params_stored": row["params_learned"] + pear_lib.residual_parameters(model)})
+    widths = session_widths(parts.session) if parts.session is not None else None
+    rows.append(parts.with_health({**row, "params_stored": row["params_learned"] + pear_lib.residual_parameters(model)},
+                                  widths))
     selection = _selection(result)
-    parts.rundir.write_steps(rows)
+    parts.record_step(rows, widths)
     save_checkpoint(parts.rundir, model, parts.session, 1, selection, pear=parts.pear)
     atomic_write_json(parts.rundir.file(PEAR), parts.pear)
     return rows, selection
@@ -646,9 +672,9 @@ def write_records(parts: Parts, resolved: dict[str, Any], rows: list[dict[str, A
         run_dir=str(rundir.path), exp_name=cfg.exp_name, dataset=d.name, backbone=b.name, adapter=cfg.adapter.name,
         pruning=cfg.pruning.name, seed=int(cfg.seed), config_hash=config_hash(resolved), git=git_state(repo_root()),
         versions=package_versions(), device=str(device), device_name=device_description(device),
-        data={**data.sizes(), "num_classes": data.num_classes, "classes": data.classes, "layout": data.layout,
-              "root": str(Path(d.root).expanduser().resolve()), **data.stats,
-              "normalization": parts.data.norm, "fingerprint": resolved[FINGERPRINT]},
+        data={**data.sizes(), "num_classes": data.num_classes, "majority": round(parts.chance.majority, 4),
+              "classes": data.classes, "layout": data.layout, "root": str(Path(d.root).expanduser().resolve()),
+              **data.stats, "normalization": parts.data.norm, "fingerprint": resolved[FINGERPRINT]},
         weights=parts.weights.to_dict(), files=files, ranks=parts.ranks,
         params={"total": params.total, "trainable": params.trainable, "deployable": params.deployable,
                 **({"stored": params.trainable + pear_lib.residual_parameters(model)}
@@ -726,9 +752,11 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         for record in initial.read_epochs():
             rundir.append_epoch(record)
         last = initial.read_steps()[-1]     # an unpruned run has one row
-        rows = [{**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
-                 "weight_density": last.get("weight_density", 1.0) if checkpoint["history"] else 1.0,
-                 "kept_filters": session.kept_filters if session is not None else None}]
+        rows = [parts.with_health(
+            {**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
+             "weight_density": last.get("weight_density", 1.0) if checkpoint["history"] else 1.0,
+             "kept_filters": session.kept_filters if session is not None else None},
+            session_widths(session) if session is not None else None)]
         log.info("starting from the %s run %s (test top-1 %.2f%%)", "channel-pruned" if checkpoint["history"] else
                  "unpruned", initial_run, rows[0]["top1"])
         selection = checkpoint["selection"]
@@ -739,9 +767,11 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
             with head_only(model):
                 parts.train(head_epochs, "head", 0)
         result, final = parts.train(initial_epochs(parts.cfg), "train", 0)
-        rows = [step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0)]
+        widths = session_widths(session) if session is not None else None
+        rows = [parts.with_health(step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0),
+                                  widths)]
         selection = _selection(result)
-    rundir.write_steps(rows)
+    parts.record_step(rows, session_widths(session) if session is not None else None)
     save_checkpoint(rundir, model, session, 0, selection)
     return rows, 0, selection
 
@@ -770,10 +800,11 @@ def _prune(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], do
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)
         result, final = parts.train(int(sched.recovery_epochs), "recover", step,
                                     lr_scale=float(sched.get("recovery_lr_scale", 1.0)))
-        rows.append(step_row(step, model, session, before["top1"], final, parts.size, time.perf_counter() - t0,
-                             base_deployable=base))
+        widths = session_widths(session)
+        rows.append(parts.with_health(step_row(step, model, session, before["top1"], final, parts.size,
+                                               time.perf_counter() - t0, base_deployable=base), widths))
         selection = _selection(result)
-        parts.rundir.write_steps(rows)
+        parts.record_step(rows, widths)
         save_checkpoint(parts.rundir, model, session, step, selection)
     return selection
 

@@ -44,7 +44,7 @@ NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False, "dataset.skip
                     "pruning.max_group_pruning": None, "pruning.ignore": []}
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
-STEPS, CHECKPOINT, HISTORY = "steps.csv", "checkpoint.pt", "pruning.json"
+STEPS, CHECKPOINT, HISTORY, WIDTHS = "steps.csv", "checkpoint.pt", "pruning.json", "widths.csv"
 FINGERPRINT = "data_fingerprint"   # top-level key of the resolved config: what data the run saw
 
 
@@ -278,6 +278,26 @@ class RunDir:
         atomic_write_text(self.file(STEPS), buffer.getvalue())
         for observer in self.observers:
             observer.steps(rows)
+
+    def write_widths(self, step: int, density: float, widths: list[dict[str, Any]]) -> None:
+        """``widths.csv`` (``spa.pruning.widths``): the rows of steps before ``step`` as they are, then
+        ``step``'s, one per unit, rewritten whole (atomically) like steps.csv. A resumed run redoes the
+        steps after its checkpoint, and so replaces any rows a killed step left."""
+        from spa.pruning.widths import COLUMNS
+        rows = [r for r in self.read_widths() if int(r["step"]) < step]
+        rows += [{"step": step, "density": density, **w} for w in widths]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.file(WIDTHS), buffer.getvalue())
+
+    def read_widths(self) -> list[dict[str, Any]]:
+        path = self.file(WIDTHS)
+        if not path.is_file():
+            return []
+        with open(path, newline="") as handle:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
     def read_steps(self) -> list[dict[str, Any]]:
         path = self.file(STEPS)
