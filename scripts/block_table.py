@@ -13,6 +13,7 @@ from pathlib import Path
 from spa import repo_root
 from spa.reporting.blocks import block_report
 from spa.reporting.collect import print_report
+from spa.reporting.widths import widths_outputs
 
 
 def main() -> int:
@@ -22,8 +23,10 @@ def main() -> int:
     parser.add_argument("--latency-repeats", type=int, default=10,
                         help="timed forwards of each final model, dense and cropped (0: MACs only)")
     args = parser.parse_args()
-    return print_report(lambda: block_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables",
-                                             args.results_dir / "figures", args.exp_name, args.latency_repeats))
+    runs, figures = args.results_dir / "runs" / args.exp_name, args.results_dir / "figures"
+    return print_report(lambda: {**block_report(runs, args.results_dir / "tables", figures, args.exp_name,
+                                                args.latency_repeats),
+                                 **widths_outputs(runs, figures, args.exp_name)})
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ default set, oneDNN's SSE4.1 code, MKL_CBWR=COMPATIBLE), a difference means the 
 the README that embeds it, are stale: the tables must be equal (time excepted). Float32 training
 turns the last-bit differences between kernel sets into different numbers (issue 32), so with other
 kernels the accuracies must agree within ``--tolerance`` points and the structure (rows, epochs,
-densities, unpruned counts) exactly; the check says which comparison it made.
+densities, unpruned counts) exactly; the check says which comparison it made. Any demo run whose
+test top-1 is a collapse (within max(3 points, 3 binomial SE) of the majority class's share:
+spa.metrics.collapse) fails the check, whatever the committed table says.
 
 python scripts/check_demo.py RESULTS_DIR [--min-ratio 2.0] [--expected results/tables/demo.csv] [--tolerance 6]
 """
@@ -74,7 +76,13 @@ def close_differences(generated: Path, expected: Path, tolerance: float) -> list
     return diffs
 
 
+def collapsed(summary: dict) -> bool:
+    from spa.reporting.collect import run_collapsed
+    return run_collapsed(summary) is True
+
+
 def transfer_ok(runs: list[dict], min_ratio: float) -> bool:
+    """Every demo run above collapse, and the unpruned transfer runs above ``min_ratio`` x chance."""
     for s in runs:
         if s["pruning"] != "none":
             print(f"demo {s['dataset']} {s['adapter']} pruned ({s['pruning']}) to density "
@@ -84,6 +92,12 @@ def transfer_ok(runs: list[dict], min_ratio: float) -> bool:
         print("no finished demo transfer run", file=sys.stderr)
         return False
     ok = True
+    for s in runs:
+        if collapsed(s):
+            print(f"demo {s['dataset']} {s['adapter']} ({s['pruning']}): test top-1 {s['metrics']['test_top1']:.2f}% "
+                  f"is a collapse, within the margin of the majority class's {s['data']['majority']:.2f}% "
+                  f"(spa.metrics.collapse): COLLAPSED", file=sys.stderr)
+            ok = False
     for s in transfer:
         chance = 100.0 / s["data"]["num_classes"]
         top1 = s["metrics"]["test_top1"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from spa import repo_root
 from spa.reporting.collect import print_report
+from spa.reporting.widths import widths_outputs
 from spa.reporting.report import report_setting
 from spa.reporting.table1 import table1_report
 
@@ -28,8 +29,9 @@ def main() -> int:
         print(f"configs/experiment/{args.exp_name}.yaml sets report: true, so its tables are the generic report's "
               f"(python scripts/report.py {args.exp_name}); set report: table1 there for Table 1", file=sys.stderr)
         return 2
-    return print_report(lambda: table1_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables",
-                                              args.exp_name, args.seeds))
+    runs = args.results_dir / "runs" / args.exp_name
+    return print_report(lambda: {**table1_report(runs, args.results_dir / "tables", args.exp_name, args.seeds),
+                                 **widths_outputs(runs, args.results_dir / "figures", args.exp_name)})
 
 
 if __name__ == "__main__":

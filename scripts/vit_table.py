@@ -12,6 +12,7 @@ from pathlib import Path
 
 from spa import repo_root
 from spa.reporting.collect import print_report
+from spa.reporting.widths import widths_outputs
 from spa.reporting.vit import vit_report
 
 
@@ -20,8 +21,9 @@ def main() -> int:
     parser.add_argument("exp_name", nargs="?", default="vit_iclr_mini")
     parser.add_argument("--results-dir", type=Path, default=repo_root() / "results")
     args = parser.parse_args()
-    return print_report(lambda: vit_report(args.results_dir / "runs" / args.exp_name, args.results_dir / "tables",
-                                           args.results_dir / "figures", args.exp_name))
+    runs, figures = args.results_dir / "runs" / args.exp_name, args.results_dir / "figures"
+    return print_report(lambda: {**vit_report(runs, args.results_dir / "tables", figures, args.exp_name),
+                                 **widths_outputs(runs, figures, args.exp_name)})
 
 
 if __name__ == "__main__":

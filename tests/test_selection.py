@@ -119,3 +119,33 @@ def test_the_demo_check_is_exact_on_one_cpu_or_on_the_portable_kernels_of_any():
     assert check.same_kernels([{**portable, **intel}], [portable])                   # portable: any x86 CPU
     assert not check.same_kernels([{**portable, "threads": 4}], [portable])          # reductions split by threads
     assert not check.same_kernels([portable], [native]) and not check.same_kernels([], [native])
+
+
+def _summary(adapter: str, pruning: str, top1: float, majority: float | None = 11.8) -> dict:
+    return {"dataset": "cifar10", "adapter": adapter, "pruning": pruning, "seed": 1, "weights": {"source": "packaged"},
+            "metrics": {"test_top1": top1, "test_top5": 99.0, "density": 1.0 if pruning == "none" else 0.3},
+            "data": {"num_classes": 10, "test": 846, **({"majority": majority} if majority is not None else {})}}
+
+
+def test_the_demo_check_fails_on_a_collapsed_run_pruned_or_not(capsys):
+    """846 test images, majority share 11.8 %: the margin is 3.3 points (3 SE), so 15.0 is a collapse."""
+    check = load_script("check_demo")
+    healthy = [_summary("finetune", "none", 73.6), _summary("finetune", "taylor", 60.8)]
+    assert check.transfer_ok(healthy, 2.0)
+    assert not check.transfer_ok([healthy[0], _summary("finetune", "taylor", 15.0)], 2.0)
+    assert "COLLAPSED" in capsys.readouterr().err
+    assert check.transfer_ok([healthy[0], _summary("finetune", "taylor", 15.0, majority=None)], 2.0)  # not recorded
+
+
+def test_the_generic_table_marks_a_collapsed_cell_and_says_what_the_mark_means():
+    from spa.metrics.collapse import MARK
+    from spa.reporting.collect import _row
+    from spa.reporting.report import markdown_table, summarise
+    base = {"exp_name": "demo", "backbone": "b", "epochs": 3, "wall_time_s": 1.0, "device": "cpu", "config_hash": "h",
+            "run_dir": "r", "params": {"total": 10, "trainable": 10}}
+    runs = pd.DataFrame([_row({**base, **_summary("finetune", "none", 73.6)}),
+                         _row({**base, **_summary("splora_r8", "taylor", 12.0)})])
+    assert runs["collapsed"].tolist() == [False, True]
+    text = markdown_table(summarise(runs))
+    assert f"12.00 {MARK}" in text and "73.60 " + MARK not in text and f"{MARK}: collapsed" in text
+    assert MARK not in markdown_table(summarise(runs.iloc[[0]]))

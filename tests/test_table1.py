@@ -73,7 +73,7 @@ def test_datasets_come_from_the_runs_so_cifar100_and_sppara_rows_are_in_table1(t
     paths = table1_report(iclr_tree(tmp_path / "runs"), tmp_path / "tables", "table1_iclr")
     table = pd.read_csv(paths["csv"])
     assert list(table.columns[7:]) == [f"{d}{s}" for d in ("cifar10", "flowers102", "cats_vs_dogs", "cifar100")
-                                       for s in ("", "_std", "_seeds")]
+                                       for s in ("", "_std", "_seeds", "_collapsed")]
     cell = table[(table.pruning == "taylor") & (table.learning == "sppara") & (table.density == 0.1)]
     assert cell[["cifar10", "cifar100", "cifar100_std", "cifar100_seeds", "flowers102", "cats_vs_dogs"]].round(4
                                                                                 ).values.tolist() == [
@@ -160,3 +160,24 @@ def test_versions_sidecars_name_the_machines_and_kernel_sets_of_their_runs(tmp_p
                      "runs_without_machine_record": len(summaries) - 3}
     written = json.loads(write_versions(tmp_path / "x_versions.json", ["2.14.1"], found).read_text())
     assert written == {"torch": ["2.14.1"], **found}
+
+
+def test_collapsed_cells_are_marked_and_claims_over_them_are_not_evidence(tmp_path):
+    from spa.metrics.collapse import MARK
+    steps = collect_steps(run_tree(tmp_path / "runs"))
+    assert "collapsed" not in steps                     # runs recorded before the flag: nothing marked
+    assert MARK not in write_table1(steps, load_table1(), tmp_path / "old")["md"].read_text()
+    # fine-pruning by Taylor at 30 % collapsed in one seed: its cell, and the r8 claim at 30 % that uses it
+    steps["collapsed"] = False
+    hit = (steps["adapter"] == "finetune") & (steps["pruning"] == "taylor") & (steps["density"].round(2) == 0.3) \
+        & (steps["seed"] == 1)
+    assert hit.sum() == 1
+    steps.loc[hit, "collapsed"] = True
+    paths = write_table1(steps, load_table1(), tmp_path / "tables")
+    md = paths["md"].read_text()
+    assert "95.50 ± 0.71 (2) " + MARK in md and md.count(MARK) == 2 and f"{MARK}: collapsed" in md  # cell + legend
+    assert pd.read_csv(paths["csv"])["cifar10_collapsed"].tolist() == [False, False, True, False, False, False]
+    claims = paths["claims"].read_text()
+    assert "not evidence: collapsed CIFAR-10 Taylor" in claims and "| yes" not in claims.split("30 % density")[1]
+    curve = pd.read_csv(paths["curves"])
+    assert curve[curve["collapsed"]][["learning", "density"]].values.tolist() == [["finetune", 0.3]]

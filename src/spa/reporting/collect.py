@@ -10,12 +10,13 @@ from typing import Any
 
 import pandas as pd
 
+from spa.metrics.collapse import LEGEND, Chance
 from spa.records import STEPS, SUMMARY, RunDir
 from spa.utils import atomic_write_text
 
 RUN_COLUMNS = ["exp_name", "dataset", "num_classes", "backbone", "adapter", "pruning", "seed", "weights", "epochs",
                "density", "test_top1", "test_top5", "val_top1", "params_total", "params_trainable", "wall_time_s",
-               "device", "config_hash", "run_dir", "torch"]
+               "device", "config_hash", "run_dir", "torch", "collapsed"]
 
 
 def _row(summary: dict) -> dict:
@@ -27,8 +28,27 @@ def _row(summary: dict) -> dict:
         "test_top1": summary["metrics"]["test_top1"], "test_top5": summary["metrics"]["test_top5"],
         "val_top1": summary["metrics"].get("val_top1"),
         "params_total": summary["params"]["total"], "params_trainable": summary["params"]["trainable"],
-        "torch": _torch(summary),
+        "torch": _torch(summary), "collapsed": run_collapsed(summary),
     }
+
+
+def run_collapsed(summary: dict) -> bool | None:
+    """Whether a run's final test top-1 is a collapse (spa.metrics.collapse) by the majority-class share its
+    summary recorded; None for runs from before that record."""
+    data = summary.get("data") or {}
+    if data.get("majority") is None:
+        return None
+    return Chance(float(data["majority"]), int(data["test"])).collapsed(summary["metrics"]["test_top1"])
+
+
+def collapse_legend(collapsed: pd.Series) -> str:
+    """The legend line under a table with collapsed cells (spa.metrics.collapse), else nothing."""
+    return f"\n{LEGEND}.\n" if bool((collapsed == True).any()) else ""  # noqa: E712
+
+
+def any_collapsed(values: pd.Series) -> bool:
+    """A cell over seeds is collapsed when any of its runs is (unknowns count as not)."""
+    return bool((values == True).any())  # noqa: E712  (values may hold None and strings "True" from CSV)
 
 
 def _torch(summary: dict) -> str | None:

@@ -15,7 +15,10 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from spa import config_dir
+from spa.metrics.collapse import MARK
 from spa.reporting.collect import (
+    any_collapsed,
+    collapse_legend,
     collect_epochs,
     collect_runs,
     collect_steps,
@@ -76,12 +79,12 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
                       test_top1=("test_top1", "mean"), test_top1_std=("test_top1", "std"),
                       test_top5=("test_top5", "mean"), test_top5_std=("test_top5", "std"),
                       params_trainable=("params_trainable", "first"), params_total=("params_total", "first"),
-                      wall_time_s=("wall_time_s", "mean")).reset_index()
+                      wall_time_s=("wall_time_s", "mean"), collapsed=("collapsed", any_collapsed)).reset_index()
     return out.fillna({"test_top1_std": 0.0, "test_top5_std": 0.0})
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+def _pm(mean: float, std: float, n: int, collapsed: bool = False) -> str:
+    return (f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}") + (f" {MARK}" if collapsed else "")
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
@@ -91,7 +94,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
         "learning": summary["adapter"].map(label), "pruning": summary["pruning"].map(label),
         "start": summary["weights"].map(WEIGHTS_LABELS), "epochs": summary["epochs"],
         "density": summary["density"].map("{:.0%}".format),
-        "top-1 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top1, summary.test_top1_std, summary.seeds)],
+        "top-1 (%)": [_pm(m, s, n, c) for m, s, n, c in zip(summary.test_top1, summary.test_top1_std, summary.seeds,
+                                                             summary.collapsed)],
         "top-5 (%)": [_pm(m, s, n) for m, s, n in zip(summary.test_top5, summary.test_top5_std, summary.seeds)],
         "seeds": summary["seeds"],
         "learned params": summary["params_trainable"].map("{:,}".format),
@@ -99,7 +103,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
     })
     if (summary["num_classes"] <= 5).all():
         rows = rows.drop(columns=["top-5 (%)"])
-    return rows.to_markdown(index=False, disable_numparse=True) + "\n"
+    return rows.to_markdown(index=False, disable_numparse=True) + "\n" + collapse_legend(summary["collapsed"])
 
 
 def _style(ax, title: str, xlabel: str) -> None:
@@ -191,4 +195,6 @@ def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str,
                 "params_learned", "params_deployable", "macs", "macs_32"]
         atomic_write_text(tables / f"{name}_steps.csv", pruned[keep].to_csv(index=False, float_format="%.4f"))
         outputs["density figure"] = density_curves(pruned, results_dir / "figures" / f"{name}_density")[0]
+    from spa.reporting.widths import widths_outputs
+    outputs.update(widths_outputs(exp_dir, results_dir / "figures", name))
     return outputs

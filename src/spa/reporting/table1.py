@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from spa.reporting.collect import collect_steps, run_machines, torch_versions, versions_line, write_versions
+from spa.metrics.collapse import MARK
+from spa.reporting.collect import (
+    any_collapsed,
+    collapse_legend,
+    collect_steps,
+    run_machines,
+    torch_versions,
+    versions_line,
+    write_versions,
+)
 from spa.reporting.paper import DATASETS, compare, load_table1
 from spa.utils import atomic_write_text
 
@@ -50,7 +59,10 @@ def cells(steps: pd.DataFrame, densities=REPORTED_DENSITIES, tolerance: float = 
         picked.append(near.drop_duplicates(["dataset", "pruning", "adapter", "seed"]).assign(density=target))
     rows = pd.concat(picked, ignore_index=True)
     rows["learning"] = [_learning(a, p) for a, p in zip(rows["adapter"], rows["pruning"])]
-    return rows[["dataset", "pruning", "learning", "density", "seed", "top1", "params_learned", "macs_32"]]
+    if "collapsed" not in rows:       # runs from before steps.csv recorded it
+        rows["collapsed"] = None
+    return rows[["dataset", "pruning", "learning", "density", "seed", "top1", "params_learned", "macs_32",
+                 "collapsed"]]
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
@@ -59,7 +71,8 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     agg = rows.groupby(keys, sort=False).agg(top1=("top1", "mean"), top1_std=("top1", "std"),
                                              seeds=("seed", "nunique"), params_k=("params_learned", "mean"),
                                              params_k_std=("params_learned", "std"), flops_m=("macs_32", "mean"),
-                                             flops_m_std=("macs_32", "std")).reset_index()
+                                             flops_m_std=("macs_32", "std"),
+                                             collapsed=("collapsed", any_collapsed)).reset_index()
     agg[["params_k", "params_k_std"]] /= 1e3
     agg[["flops_m", "flops_m_std"]] /= 1e6
     agg = agg.fillna({"top1_std": 0.0, "params_k_std": 0.0, "flops_m_std": 0.0})
@@ -74,9 +87,12 @@ def curves(steps: pd.DataFrame) -> pd.DataFrame:
     density): the data of Figure 6 and of the accuracy-vs-density curves."""
     pruned = steps[steps["pruning"] != "none"].assign(density=lambda f: f["density"].round(2),
                                                       learning=lambda f: f["adapter"])
+    if "collapsed" not in pruned:
+        pruned = pruned.assign(collapsed=None)
     agg = pruned.groupby(["dataset", "pruning", "learning", "density"]).agg(
         top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"),
-        params_k=("params_learned", "mean"), flops_m=("macs_32", "mean")).reset_index()
+        params_k=("params_learned", "mean"), flops_m=("macs_32", "mean"),
+        collapsed=("collapsed", any_collapsed)).reset_index()
     agg["params_k"] /= 1e3
     agg["flops_m"] /= 1e6
     return agg.fillna({"top1_std": 0.0}).sort_values(["dataset", "pruning", "learning", "density"],
@@ -91,7 +107,8 @@ def wide(long: pd.DataFrame) -> pd.DataFrame:
     out = order.merge(per_row[keys + ["params_k", "params_k_std", "flops_m", "flops_m_std"]], on=keys)
     for dataset in dataset_order(long["dataset"]):
         part = long[long["dataset"] == dataset].set_index(keys)
-        for col, src in ((dataset, "top1"), (f"{dataset}_std", "top1_std"), (f"{dataset}_seeds", "seeds")):
+        for col, src in ((dataset, "top1"), (f"{dataset}_std", "top1_std"), (f"{dataset}_seeds", "seeds"),
+                         (f"{dataset}_collapsed", "collapsed")):
             out[col] = out.set_index(keys).index.map(part[src]) if not part.empty else None
     return out
 
@@ -110,10 +127,11 @@ def versus(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return both.assign(diff=both["top1"] - both["paper"])[keys + ["seeds", "top1", "paper", "diff"]]
 
 
-def _cell(mean, std, seeds) -> str:
+def _cell(mean, std, seeds, collapsed=False) -> str:
     if pd.isna(mean):
         return ""
-    return f"{mean:.2f} ± {std:.2f} ({int(seeds)})" if seeds and seeds > 1 else f"{mean:.2f} ({int(seeds or 0)})"
+    cell = f"{mean:.2f} ± {std:.2f} ({int(seeds)})" if seeds and seeds > 1 else f"{mean:.2f} ({int(seeds or 0)})"
+    return cell + (f" {MARK}" if collapsed is True else "")
 
 
 def markdown(long: pd.DataFrame, expected_seeds: int = 3, versions: list[str] | None = None) -> str:
@@ -137,13 +155,13 @@ def markdown(long: pd.DataFrame, expected_seeds: int = 3, versions: list[str] | 
         ref = [base[dataset].get((p, d)) if (p, d) in base.index else None
                for p, d in zip(table["pruning"], table["density"])]
         lines[LABELS.get(dataset, dataset)] = [
-            _cell(m, s, n)
+            _cell(m, s, n, c)
             + ("" if r is None or pd.isna(r) or pd.isna(m) or learn == "finetune" else f" [{m - r:+.2f}]")
-            for m, s, n, r, learn in zip(table[dataset], table[f"{dataset}_std"], table[f"{dataset}_seeds"], ref,
-                                         table["learning"])]
+            for m, s, n, c, r, learn in zip(table[dataset], table[f"{dataset}_std"], table[f"{dataset}_seeds"],
+                                            table[f"{dataset}_collapsed"], ref, table["learning"])]
     body = pd.DataFrame(lines).to_markdown(index=False, disable_numparse=True)
     return (f"Table 1 ({status}). Top-1 (%) mean ± std (seeds); [change vs fine-pruning, same criterion and "
-            f"density].\n\n{versions_line(versions or [])}\n\n{body}\n")
+            f"density].\n\n{versions_line(versions or [])}\n\n{body}\n{collapse_legend(long['collapsed'])}")
 
 
 def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
@@ -161,8 +179,24 @@ def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
         per = lambda c: "" if c is None else ", ".join(  # noqa: E731
             f"{LABELS.get(k, k)} {v:+.2f}" for k, v in c.per_dataset.items())
         rows.append({"claim": what, "ours": fmt(claims[0]), "paper": fmt(claims[1]),
-                     "ours per dataset": per(claims[0]), "paper per dataset": per(claims[1])})
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
+                     "ours per dataset": per(claims[0]), "paper per dataset": per(claims[1]),
+                     "evidence": evidence(ours, learner, density)})
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n" + (
+        "\nA claim computed over a collapsed cell (†: spa.metrics.collapse) is not evidence about the method: the "
+        "network broke at that budget.\n" if any(r["evidence"] != "yes" for r in rows) else "")
+
+
+def evidence(ours: pd.DataFrame, learner: str, density: float, baseline: str = "finetune") -> str:
+    """"yes", or "not evidence" naming the collapsed cells (either side, any criterion and data set) a
+    claim's difference is computed over."""
+    used = ours[(ours["density"].round(4) == round(density, 4)) & (ours["pruning"] != "none")
+                & ours["learning"].isin([learner, baseline])]
+    bad = used[used["collapsed"] == True]  # noqa: E712
+    if bad.empty:
+        return "yes"
+    return "not evidence: collapsed " + ", ".join(
+        f"{LABELS.get(r.dataset, r.dataset)} {LABELS.get(r.pruning, r.pruning)} {LABELS.get(r.learning, r.learning)}"
+        for r in bad.itertuples())
 
 
 def swept_seeds(exp_name: str) -> int | None:
