@@ -234,6 +234,14 @@ def test_the_block_report_compares_splopa_with_fine_pruning_at_each_density(tmp_
     assert "| movement | 30%       | 42.00 ± 2.83 (2) | 40.00 ± 1.41 (2) | 900.0 / 90.0" in text
     figures = [path for key, path in out.items() if key.startswith("figure")]
     assert len(figures) == 4 and all(path.is_file() for path in figures)
+    assert "†" not in text and versus["evidence"].all()
+    # one SPLoPA seed collapsed at 30 %: its cell is marked, and its difference from fine-pruning is no evidence
+    steps_csv = runs / "cifar10" / "mobilenetv2_100" / "block_movement" / "splopa_r64" / "seed_1" / "steps.csv"
+    pd.read_csv(steps_csv).assign(collapsed=[False, True]).to_csv(steps_csv, index=False)
+    out = block_report(runs, tmp_path / "tables", tmp_path / "figures", "block_spa_mini")
+    text = out["md"].read_text()
+    assert "| movement | 30%       | 42.00 ± 2.83 (2) | 40.00 ± 1.41 (2) †" in text and "†: collapsed" in text
+    assert pd.read_csv(out["versus"]).set_index("density")["evidence"].to_dict() == {1.0: True, 0.3: False}
 
 
 def test_a_block_run_that_died_resumes_after_its_last_stage(compose_cfg, tmp_path, monkeypatch):

@@ -301,7 +301,8 @@ def test_pear_settings_are_checked_before_anything_is_written(compose_cfg, tmp_p
 
 
 def _fake_pear_run(root, pruning: str, adapter: str, seed: int, rank: int, ratio: float, sharing: str,
-                   checkpoint: str, top1: float, learned: int, after: str | None = None) -> None:
+                   checkpoint: str, top1: float, learned: int, after: str | None = None,
+                   data: dict | None = None) -> None:
     """A finished Pear run as the report reads it: summary.json, steps.csv, pear.json (4 positions)."""
     run = root / "cifar10" / "mobilenetv2_100" / pruning / adapter / f"seed_{seed}"
     run.mkdir(parents=True)
@@ -312,7 +313,7 @@ def _fake_pear_run(root, pruning: str, adapter: str, seed: int, rank: int, ratio
     (run / "summary.json").write_text(json.dumps({
         "dataset": "cifar10", "adapter": adapter, "pruning": pruning, "seed": seed, "ranks": {"rank": rank},
         "metrics": {"test_top1": top1}, "params": {"trainable": learned, "stored": stored},
-        "versions": {"torch": "2.14.1"}}))
+        "versions": {"torch": "2.14.1"}, **({"data": data} if data else {})}))
     (run / "steps.csv").write_text("step,density,top1_before,top1,macs\n0,1.0,,50.0,1000\n"
                                    f"1,1.0,40.0,{top1},1000\n")
     (run / "pear.json").write_text(json.dumps({
@@ -358,6 +359,24 @@ def test_the_pear_report_pairs_seeds_to_give_the_effects_of_sharing_and_of_the_c
                                     "+ Pear (ratio 0.5)"]
     assert list(combo["top1"]) == [50.0, 55.0, 53.0] and list(combo["stored_k"]) == [0.9, 0.7, 0.9]
     assert len(pd.read_csv(tmp_path / "tables" / "pear_mini.csv")) == 5      # the plain table is unchanged
+
+
+def test_the_pear_report_marks_a_collapsed_run_and_the_effects_computed_over_it(tmp_path):
+    """846 test images, the majority class 11.8 %: a prune-only run at 12 % is a collapse."""
+    from spa.reporting.pear import pear_report
+    runs, data = tmp_path / "runs" / "pear_mini", {"test": 846, "majority": 11.8}
+    for seed in (1, 2):
+        _fake_pear_run(runs, "pear_prune_only_0.5", "pear_lora_r8", seed, 8, 0.5, "none", "none",
+                       12.0 if seed == 1 else 60.0, 1000, data=data)
+        _fake_pear_run(runs, "pear_share_0.5", "pear_lora_r8", seed, 8, 0.5, "tied", "none", 63.0, 1000, data=data)
+        _fake_pear_run(runs, "pear_0.5", "pear_lora_r8", seed, 8, 0.5, "tied", "fold", 65.0, 1000, data=data)
+    out = pear_report(runs, tmp_path / "tables", tmp_path / "figures", "pear_mini")
+    text = out["md"].read_text()
+    assert "| prune-only                |     0.5 | 36.00 ± 33.94 (2) † |" in text and "†: collapsed" in text
+    assert "| 65.00 ± 0.00 (2)    |" in text                            # Pear's own cell is not marked
+    fx = pd.read_csv(out["effects"]).set_index("effect")["evidence"].to_dict()
+    assert fx == {"sharing": False, "checkpoint": True, "Pear over prune-only": False}
+    assert pd.read_csv(out["runs"])["collapsed"].tolist().count(True) == 1
 
 
 @pytest.mark.parametrize("sharing", ["tied", "copy"])

@@ -239,7 +239,8 @@ STEPS = {
 }
 
 
-def _tree(root):
+def _tree(root, collapsed: dict | None = None):
+    """The synthetic runs; ``collapsed``: {(dataset, adapter, seed): [flag per step]} adds the flag column."""
     for (dataset, adapter, seed), steps in STEPS.items():
         run = root / dataset / "vit_mini" / "weight" / adapter / f"seed_{seed}"
         run.mkdir(parents=True)
@@ -247,8 +248,9 @@ def _tree(root):
             "dataset": dataset, "backbone": "vit_mini", "adapter": adapter, "pruning": "weight", "seed": seed,
             "versions": {"torch": "2.14.1"}}))
         pd.DataFrame([{"step": i, "density": wd, "weight_density": wd, "top1": top1, "params_learned": learned,
-                       "macs": 1000 * wd} for i, (wd, top1, learned) in enumerate(steps)]).to_csv(run / "steps.csv",
-                                                                                          index=False)
+                       "macs": 1000 * wd} for i, (wd, top1, learned) in enumerate(steps)]).assign(
+            **({"collapsed": collapsed.get((dataset, adapter, seed), [False] * len(steps))} if collapsed else {})
+        ).to_csv(run / "steps.csv", index=False)
     return root
 
 
@@ -277,6 +279,18 @@ def test_the_vit_report_writes_its_table_claims_and_figure(tmp_path):
     table = pd.read_csv(out["csv"])
     assert len(table) == 6 and table.loc[table["dataset"] == "flowers102", "reached"].to_list() == [0, 1]
     assert "—" in out["md"].read_text() and out["figure0"].is_file()
+
+
+def test_a_collapse_around_the_claims_density_marks_its_cell_and_the_claim(tmp_path):
+    # fine-pruning's CIFAR-10 seed 1 collapsed at its last step (0.2), one of the two steps around 25 %
+    out = vit_report(_tree(tmp_path / "runs", {("cifar10", "finetune", 1): [False, False, False, True]}),
+                     tmp_path / "tables", tmp_path / "figures", "vit_x")
+    md = out["md"].read_text()
+    assert "50.00 ± 0.00 (2) †" in md and "†: collapsed" in md and md.count("†") == 3   # at 25 %, last step, legend
+    claims = out["claims"].read_text()
+    assert "not evidence: collapsed on CIFAR-10 (†)" in claims and "collapsed on CIFAR-10, Cats" not in claims
+    clean = vit_report(_tree(tmp_path / "clean"), tmp_path / "t2", tmp_path / "f2", "vit_y")
+    assert "†" not in clean["md"].read_text() and "not evidence" not in clean["claims"].read_text()
 
 
 def test_architecture_counts_need_no_training_and_match_the_counts_by_hand():

@@ -12,7 +12,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from spa.reporting.collect import collect_steps, run_machines, torch_versions, versions_line, write_versions
+from spa.reporting.collect import (
+    any_collapsed,
+    collapse_legend,
+    collect_steps,
+    flagged,
+    run_machines,
+    torch_versions,
+    versions_line,
+    write_versions,
+)
 from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
@@ -33,6 +42,8 @@ def block_steps(runs_root: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"no block-pruned runs under {runs_root} (pruning=block_*)")
     if "params_nonzero" not in steps:
         steps = steps.assign(params_nonzero=steps["params_deployable"])
+    if "collapsed" not in steps:        # runs from before steps.csv recorded it
+        steps = steps.assign(collapsed=None)
     return steps.assign(density=steps["density"].round(2))
 
 
@@ -40,7 +51,8 @@ def block_table(steps: pd.DataFrame) -> pd.DataFrame:
     """Mean and std over seeds per (dataset, pruning, adapter, density)."""
     agg = steps.groupby(["dataset", "pruning", "adapter", "density"]).agg(
         top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"),
-        learned_k=("params_learned", "mean"), nonzero_k=("params_nonzero", "mean")).reset_index()
+        learned_k=("params_learned", "mean"), nonzero_k=("params_nonzero", "mean"),
+        collapsed=("collapsed", any_collapsed)).reset_index()
     agg[["learned_k", "nonzero_k"]] /= 1e3
     agg = agg.fillna({"top1_std": 0.0})
     order = {"adapter": list(LEARNERS), "pruning": list(METHODS)}
@@ -62,7 +74,9 @@ def versus_fine_pruning(table: pd.DataFrame) -> pd.DataFrame:
         base = ft.loc[key]
         rows.append({**{k: row[k] for k in keys}, "adapter": row["adapter"],
                      "fewer": base["learned_k"] / row["learned_k"], "top1": row["top1"], "ft_top1": base["top1"],
-                     "delta": row["top1"] - base["top1"]})
+                     "delta": row["top1"] - base["top1"],
+                     # a difference with a collapsed side says nothing about SPLoPA against fine-pruning
+                     "evidence": not (flagged(row["collapsed"]) or flagged(base["collapsed"]))})
     return pd.DataFrame(rows)
 
 
@@ -156,14 +170,14 @@ def markdown(table: pd.DataFrame, versions: list[str]) -> str:
             by = cell.set_index("adapter")
             row = {"method": METHODS.get(pruning, pruning), "density": f"{round(density * 100)}%"}
             for a in learners:
-                row[LEARNERS[a]] = mean_std_cell(by.loc[a, "top1"], by.loc[a, "top1_std"], by.loc[a, "seeds"]) \
-                    if a in by.index else ""
+                row[LEARNERS[a]] = mean_std_cell(by.loc[a, "top1"], by.loc[a, "top1_std"], by.loc[a, "seeds"],
+                                                 by.loc[a, "collapsed"]) if a in by.index else ""
             row["learned (K): " + " / ".join(LEARNERS[a] for a in learners)] = " / ".join(
                 f"{by.loc[a, 'learned_k']:,.1f}" if a in by.index else "-" for a in learners)
             row["nonzero (K)"] = f"{cell['nonzero_k'].iloc[0]:,.1f}"
             rows.append(row)
         lines += [f"### {label(dataset)}", "", pd.DataFrame(rows).to_markdown(index=False), ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + collapse_legend(table["collapsed"])
 
 
 def figures(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
@@ -206,7 +220,7 @@ def block_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str
     atomic_write_text(out["csv"], table.round(4).to_csv(index=False))
     atomic_write_text(out["versus"], versus.round(4).to_csv(index=False))
     keep = ["dataset", "pruning", "adapter", "seed", "step", "density", "top1", "params_learned", "params_nonzero",
-            "time_s"]
+            "time_s", "collapsed", "narrowest_unit", "narrowest_fraction"]
     keep = [k for k in keep if k in steps]
     atomic_write_text(out["steps"], steps[keep].sort_values(keep[:5]).to_csv(index=False))
     text = markdown(table, versions)

@@ -41,14 +41,21 @@ def run_collapsed(summary: dict) -> bool | None:
     return Chance(float(data["majority"]), int(data["test"])).collapsed(summary["metrics"]["test_top1"])
 
 
+def flagged(value: Any) -> bool:
+    """Whether a ``collapsed`` value says collapsed: True (Python's or numpy's) or "True" as a CSV holds it;
+    None, NaN (a run from before the flag, a missing cell) and False do not."""
+    return value is not None and not (isinstance(value, float) and value != value) and \
+        (value is True or str(value) == "True")
+
+
 def collapse_legend(collapsed: pd.Series) -> str:
     """The legend line under a table with collapsed cells (spa.metrics.collapse), else nothing."""
-    return f"\n{LEGEND}.\n" if bool((collapsed == True).any()) else ""  # noqa: E712
+    return f"\n{LEGEND}.\n" if any(flagged(v) for v in collapsed) else ""
 
 
 def any_collapsed(values: pd.Series) -> bool:
     """A cell over seeds is collapsed when any of its runs is (unknowns count as not)."""
-    return bool((values == True).any())  # noqa: E712  (values may hold None and strings "True" from CSV)
+    return any(flagged(v) for v in values)
 
 
 def _torch(summary: dict) -> str | None:

@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from spa.metrics.collapse import MARK
 from spa.records import STEPS, SUMMARY, RunDir
-from spa.reporting.collect import run_machines, versions_line, write_versions
+from spa.reporting.collect import (
+    any_collapsed,
+    collapse_legend,
+    flagged,
+    run_collapsed,
+    run_machines,
+    versions_line,
+    write_versions,
+)
 from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
@@ -61,7 +70,8 @@ def pear_runs(runs_root: str | Path) -> pd.DataFrame:
                      "macs": steps["macs"].iloc[-1], "density": steps["density"].iloc[-1],
                      "pruned": len(record["plan"]["pruned"]), "positions": len(record["plan"]["positions"]),
                      "with_donor": len(record.get("shared", {})), "unique": record["unique_adapters"],
-                     "torch": (summary.get("versions") or {}).get("torch"), "run_dir": str(run.path)})
+                     "torch": (summary.get("versions") or {}).get("torch"), "run_dir": str(run.path),
+                     "collapsed": run_collapsed(summary)})
     if not rows:
         raise FileNotFoundError(f"no finished Pear runs under {runs_root}: run the sweeps first (make pear-mini)")
     runs = pd.DataFrame(rows)
@@ -78,7 +88,7 @@ def pear_table(runs: pd.DataFrame) -> pd.DataFrame:
         top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"),
         top1_after_step=("top1_after_step", "mean"), learned_k=("learned", "mean"), stored_k=("stored", "mean"),
         pruned=("pruned", "mean"), with_donor=("with_donor", "mean"), unique=("unique", "mean"),
-        positions=("positions", "first")).reset_index()
+        positions=("positions", "first"), collapsed=("collapsed", any_collapsed)).reset_index()
     agg[["learned_k", "stored_k"]] /= 1e3
     agg = agg.fillna({"top1_std": 0.0})
     rank = {name: i for i, name in enumerate(ORDER)}
@@ -93,16 +103,20 @@ def effects(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for dataset, part in plain.groupby("dataset"):
         top1 = {(r.learner, r.ratio, r.seed): r.top1 for r in part.itertuples()}
+        broken = {(r.learner, r.ratio, r.seed) for r in part.itertuples() if flagged(r.collapsed)}
         for ratio in sorted(set(part["ratio"]) - {0.0}):
             for effect, a, b in EFFECTS:
                 ratio_b = 0.0 if b.startswith("LoRA") else ratio
-                diffs = [top1[(a, ratio, s)] - top1[(b, ratio_b, s)] for s in sorted(set(part["seed"]))
+                pairs = [((a, ratio, s), (b, ratio_b, s)) for s in sorted(set(part["seed"]))
                          if (a, ratio, s) in top1 and (b, ratio_b, s) in top1]
+                diffs = [top1[x] - top1[y] for x, y in pairs]
                 if diffs:
                     series = pd.Series(diffs)
                     rows.append({"dataset": dataset, "ratio": ratio, "effect": effect, "learner": a, "minus": b,
                                  "delta": series.mean(), "delta_std": series.std() if len(diffs) > 1 else 0.0,
-                                 "seeds": len(diffs), "positive": int((series > 0).sum())})
+                                 "seeds": len(diffs), "positive": int((series > 0).sum()),
+                                 # a pair with a collapsed run says nothing about sharing or the checkpoint
+                                 "evidence": not any(x in broken or y in broken for x, y in pairs)})
     return pd.DataFrame(rows)
 
 
@@ -120,11 +134,12 @@ def composition(runs: pd.DataFrame, runs_root: Path) -> pd.DataFrame:
                          "model": f"SPLoRA r{r.rank}, {r.after}-pruned",
                          "density": steps[-1]["density"], "top1": summary["metrics"]["test_top1"],
                          "learned": summary["params"]["trainable"], "stored": summary["params"]["trainable"],
-                         "macs": steps[-1]["macs"], "pruned": 0, "with_donor": 0})
+                         "macs": steps[-1]["macs"], "pruned": 0, "with_donor": 0,
+                         "collapsed": run_collapsed(summary)})
         rows.append({"dataset": r.dataset, "seed": r.seed, "order": 1 + r.ratio,
                      "model": f"+ Pear (ratio {r.ratio})" if r.ratio else "+ the same epochs, no adapter pruned",
                      "density": r.density, "top1": r.top1, "learned": r.learned, "stored": r.stored, "macs": r.macs,
-                     "pruned": r.pruned, "with_donor": r.with_donor})
+                     "pruned": r.pruned, "with_donor": r.with_donor, "collapsed": r.collapsed})
     return pd.DataFrame(rows)
 
 
@@ -133,7 +148,8 @@ def composition_table(combo: pd.DataFrame) -> pd.DataFrame:
     agg = combo.groupby(["dataset", "order", "model"]).agg(
         top1=("top1", "mean"), top1_std=("top1", "std"), seeds=("seed", "nunique"), density=("density", "mean"),
         learned_k=("learned", "mean"), stored_k=("stored", "mean"), macs_m=("macs", "mean"),
-        pruned=("pruned", "mean"), with_donor=("with_donor", "mean")).reset_index()
+        pruned=("pruned", "mean"), with_donor=("with_donor", "mean"),
+        collapsed=("collapsed", any_collapsed)).reset_index()
     agg[["learned_k", "stored_k"]] /= 1e3
     agg["macs_m"] /= 1e6
     return agg.fillna({"top1_std": 0.0}).drop(columns="order")
@@ -147,7 +163,7 @@ def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, version
     for dataset in sorted(table["dataset"].unique(), key=dataset_rank):
         part = table[table["dataset"] == dataset]
         rows = [{"learner": r.learner, "ratio": r.ratio if r.ratio else "-",
-                 "top1": mean_std_cell(r.top1, r.top1_std, r.seeds),
+                 "top1": mean_std_cell(r.top1, r.top1_std, r.seeds, r.collapsed),
                  "after step": f"{r.top1_after_step:.2f}", "learned (K)": f"{r.learned_k:,.1f}",
                  "stored (K)": f"{r.stored_k:,.1f}",
                  "pruned / donors": f"{r.pruned:.0f} / {r.with_donor:.1f}" if r.pruned else "-"}
@@ -159,17 +175,20 @@ def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, version
                             kind="stable")
         rows = [{"data": label(r.dataset), "ratio": r.ratio, "effect": r.effect,
                  "compared": f"{r.learner} − {r.minus}", "delta": f"{r.delta:+.2f} ± {r.delta_std:.2f}",
-                 "positive": f"{r.positive} / {r.seeds}"} for r in fx.itertuples()]
+                 "positive": f"{r.positive} / {r.seeds}",
+                 "evidence": "yes" if r.evidence else f"not evidence ({MARK})"} for r in fx.itertuples()]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
     if not combo.empty:
         lines += ["### Pear after channel pruning (SPLoRA adapters at the same positions, pruning.after)", ""]
         rows = [{"data": label(r.dataset), "model": r.model, "filter density": f"{r.density:.3f}",
-                 "top1": mean_std_cell(r.top1, r.top1_std, r.seeds), "learned (K)": f"{r.learned_k:,.1f}",
-                 "stored (K)": f"{r.stored_k:,.1f}", "MACs (M)": f"{r.macs_m:,.1f}",
+                 "top1": mean_std_cell(r.top1, r.top1_std, r.seeds, r.collapsed),
+                 "learned (K)": f"{r.learned_k:,.1f}", "stored (K)": f"{r.stored_k:,.1f}",
+                 "MACs (M)": f"{r.macs_m:,.1f}",
                  "pruned / donors": f"{r.pruned:.0f} / {r.with_donor:.1f}" if r.pruned else "-"}
                 for r in combo.itertuples()]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
-    return "\n".join(lines)
+    marks = pd.concat([table["collapsed"], combo["collapsed"] if not combo.empty else pd.Series(dtype=object)])
+    return "\n".join(lines) + collapse_legend(marks)
 
 
 def figure(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
@@ -205,7 +224,7 @@ def pear_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str 
     atomic_write_text(out["csv"], table.round(4).to_csv(index=False))
     atomic_write_text(out["effects"], fx.round(4).to_csv(index=False))
     keep = ["dataset", "learner", "ratio", "after", "seed", "top1", "top1_start", "top1_after_step", "learned",
-            "stored", "pruned", "with_donor", "unique", "macs"]
+            "stored", "pruned", "with_donor", "unique", "macs", "collapsed"]
     atomic_write_text(out["runs"], runs[keep].sort_values(["dataset", "learner", "ratio", "seed"]).round(4)
                       .to_csv(index=False))
     if not combo.empty:

@@ -22,6 +22,7 @@ from spa.reporting.collect import (
     collect_epochs,
     collect_runs,
     collect_steps,
+    flagged,
     run_machines,
     torch_versions,
     versions_line,
@@ -51,9 +52,9 @@ def dataset_rank(name: str) -> int:
     return list(LABELS).index(name) if name in LABELS else len(LABELS)
 
 
-def mean_std_cell(mean: float, std: float, seeds: int) -> str:
-    """A table cell ``mean ± std (seeds)``, two decimals."""
-    return f"{mean:.2f} ± {std:.2f} ({seeds})"
+def mean_std_cell(mean: float, std: float, seeds: int, collapsed: bool | None = False) -> str:
+    """A table cell ``mean ± std (seeds)``, two decimals, marked † where ``collapsed`` (spa.metrics.collapse)."""
+    return f"{mean:.2f} ± {std:.2f} ({seeds})" + (f" {MARK}" if flagged(collapsed) else "")
 
 
 def report_setting(exp_name: str) -> bool | str | None:
@@ -84,7 +85,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pm(mean: float, std: float, n: int, collapsed: bool = False) -> str:
-    return (f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}") + (f" {MARK}" if collapsed else "")
+    return (f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}") + (f" {MARK}" if flagged(collapsed) else "")
 
 
 def markdown_table(summary: pd.DataFrame) -> str:

@@ -20,6 +20,7 @@ from spa.reporting.collect import (
     any_collapsed,
     collapse_legend,
     collect_steps,
+    flagged,
     run_machines,
     torch_versions,
     versions_line,
@@ -131,7 +132,7 @@ def _cell(mean, std, seeds, collapsed=False) -> str:
     if pd.isna(mean):
         return ""
     cell = f"{mean:.2f} ± {std:.2f} ({int(seeds)})" if seeds and seeds > 1 else f"{mean:.2f} ({int(seeds or 0)})"
-    return cell + (f" {MARK}" if collapsed is True else "")
+    return cell + (f" {MARK}" if flagged(collapsed) else "")
 
 
 def markdown(long: pd.DataFrame, expected_seeds: int = 3, versions: list[str] | None = None) -> str:
@@ -191,7 +192,7 @@ def evidence(ours: pd.DataFrame, learner: str, density: float, baseline: str = "
     claim's difference is computed over."""
     used = ours[(ours["density"].round(4) == round(density, 4)) & (ours["pruning"] != "none")
                 & ours["learning"].isin([learner, baseline])]
-    bad = used[used["collapsed"] == True]  # noqa: E712
+    bad = used[used["collapsed"].map(flagged)]
     if bad.empty:
         return "yes"
     return "not evidence: collapsed " + ", ".join(

@@ -19,7 +19,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from spa.reporting.collect import collect_steps, run_machines, versions_line, write_versions
+from spa.metrics.collapse import MARK
+from spa.reporting.collect import (
+    any_collapsed,
+    collapse_legend,
+    collect_steps,
+    flagged,
+    run_machines,
+    versions_line,
+    write_versions,
+)
 from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
@@ -71,6 +80,21 @@ def architecture_counts(timm_name: str, num_classes: int, learners: dict[str, tu
     return rows
 
 
+def collapsed_at(steps: pd.DataFrame, density: float = CLAIM_DENSITY) -> bool | None:
+    """Whether either step :func:`at_density` interpolates between is collapsed (spa.metrics.collapse);
+    None where the run does not reach ``density`` or recorded no flag."""
+    if "collapsed" not in steps:
+        return None
+    rows = steps.sort_values("step")
+    wd, flags = rows["weight_density"].to_list(), rows["collapsed"].to_list()
+    for (d0, f0), (d1, f1) in zip(zip(wd, flags), zip(wd[1:], flags[1:])):
+        if d0 == density:
+            return flagged(f0)
+        if d0 > density >= d1:
+            return flagged(f0) or flagged(f1)
+    return flagged(flags[-1]) if wd and wd[-1] == density else None
+
+
 def vit_runs(runs_root: str | Path, density: float = CLAIM_DENSITY) -> pd.DataFrame:
     """One row per finished pruned run under ``runs_root`` whose steps.csv counts weights: its start
     (step 0), its values at ``density`` kept weights and at its last step."""
@@ -89,7 +113,9 @@ def vit_runs(runs_root: str | Path, density: float = CLAIM_DENSITY) -> pd.DataFr
                      "learned_at": at_density(run, "params_learned", density),
                      "steps": int(last["step"]), "final_weight_density": last["weight_density"],
                      "final_density": last["density"], "top1_final": last["top1"],
-                     "macs_ratio": last["macs"] / first["macs"], "torch": first.get("torch")})
+                     "macs_ratio": last["macs"] / first["macs"], "torch": first.get("torch"),
+                     "collapsed_unpruned": flagged(first.get("collapsed")), "collapsed_at": collapsed_at(run, density),
+                     "collapsed_final": flagged(last.get("collapsed"))})
     return pd.DataFrame(rows)
 
 
@@ -101,7 +127,9 @@ def vit_table(runs: pd.DataFrame) -> pd.DataFrame:
         learned_unpruned_k=("learned_unpruned", "mean"), learned_at_k=("learned_at", "mean"),
         steps=("steps", "mean"), final_weight_density=("final_weight_density", "mean"),
         final_density=("final_density", "mean"), top1_final=("top1_final", "mean"),
-        top1_final_std=("top1_final", "std"), macs_ratio=("macs_ratio", "mean")).reset_index()
+        top1_final_std=("top1_final", "std"), macs_ratio=("macs_ratio", "mean"),
+        collapsed_unpruned=("collapsed_unpruned", any_collapsed), collapsed_at=("collapsed_at", any_collapsed),
+        collapsed_final=("collapsed_final", any_collapsed)).reset_index()
     agg[["learned_unpruned_k", "learned_at_k"]] /= 1e3
     agg = agg.fillna({c: 0.0 for c in ("top1_unpruned_std", "top1_at_std", "top1_final_std")})
     agg["_baseline"] = agg["adapter"] != BASELINE
@@ -116,7 +144,8 @@ def claim(table: pd.DataFrame, learner: str = "splora_r8") -> dict:
         rows = {r.adapter: r for r in part.itertuples()}
         if learner in rows and BASELINE in rows and rows[learner].reached and rows[BASELINE].reached:
             a, b = rows[learner], rows[BASELINE]
-            per.append({"dataset": dataset, "delta": a.top1_at - b.top1_at, "ratio": b.learned_at_k / a.learned_at_k})
+            per.append({"dataset": dataset, "delta": a.top1_at - b.top1_at, "ratio": b.learned_at_k / a.learned_at_k,
+                        "collapsed": flagged(a.collapsed_at) or flagged(b.collapsed_at)})
     per = sorted(per, key=lambda r: dataset_rank(r["dataset"]))
     if not per:
         return {"per_dataset": [], "delta": None, "ratio": None}
@@ -131,10 +160,13 @@ def claims_markdown(result: dict, versions: list[str], density: float = CLAIM_DE
         return ", ".join(f"{label(r['dataset'])} {format(r[key], fmt)}" for r in result["per_dataset"]) or "—"
     ours_delta = "—" if result["delta"] is None else f"{result['delta']:+.2f}"
     ours_ratio = "—" if result["ratio"] is None else f"{result['ratio']:.1f}×"
+    broken = [label(r["dataset"]) for r in result["per_dataset"] if r.get("collapsed")]
+    evidence = f"not evidence: collapsed on {', '.join(broken)} ({MARK})" if broken else "yes"
     rows = [{"claim": f"SPLoRA-r8 − fine-pruning, top-1 at {pct} kept weights", "ours": ours_delta,
-             "paper": f"+{PAPER_CLAIM['delta']:.0f}", "ours per dataset": per("delta", "+.2f")},
+             "paper": f"+{PAPER_CLAIM['delta']:.0f}", "ours per dataset": per("delta", "+.2f"), "evidence": evidence},
             {"claim": f"fine-pruning / SPLoRA-r8 learned parameters at {pct} kept weights", "ours": ours_ratio,
-             "paper": f"{PAPER_CLAIM['ratio']}×", "ours per dataset": per("ratio", ".1f")}]
+             "paper": f"{PAPER_CLAIM['ratio']}×", "ours per dataset": per("ratio", ".1f"),
+             "evidence": "yes (parameter counts do not depend on accuracy)"}]
     return "\n".join([
         versions_line(versions), "",
         f"The ICLR version's ViT claim, recomputed from our runs: per data set, the mean over seeds at {pct} kept "
@@ -146,20 +178,22 @@ def claims_markdown(result: dict, versions: list[str], density: float = CLAIM_DE
 def markdown(table: pd.DataFrame, versions: list[str], density: float = CLAIM_DENSITY) -> str:
     pct = f"{100 * density:.0f} %"
     rows = [{"data": label(r.dataset), "learner": r.learner, "unpruned top1": mean_std_cell(r.top1_unpruned,
-             r.top1_unpruned_std, r.seeds),
-             f"top1 at {pct} weights": mean_std_cell(r.top1_at, r.top1_at_std, r.reached) if r.reached else "—",
+             r.top1_unpruned_std, r.seeds, r.collapsed_unpruned),
+             f"top1 at {pct} weights": mean_std_cell(r.top1_at, r.top1_at_std, r.reached, r.collapsed_at)
+             if r.reached else "—",
              "learned (K) unpruned": f"{r.learned_unpruned_k:,.1f}",
              f"learned (K) at {pct}": f"{r.learned_at_k:,.1f}" if r.reached else "—",
              "last step": f"{r.steps:.0f}", "weights / filters kept": f"{r.final_weight_density:.3f} / "
                                                                      f"{r.final_density:.3f}",
-             "top1 at last step": mean_std_cell(r.top1_final, r.top1_final_std, r.seeds),
+             "top1 at last step": mean_std_cell(r.top1_final, r.top1_final_std, r.seeds, r.collapsed_final),
              "MACs kept": f"{r.macs_ratio:.3f}"} for r in table.itertuples()]
     return "\n".join([
         f"ViT fine-pruning vs SPLoRA: test top-1 (%) mean ± std (seeds); at {pct} weights: interpolated in weight "
         f"density (fused parameters / the unpruned network's) between the two steps around it; learned: trainable "
         f"parameters; last step: where the loop stopped (the first step at or below its target weight density), "
         f"with its weight and filter densities and the MACs it keeps.", "", versions_line(versions), "",
-        pd.DataFrame(rows).to_markdown(index=False), ""])
+        pd.DataFrame(rows).to_markdown(index=False), ""]) + collapse_legend(
+            pd.concat([table["collapsed_unpruned"], table["collapsed_at"], table["collapsed_final"]]))
 
 
 def figure(steps: pd.DataFrame, figures_dir: Path, name: str, density: float = CLAIM_DENSITY) -> list[Path]:
