@@ -87,11 +87,17 @@ def test_a_bad_setting_of_a_pruned_run_stops_before_anything_is_written(compose_
     assert written(cfg) == [] and written(pipeline.unpruned_config(cfg)) == []
 
 
-def test_an_ignore_glob_that_matches_no_layer_stops_before_any_training(compose_cfg):
+def test_an_ignore_glob_that_matches_no_layer_stops_before_a_run_directory_exists(compose_cfg):
     cfg = compose_cfg("pruning=weight", "pruning.ignore=[nothing*]", *QUICK)
-    with pytest.raises(SettingError, match=r"pruning.ignore=\['nothing\*'\] matches no prunable layer"):
+    with pytest.raises(SettingError, match=r"pruning.ignore=\['nothing\*'\] matches no conv or Linear layer of the "
+                                           r"backbone; its layers are \['conv1.0', 'conv1.3', "):
         pipeline.run(cfg)
-    assert not any(name in written(cfg) for name in ("epochs.jsonl", "steps.csv", "model.pt"))
+    assert written(cfg) == [] and written(pipeline.unpruned_config(cfg)) == []
+    # a layer that exists but no pruning group produces (the head): refused by the real model's check
+    head = compose_cfg("pruning=weight", "pruning.ignore=[fc]", *QUICK)
+    with pytest.raises(SettingError, match=r"pruning.ignore=\['fc'\] matches no prunable layer"):
+        pipeline.run(head)
+    assert not any(name in written(head) for name in ("epochs.jsonl", "steps.csv", "model.pt"))
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -271,7 +271,8 @@ def check_settings(cfg: DictConfig) -> None:
             raise SettingError(f"adapter={cfg.adapter.name} cannot be channel-pruned (prunable: false); {fix}")
         checked("schedule", Plan, 1, cfg.schedule.step_fraction, cfg.schedule.target_density)
     check_adapter_options(b.timm_name, OmegaConf.to_container(b.kwargs), bool(b.cifar_stem), cfg.adapter.kind,
-                          OmegaConf.to_container(cfg.adapter.options), list(b.get("frozen") or []))
+                          OmegaConf.to_container(cfg.adapter.options), list(b.get("frozen") or []),
+                          list(cfg.pruning.get("ignore") or []) if method_name(cfg) == "iterative" else None)
 
 
 BLOCK_ADAPTERS = ("finetune", "splopa")

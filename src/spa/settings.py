@@ -182,11 +182,24 @@ def check_optimizer(optim: dict[str, Any]) -> None:
     instantiate(optim)([torch.zeros(1, requires_grad=True)])
 
 
+def check_ignore_globs(model: torch.nn.Module, ignore: list[str]) -> None:
+    """Every glob of ``pruning.ignore`` matches a conv or Linear layer of ``model`` (those hold the channels
+    pruning removes; that a matched layer is prunable is checked again on the real model), else an error
+    listing the candidates, before a run directory exists."""
+    import fnmatch
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    unmatched = [g for g in ignore if not any(fnmatch.fnmatch(n, g) for n in names)]
+    if unmatched:
+        raise SettingError(f"pruning.ignore={unmatched} matches no conv or Linear layer of the backbone; its "
+                           f"layers are {names[:12]}{' ...' if len(names) > 12 else ''} (globs: e.g. 'conv_head', 'blocks.0.*')")
+
+
 def check_adapter_options(timm_name: str, kwargs: dict[str, Any], cifar_stem: bool, kind: str,
-                          options: dict[str, Any], frozen: list[str] | None = None) -> None:
+                          options: dict[str, Any], frozen: list[str] | None = None,
+                          ignore: list[str] | None = None) -> None:
     """The adapter kind and its options, applied to the backbone built on the meta device (no weights,
-    no memory): unknown options, a rank no layer can use, layers the adapter cannot stand in for; and
-    the modules ``backbone.frozen`` names exist."""
+    no memory): unknown options, a rank no layer can use, layers the adapter cannot stand in for; the
+    modules ``backbone.frozen`` names exist; every ``pruning.ignore`` glob (``ignore``) matches a layer."""
     if not timm.is_model(timm_name):
         raise SettingError(f"backbone.timm_name={timm_name!r} is not a timm model; see timm.list_models()")
     try:
@@ -200,6 +213,8 @@ def check_adapter_options(timm_name: str, kwargs: dict[str, Any], cifar_stem: bo
         log.info("adapter options not checked before the run: %s cannot be built on the meta device (%s: %s); "
                  "the run's own build checks them", timm_name, type(err).__name__, err)
         return
+    if ignore:
+        check_ignore_globs(model, ignore)
     adapters_log = logging.getLogger("spa.adapters")
     level = adapters_log.level
     adapters_log.setLevel(logging.ERROR)        # the real conversion logs what it does
