@@ -12,9 +12,9 @@ from pathlib import Path
 
 from spa import repo_root
 from spa.reporting.collect import print_report
-from spa.reporting.widths import widths_outputs
 from spa.reporting.report import report_setting
 from spa.reporting.table1 import table1_report
+from spa.reporting.widths import widths_outputs
 
 
 def main() -> int:

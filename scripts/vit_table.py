@@ -12,8 +12,8 @@ from pathlib import Path
 
 from spa import repo_root
 from spa.reporting.collect import print_report
-from spa.reporting.widths import widths_outputs
 from spa.reporting.vit import vit_report
+from spa.reporting.widths import widths_outputs
 
 
 def main() -> int:

@@ -112,3 +112,33 @@ def test_a_run_forced_to_chance_is_marked_collapsed(compose_cfg, monkeypatch):
     assert [float(s["top1"]) for s in steps] == [25.0] * 3 and [s["chance"] for s in steps] == ["25.0"] * 3
     assert [s["collapsed"] for s in steps] == ["True"] * 3
     assert summary["data"]["majority"] == 25.0
+
+
+def test_a_depthwise_group_pruned_to_one_channel_keeps_its_name_and_is_counted_once():
+    """Torch-Pruning stops coupling a one-channel depthwise conv to the conv before it, and the group
+    came back twice (from dw alone, and from pw with dw): dw's filter was counted twice and the unit
+    changed its name in widths.csv."""
+    import torch.nn as nn
+
+    from spa.pruning.session import PruningSession
+    from spa.pruning.widths import session_widths
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pw, self.bn1 = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+            self.dw, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8)
+            self.pwl, self.bn3 = nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, 2)
+            self.pretrained_cfg = {"classifier": "fc"}
+
+        def forward(self, x):
+            return self.fc(self.bn3(self.pwl(self.bn2(self.dw(self.bn1(self.pw(x)))))).mean((2, 3)))
+    session = PruningSession(Block().eval(), torch.randn(1, 3, 8, 8))
+    assert [(g.root, sorted(g.producers), g.size) for g in session.groups] == [("dw", ["dw", "pw"], 8),
+                                                                              ("pwl", ["pwl"], 4)]
+    session.apply(1, {"dw": list(range(7))})
+    assert session.kept_filters == 2 * 1 + 4 and session.density == pytest.approx(6 / 20)
+    assert session_widths(session) == [{"unit": "dw", "kind": "channels", "original": 8, "kept": 1},
+                                       {"unit": "pwl", "kind": "channels", "original": 4, "kept": 4}]
+    assert session.floors(0.5, [])[session.groups[0].root] == 4          # the floor follows the renamed group

@@ -191,7 +191,8 @@ def check_ignore_globs(model: torch.nn.Module, ignore: list[str]) -> None:
     unmatched = [g for g in ignore if not any(fnmatch.fnmatch(n, g) for n in names)]
     if unmatched:
         raise SettingError(f"pruning.ignore={unmatched} matches no conv or Linear layer of the backbone; its "
-                           f"layers are {names[:12]}{' ...' if len(names) > 12 else ''} (globs: e.g. 'conv_head', 'blocks.0.*')")
+                           f"layers are {names[:12]}{' ...' if len(names) > 12 else ''} (globs: e.g. 'conv_head', "
+                           f"'blocks.0.*')")
 
 
 def check_adapter_options(timm_name: str, kwargs: dict[str, Any], cifar_stem: bool, kind: str,

@@ -167,7 +167,11 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelG
         root = group.items[0].dep.target.module
         groups.append(ChannelGroup(root=names[root], producers=producers, size=len(group.items[0].idxs),
                                    bn_of=bn_of))
-    return sorted(groups, key=lambda g: g.root)
+    # A depthwise conv pruned to one channel is no longer coupled to its input by Torch-Pruning (groups ==
+    # in_channels == 1 reads as a plain conv), and the group comes back twice: once from the depthwise conv
+    # alone, once from the conv before it with both. Its channels are counted once: the part is dropped.
+    whole = [g for g in groups if not any(set(g.producers) < set(o.producers) for o in groups)]
+    return sorted(whole, key=lambda g: g.root)
 
 
 def prune_group(model: nn.Module, graph: tp.DependencyGraph, root: str, idxs: Sequence[int]) -> None:

@@ -45,7 +45,16 @@ class PruningSession:
         self.groups = self._groups()
         self.original_filters = original_filters or producer_filters(self.groups)
         self.original_sizes = {g.root: g.size for g in self.groups}   # built on the unpruned model
+        self._unit_of = {p: g.root for g in self.groups for p in (g.root, *g.producers)}
         self.history: History = []
+
+    def original_unit(self, group) -> str:
+        """The root, on the unpruned model, of the group ``group`` is (or is part of): a group re-traced
+        after pruning may come out with another of its producers as root, or split."""
+        for name in (group.root, *group.producers):
+            if name in self._unit_of:
+                return self._unit_of[name]
+        raise KeyError(f"channel group {group.root} matches no group of the unpruned model")
 
     def _groups(self):
         return self.structure.groups(self.model, self.context)
@@ -120,9 +129,10 @@ class PruningSession:
     def floors(self, max_group_pruning: float | None, ignore: Sequence[str]) -> dict[str, int]:
         """The fewest channels each group may keep under the guard (empty: no guard)."""
         floors = {}
-        if max_group_pruning is not None:
-            for root, size in self.original_sizes.items():
-                floors[root] = max(1, size - math.floor(max_group_pruning * size + 1e-9))
+        if max_group_pruning is not None:     # keyed by today's roots, sized by the unpruned group's width
+            for g in self.groups:
+                size = self.original_sizes[self.original_unit(g)]
+                floors[g.root] = max(1, size - math.floor(max_group_pruning * size + 1e-9))
         kept_whole = self.ignored(ignore) if ignore else set()
         for g in self.groups:
             if g.root in kept_whole:

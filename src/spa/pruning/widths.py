@@ -17,11 +17,20 @@ COLUMNS = ["step", "density", "unit", "kind", "original", "kept"]
 
 def session_widths(session) -> list[dict[str, Any]]:
     """The units of a channel pruning session (:class:`spa.pruning.session.PruningSession`) in network
-    order: ``unit`` (the group's root module), ``kind``, ``original`` (its width before pruning) and ``kept``."""
+    order: ``unit`` (the root module of the group on the unpruned model), ``kind``, ``original`` (its width
+    before pruning) and ``kept``. A unit keeps its name when a re-traced group comes out with another root
+    or in parts (Torch-Pruning stops coupling a depthwise conv left with one channel to the conv before
+    it): the parts are matched through their producers and a unit keeps the widest part's width."""
     transformer = session.structure.name == "heads_mlp"
-    return [{"unit": g.root, "kind": g.kind if g.kind != "channels" or not transformer else "mlp",
-             "original": int(session.original_sizes.get(g.root, g.size)), "kept": int(g.size)}
-            for g in session.groups]
+    units: dict[str, dict[str, Any]] = {}
+    for g in session.groups:
+        unit = session.original_unit(g)
+        kind = g.kind if g.kind != "channels" or not transformer else "mlp"
+        entry = units.setdefault(unit, {"unit": unit, "kind": kind, "original": int(session.original_sizes[unit]),
+                                        "kept": 0})
+        entry["kept"] = max(entry["kept"], int(g.size))
+    order = {root: i for i, root in enumerate(session.original_sizes)}
+    return sorted(units.values(), key=lambda w: order[w["unit"]])
 
 
 def block_widths(layers: dict[str, nn.Module]) -> list[dict[str, Any]]:
