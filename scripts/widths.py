@@ -21,7 +21,8 @@ def main() -> int:
     parser.add_argument("--show", type=int, default=5, help="narrowest units printed per run (default 5)")
     args = parser.parse_args()
     try:
-        panels = {str(run): read_widths(run) for run in args.runs}
+        # a run's name in its panel: runs/<exp>/<dataset>/<backbone>/<pruning>/<adapter>/seed_<n> from <exp> on
+        panels = {"/".join(run.resolve().parts[-6:]): read_widths(run) for run in args.runs}
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

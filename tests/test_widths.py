@@ -44,6 +44,21 @@ def test_widths_csv_records_every_step_and_the_last_matches_the_pruned_models_la
         assert (step["narrowest_unit"], float(step["narrowest_fraction"])) == (unit, fraction)
         assert float(step["density"]) == pytest.approx(float(next(w["density"] for w in widths
                                                                    if w["step"] == step["step"])))
+    # the heatmap: one row per unit, one column per step; the script names the narrowest units
+    import matplotlib.image
+    from scripts_path import load_script
+    out = run_dir / "widths.png"
+    import sys
+    argv, sys.argv = sys.argv, ["widths.py", str(run_dir), "--out", str(out)]
+    try:
+        assert load_script("widths").main() == 0
+    finally:
+        sys.argv = argv
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 200 and image.std() > 0.05
+    from spa.reporting.widths import experiment_widths
+    figures = experiment_widths(run_dir.parents[4], run_dir / "figs", "test")
+    assert [p.name for p in figures] == ["test_widths_weight_finetune.png"] and figures[0].is_file()
 
 
 def test_a_run_killed_after_writing_a_steps_widths_redoes_it_with_the_same_rows(compose_cfg, monkeypatch):

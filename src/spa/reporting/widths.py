@@ -5,6 +5,7 @@ per (criterion, learner) of an experiment, a panel per data set, from its first 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def read_widths(run_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _panel(ax, widths: pd.DataFrame, title: str):
+def _panel(ax, widths: pd.DataFrame, title: str, labels: bool = True):
     units = list(dict.fromkeys(widths["unit"]))                       # network order, as recorded
     steps = sorted(widths["step"].unique())
     kept = widths.assign(fraction=widths["kept"] / widths["original"]).pivot(
@@ -34,22 +35,25 @@ def _panel(ax, widths: pd.DataFrame, title: str):
     ax.set_xticks(range(len(steps)), [f"{s}\n{d:.2f}" for s, d in zip(steps, density)], fontsize=6)
     ax.set_xlabel("step / density", fontsize=8)
     size = max(3.0, min(7.0, 400.0 / max(1, len(units))))
-    ax.set_yticks(range(len(units)), units, fontsize=size)
+    ax.set_yticks(range(len(units)), units if labels else [""] * len(units), fontsize=size)
     last = kept.iloc[:, -1].to_numpy(dtype=float)
     for tick, fraction in zip(ax.get_yticklabels(), last):
         if np.isfinite(fraction) and fraction < NARROW:
             tick.set_color("red")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 38)), fontsize=8)
     return image
 
 
 def widths_figure(panels: dict[str, pd.DataFrame], path: Path, title: str = "") -> Path:
     """One heatmap per entry of ``panels`` ({panel title: widths.csv rows}) side by side, as a PNG at ``path``."""
     units = max(len(set(w["unit"])) for w in panels.values())
-    fig, axes = _figure(1, len(panels), (4.2 * len(panels) + 0.8, max(3.0, 0.11 * units + 1.5)))
+    shared = len({tuple(dict.fromkeys(w["unit"])) for w in panels.values()}) == 1   # one network: label it once
+    width = 2.6 * len(panels) + (2.0 if shared else 2.0 * len(panels)) + 0.8
+    fig, axes = _figure(1, len(panels), (width, max(3.0, 0.11 * units + 1.5)))
+    fig.set_layout_engine("constrained")      # room for every panel's unit names
     image = None
-    for ax, (name, widths) in zip(axes[0], panels.items()):
-        image = _panel(ax, widths, name)
+    for i, (ax, (name, widths)) in enumerate(zip(axes[0], panels.items())):
+        image = _panel(ax, widths, name, labels=not shared or i == 0)
     fig.colorbar(image, ax=list(axes[0]), label="kept / original width", shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
