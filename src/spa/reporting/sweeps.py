@@ -38,6 +38,7 @@ class Committed:
     identify: Callable[[DictConfig], dict | None] = field(default=lambda cfg: run_identity(cfg))
     seeds_column: str | None = None
     wide_datasets: bool = False                  # Table 1's layout: one <dataset>_seeds column per dataset
+    finish: Callable[[pd.DataFrame], pd.DataFrame] = field(default=lambda runs: runs)   # columns over all runs
 
 
 def run_identity(cfg: DictConfig) -> dict:
@@ -63,21 +64,26 @@ def _selection(cfg: DictConfig) -> dict:
 
 
 def _pear(cfg: DictConfig) -> dict | None:
-    """The learner a Pear run's table row names (:func:`spa.reporting.pear.learner`), from its config."""
+    """What names a Pear run's table row, from its config; the learner itself comes in :func:`_pear_learners`."""
     from spa.pipeline import method_name
-    from spa.reporting.pear import learner
     if method_name(cfg) != "pear":
         return None
-    ratio, rank = float(cfg.pruning.ratio), int(cfg.adapter.options.rank)
-    record = {"plan": {"pruned": [] if ratio == 0 else ["some"], "ratio": ratio},
-              "sharing": cfg.pruning.sharing, "checkpoint": cfg.pruning.checkpoint}
-    after = cfg.pruning.get("after")
-    # the full rank is the largest of the experiment's LoRA adapters (pear_lora_r8)
-    name = f"after {after}: {learner(record, rank, rank)}" if after else learner(record, rank, PEAR_FULL_RANK)
-    return {**run_identity(cfg), "learner": name, "ratio": ratio}
+    return {**run_identity(cfg), "ratio": float(cfg.pruning.ratio), "rank": int(cfg.adapter.options.rank),
+            "sharing": cfg.pruning.sharing, "checkpoint": cfg.pruning.checkpoint, "after": cfg.pruning.get("after")}
 
 
-PEAR_FULL_RANK = 8
+def _pear_learners(runs: pd.DataFrame) -> pd.DataFrame:
+    """The learner of each Pear run as :func:`spa.reporting.pear.pear_runs` names it: the full rank is the
+    largest rank of a data set's runs, and a run after channel pruning is named against its own rank."""
+    from spa.reporting.pear import learner
+    full = runs.groupby("dataset")["rank"].transform("max")
+    names = []
+    for r, f in zip(runs.itertuples(), full):
+        record = {"plan": {"pruned": [] if r.ratio == 0 else ["some"], "ratio": r.ratio}, "sharing": r.sharing,
+                  "checkpoint": r.checkpoint}
+        after = r.after if isinstance(r.after, str) else None      # None comes back from pandas as NaN
+        names.append(f"after {after}: {learner(record, r.rank, r.rank)}" if after else learner(record, r.rank, f))
+    return runs.assign(learner=names)
 
 COMMITTED = (
     Committed("demo_runs.csv", ("demo",), ("dataset", "backbone", "adapter", "pruning", "seed")),
@@ -89,7 +95,8 @@ COMMITTED = (
               ("dataset", "adapter", "optim.lr"), _selection, seeds_column="seeds"),
     Committed("block_spa_mini_steps.csv", ("block-spa-mini",), ("dataset", "pruning", "adapter", "seed"),
               _pruned_only),
-    Committed("pear_mini_runs.csv", ("pear-mini",), ("dataset", "learner", "ratio", "seed"), _pear),
+    Committed("pear_mini_runs.csv", ("pear-mini",), ("dataset", "learner", "ratio", "seed"), _pear,
+              finish=_pear_learners),
     Committed("vit_iclr_mini_runs.csv", ("vit-iclr-mini",), ("dataset", "adapter", "pruning", "seed"),
               _pruned_only),
 )
@@ -164,7 +171,7 @@ def _normalised(frame: pd.DataFrame, keys: Iterable[str]) -> set[tuple]:
 def compare(spec: Committed, tables_dir: Path, root: Path | None = None) -> list[str]:
     """What does not match between the committed table and its make target's sweeps: committed rows
     no sweep run writes, sweep runs with no row, and (aggregated tables) seed counts that differ."""
-    runs = sweep_runs(spec.make, spec.identify, root)
+    runs = spec.finish(sweep_runs(spec.make, spec.identify, root))
     committed = committed_rows(spec, tables_dir)
     keys = list(spec.keys)
     target = "make " + " ".join(spec.make)
