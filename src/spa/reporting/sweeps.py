@@ -85,6 +85,7 @@ def _pear_learners(runs: pd.DataFrame) -> pd.DataFrame:
         names.append(f"after {after}: {learner(record, r.rank, r.rank)}" if after else learner(record, r.rank, f))
     return runs.assign(learner=names)
 
+
 COMMITTED = (
     Committed("demo_runs.csv", ("demo",), ("dataset", "backbone", "adapter", "pruning", "seed")),
     Committed("table1_mini.csv", ("reproduce-table1", "T1=table1_mini"), ("dataset", "pruning", "learning"),
