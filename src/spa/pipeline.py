@@ -531,8 +531,9 @@ def block_pruning(parts: Parts, status: str, initial_run: str | None) -> tuple[l
     rows, done_step, selection = _initial_state(parts, None, status, initial_run)
     if status != "resume":
         rows[0].update(density=1.0, kept_filters=pruner.kept_blocks, params_nonzero=rows[0]["params_deployable"])
-        rows[0] = parts.with_health(rows[0], block_widths(pruner.layers))
-        parts.record_step(rows, block_widths(pruner.layers))
+        widths = block_widths(pruner.layers)
+        rows[0] = parts.with_health(rows[0], widths)
+        parts.record_step(rows, widths)
     targets = list(pr.thresholds if pr.method == "soft_movement" else pr.densities)
     epochs = int(pr.epochs_per_stage)
     stages = pruner.stages(targets, epochs * parts.batches(), pr.get("initial_warmup", 0), pr.get("final_warmup", 0))
@@ -753,11 +754,11 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         for record in initial.read_epochs():
             rundir.append_epoch(record)
         last = initial.read_steps()[-1]     # an unpruned run has one row
+        widths = session_widths(session) if session is not None else None
         rows = [parts.with_health(
             {**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
              "weight_density": last.get("weight_density", 1.0) if checkpoint["history"] else 1.0,
-             "kept_filters": session.kept_filters if session is not None else None},
-            session_widths(session) if session is not None else None)]
+             "kept_filters": session.kept_filters if session is not None else None}, widths)]
         log.info("starting from the %s run %s (test top-1 %.2f%%)", "channel-pruned" if checkpoint["history"] else
                  "unpruned", initial_run, rows[0]["top1"])
         selection = checkpoint["selection"]
@@ -772,7 +773,7 @@ def _initial_state(parts: Parts, session: PruningSession | None, status: str, in
         rows = [parts.with_health(step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0),
                                   widths)]
         selection = _selection(result)
-    parts.record_step(rows, session_widths(session) if session is not None else None)
+    parts.record_step(rows, widths)
     save_checkpoint(rundir, model, session, 0, selection)
     return rows, 0, selection
 

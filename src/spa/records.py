@@ -48,6 +48,23 @@ STEPS, CHECKPOINT, HISTORY, WIDTHS = "steps.csv", "checkpoint.pt", "pruning.json
 FINGERPRINT = "data_fingerprint"   # top-level key of the resolved config: what data the run saw
 
 
+def _csv_text(rows: list[dict[str, Any]], fields: list[str]) -> str:
+    """``rows`` as CSV text with the header ``fields`` (a record file is written whole, atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    """A record CSV's rows, cells back to int / float / None (:func:`_number`); [] where there is no file."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
 def _number(value: str) -> Any:
     """CSV cell back to int / float / None where it was one."""
     if value == "":
@@ -270,12 +287,8 @@ class RunDir:
         """``steps.csv``, rewritten whole (atomically) after every step."""
         if not rows:
             return
-        buffer = io.StringIO()
         fields = list(dict.fromkeys(k for row in rows for k in row))   # rows copied from older runs may lack a column
-        writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.file(STEPS), buffer.getvalue())
+        atomic_write_text(self.file(STEPS), _csv_text(rows, fields))
         for observer in self.observers:
             observer.steps(rows)
 
@@ -286,25 +299,13 @@ class RunDir:
         from spa.pruning.widths import COLUMNS
         rows = [r for r in self.read_widths() if int(r["step"]) < step]
         rows += [{"step": step, "density": density, **w} for w in widths]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(self.file(WIDTHS), buffer.getvalue())
+        atomic_write_text(self.file(WIDTHS), _csv_text(rows, COLUMNS))
 
     def read_widths(self) -> list[dict[str, Any]]:
-        path = self.file(WIDTHS)
-        if not path.is_file():
-            return []
-        with open(path, newline="") as handle:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return _read_csv(self.file(WIDTHS))
 
     def read_steps(self) -> list[dict[str, Any]]:
-        path = self.file(STEPS)
-        if not path.is_file():
-            return []
-        with open(path, newline="") as handle:
-            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return _read_csv(self.file(STEPS))
 
     def write_summary(self, summary: RunSummary) -> None:
         atomic_write_json(self.file(SUMMARY), summary.to_dict())
