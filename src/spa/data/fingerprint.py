@@ -15,7 +15,6 @@ the rest, ``spa.records``).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from spa.data.datasets import DataBundle, SampleDataset
-from spa.data.readable import cache_dir
-from spa.utils import atomic_write_text
+from spa.data.readable import cache_dir, read_cache, write_cache
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +47,7 @@ def content_digests(root: Path, paths: list[Path]) -> dict[Path, str]:
     """:func:`file_digest` of each path, re-using the cached digest of every file under ``root`` whose
     size and modification time are unchanged; the cache is rewritten when anything changed."""
     cache = _content_cache(root)
-    try:
-        stored = json.loads(cache.read_text())
-        known = stored["files"] if stored.get("version") == CONTENT_VERSION else {}
-    except (OSError, ValueError, KeyError):
-        known = {}
+    known = read_cache(cache, CONTENT_VERSION)
     entries, digests, hashed = {}, {}, 0
     for path in paths:
         st, key = os.stat(path), str(path)
@@ -67,11 +61,7 @@ def content_digests(root: Path, paths: list[Path]) -> dict[Path, str]:
     if hashed:
         log.info("hashed the contents of %d files under %s (cached in %s)", hashed, root, cache)
     if hashed or not entries.keys() <= known.keys():
-        try:
-            atomic_write_text(cache, json.dumps({"version": CONTENT_VERSION, "root": str(root),
-                                                 "files": {**known, **entries}}, separators=(",", ":")))
-        except OSError as err:  # an unwritable cache dir: the digests are right, just not kept
-            log.warning("could not write the content digest cache %s: %s", cache, err)
+        write_cache(cache, CONTENT_VERSION, root, {**known, **entries}, "content digest")
     return digests
 
 

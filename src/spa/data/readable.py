@@ -60,15 +60,30 @@ def _cache_file(root: Path) -> Path:
     return cache_dir() / "readable" / f"{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
 
 
+def read_cache(path: Path, version: int) -> dict[str, Any]:
+    """The ``files`` of a per-root cache file written by :func:`write_cache` at ``version``; {} where it is
+    missing, unreadable or of another version."""
+    try:
+        stored = json.loads(path.read_text())
+        return stored["files"] if stored.get("version") == version else {}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def write_cache(path: Path, version: int, root: Path, files: dict[str, Any], what: str) -> None:
+    """Write a per-root cache file; an unwritable cache dir is a warning: the results are right, just not kept."""
+    blob = json.dumps({"version": version, "root": str(root), "files": files}, separators=(",", ":"))
+    try:
+        atomic_write_text(path, blob)
+    except OSError as err:
+        log.warning("could not write the %s cache %s: %s", what, path, err)
+
+
 def scan(root: Path, paths: list[str]) -> dict[str, Status]:
     """:func:`check_image` of each path (files under ``root``), re-using the cached result of every
     file whose size and mtime are unchanged; the cache is rewritten when anything changed."""
     cache = _cache_file(root)
-    try:
-        stored = json.loads(cache.read_text())
-        known = stored["files"] if stored.get("version") == CHECK_VERSION else {}
-    except (OSError, ValueError, KeyError):
-        known = {}
+    known = read_cache(cache, CHECK_VERSION)
     rels = [str(Path(path).relative_to(root)) for path in paths]
     entries: dict[str, list] = {}
     todo: list[int] = []
@@ -85,12 +100,7 @@ def scan(root: Path, paths: list[str]) -> dict[str, Status]:
             for i, status in zip(todo, pool.map(check_image, [paths[i] for i in todo])):
                 entries[rels[i]] += list(status)
     if todo or entries.keys() != known.keys():
-        blob = json.dumps({"version": CHECK_VERSION, "root": str(root.resolve()), "files": entries},
-                          separators=(",", ":"))
-        try:
-            atomic_write_text(cache, blob)
-        except OSError as err:  # unwritable cache dir: the check still ran, it is just not kept
-            log.warning("could not write the image check cache %s: %s", cache, err)
+        write_cache(cache, CHECK_VERSION, root.resolve(), entries, "image check")
     return {path: (entries[rel][2], entries[rel][3]) for path, rel in zip(paths, rels)}
 
 
