@@ -241,7 +241,9 @@ def test_the_block_report_compares_splopa_with_fine_pruning_at_each_density(tmp_
     out = block_report(runs, tmp_path / "tables", tmp_path / "figures", "block_spa_mini")
     text = out["md"].read_text()
     assert "| movement | 30%       | 42.00 ± 2.83 (2) | 40.00 ± 1.41 (2) †" in text and "†: collapsed" in text
-    assert pd.read_csv(out["versus"]).set_index("density")["evidence"].to_dict() == {1.0: True, 0.3: False}
+    versus = pd.read_csv(out["versus"]).set_index("density")
+    assert versus["evidence"].to_dict() == {1.0: True, 0.3: False}
+    assert versus["collapsed"].to_dict() == {1.0: False, 0.3: True} and not versus["ft_collapsed"].any()
 
 
 def test_a_block_run_that_died_resumes_after_its_last_stage(compose_cfg, tmp_path, monkeypatch):

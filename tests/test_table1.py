@@ -179,5 +179,7 @@ def test_collapsed_cells_are_marked_and_claims_over_them_are_not_evidence(tmp_pa
     assert pd.read_csv(paths["csv"])["cifar10_collapsed"].tolist() == [False, False, True, False, False, False]
     claims = paths["claims"].read_text()
     assert "not evidence: collapsed CIFAR-10 Taylor" in claims and "| yes" not in claims.split("30 % density")[1]
+    vs = pd.read_csv(paths["vs_csv"]).dropna(subset=["top1"])
+    assert vs[vs["collapsed"] == True][["learning", "density"]].values.tolist() == [["finetune", 0.3]]  # noqa: E712
     curve = pd.read_csv(paths["curves"])
     assert curve[curve["collapsed"]][["learning", "density"]].values.tolist() == [["finetune", 0.3]]

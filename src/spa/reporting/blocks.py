@@ -74,10 +74,13 @@ def versus_fine_pruning(table: pd.DataFrame) -> pd.DataFrame:
         base = ft.loc[key]
         rows.append({**{k: row[k] for k in keys}, "adapter": row["adapter"],
                      "fewer": base["learned_k"] / row["learned_k"], "top1": row["top1"], "ft_top1": base["top1"],
-                     "delta": row["top1"] - base["top1"],
-                     # a difference with a collapsed side says nothing about SPLoPA against fine-pruning
-                     "evidence": not (flagged(row["collapsed"]) or flagged(base["collapsed"]))})
-    return pd.DataFrame(rows)
+                     "delta": row["top1"] - base["top1"], "collapsed": flagged(row["collapsed"]),
+                     "ft_collapsed": flagged(base["collapsed"])})
+    versus = pd.DataFrame(rows)
+    if versus.empty:
+        return versus
+    # a difference with a collapsed side says nothing about SPLoPA against fine-pruning
+    return versus.assign(evidence=~(versus["collapsed"] | versus["ft_collapsed"]))
 
 
 def deployed_model(run_dir: str | Path) -> tuple[torch.nn.Module, tuple[int, int]]:

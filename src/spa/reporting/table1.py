@@ -120,12 +120,13 @@ def _paper_datasets(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
 
 
 def versus(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Per cell of the paper's datasets: our top-1, the paper's, and ours minus the paper's."""
+    """Per cell of the paper's datasets: our top-1, the paper's, ours minus the paper's, and whether ours
+    collapsed (a difference from the paper then measures the broken network, not the method)."""
     keys = ["pruning", "learning", "density", "dataset"]
     theirs = paper[keys + ["top1"]].rename(columns={"top1": "paper"})
     both = _paper_datasets(ours, paper).merge(theirs, on=keys, how="outer")
     both["paper"] = both["paper"].astype(float)
-    return both.assign(diff=both["top1"] - both["paper"])[keys + ["seeds", "top1", "paper", "diff"]]
+    return both.assign(diff=both["top1"] - both["paper"])[keys + ["seeds", "top1", "paper", "diff", "collapsed"]]
 
 
 def _cell(mean, std, seeds, collapsed=False) -> str:
