@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from spa import pipeline, repo_root
 from spa.data import DatasetNotFoundError
 from spa.models import create_backbone
-from spa.records import ConfigChangedError, config_hash
+from spa.records import ConfigChangedError, RunDir, config_hash
 
 RECORDS = ["config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt"]
 
@@ -69,6 +69,23 @@ def test_second_launch_skips_and_changed_config_is_refused(compose_cfg, caplog):
                                         "overwrite=true"))
     assert replaced["config_hash"] != first["config_hash"]
     assert yaml.safe_load((Path(first["run_dir"]) / "config.yaml").read_text())["optim"]["lr"] == 0.5
+
+
+def test_committed_records_alone_skip_a_finished_run_and_retrain_a_start_run_only_when_needed(compose_cfg, caplog):
+    """A fresh clone has the runs' records (summary, config, steps) and no weights: a finished pruned run
+    is skipped without its unpruned start run; a new pruned run retrains the start run it needs."""
+    tiny = ("train.epochs=1", "train.max_steps_per_epoch=1", "schedule.step_fraction=0.5",
+            "schedule.target_density=0.5", "schedule.recovery_epochs=1")
+    weight = pipeline.run(compose_cfg("pruning=weight", *tiny))
+    unpruned = Path(pipeline.unpruned_config(compose_cfg("pruning=weight", *tiny)).paths.run_dir)
+    for path in [*Path(weight["run_dir"]).glob("*.pt"), *unpruned.glob("*.pt")]:
+        path.unlink()
+    caplog.set_level("INFO")
+    assert pipeline.run(compose_cfg("pruning=weight", *tiny)) == weight
+    assert not (unpruned / "checkpoint.pt").exists() and "training it again" not in caplog.text
+    taylor = pipeline.run(compose_cfg("pruning=taylor", *tiny))
+    assert "training it again" in caplog.text and (unpruned / "checkpoint.pt").is_file()
+    assert taylor["base_run"] is None and len(RunDir(taylor["run_dir"]).read_steps()) == 2
 
 
 def test_unfinished_run_is_started_again(compose_cfg):

@@ -45,6 +45,7 @@ from spa.records import (
     FINGERPRINT,
     HISTORY,
     MODEL,
+    SUMMARY,
     TASK,
     WARMUP,
     RunDir,
@@ -103,7 +104,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.backbone.weights = BASE_WEIGHTS
-    summary = run_single(cfg, base_run=base_dir, initial_run=start_run(cfg, base_dir))
+    # a finished run is found without its start runs (whose weights may not be here: committed records only)
+    initial = None if RunDir(cfg.paths.run_dir).finished else start_run(cfg, base_dir)
+    summary = run_single(cfg, base_run=base_dir, initial_run=initial)
     if cfg.get("report"):
         from spa.reporting import experiment_report
         outputs = experiment_report(Path(cfg.paths.runs_dir) / cfg.exp_name, Path(cfg.paths.results_dir), cfg.exp_name,
@@ -168,8 +171,21 @@ def start_run(cfg: DictConfig, base_dir: str | None) -> str | None:
     """Run (or find finished) the chain of runs ``cfg`` starts from; the directory of the last."""
     initial = None
     for start in start_chain(cfg):
-        initial = run_single(start, base_run=base_dir, initial_run=initial)["run_dir"]
+        initial = run_single(with_weights(start), base_run=base_dir, initial_run=initial)["run_dir"]
     return initial
+
+
+def with_weights(start: DictConfig) -> DictConfig:
+    """``start``, its run marked unfinished (summary.json removed) where it is finished but only its
+    records are here (no checkpoint.pt: a fresh clone of the committed records), so that it trains
+    again for the run that starts from its weights; its records are rewritten (on the same CPU kernels
+    with the same numbers; the committed ones stay in git)."""
+    rundir = RunDir(start.paths.run_dir)
+    if rundir.finished and not rundir.file(CHECKPOINT).is_file():
+        log.warning("%s is finished but has no %s (its records only, e.g. committed ones): training it again for "
+                    "the run that starts from it", rundir.path, CHECKPOINT)
+        rundir.file(SUMMARY).unlink()
+    return start
 
 
 def warmup_config(cfg: DictConfig) -> DictConfig:
