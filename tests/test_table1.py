@@ -183,3 +183,25 @@ def test_collapsed_cells_are_marked_and_claims_over_them_are_not_evidence(tmp_pa
     assert vs[vs["collapsed"] == True][["learning", "density"]].values.tolist() == [["finetune", 0.3]]  # noqa: E712
     curve = pd.read_csv(paths["curves"])
     assert curve[curve["collapsed"]][["learning", "density"]].values.tolist() == [["finetune", 0.3]]
+
+
+def test_a_paper_rule_row_is_shown_beside_its_criterion_and_stays_out_of_the_claims(tmp_path):
+    """A grid whose criteria use the rule its budget study chose keeps one fine-pruning run per criterion under
+    the paper's rule (pruning ``<criterion>_paper_rule``): a row of its own, labelled, outside the claims even
+    where it collapsed."""
+    from spa.metrics.collapse import MARK
+    steps = collect_steps(run_tree(tmp_path / "runs"))
+    steps["collapsed"] = False
+    rule = steps[(steps["adapter"] == "finetune") & (steps["pruning"] == "taylor") & (steps["seed"] == 1)].copy()
+    rule["pruning"] = "taylor_paper_rule"
+    rule.loc[rule["density"] < 0.9, ["top1", "collapsed"]] = [10.0, True]
+    clean = write_table1(steps, load_table1(), tmp_path / "clean")
+    paths = write_table1(pd.concat([steps, rule], ignore_index=True), load_table1(), tmp_path / "tables")
+    md = paths["md"].read_text()
+    assert "Taylor (paper's rule)" in md and "10.00 (1) " + MARK in md
+    rows = md.splitlines()
+    assert [i for i, r in enumerate(rows) if "Taylor (paper's rule)" in r] > [i for i, r in enumerate(rows)
+                                                                               if "| Taylor " in r]
+    assert paths["claims"].read_text() == clean["claims"].read_text()     # same claims, still evidence
+    curves = pd.read_csv(paths["curves"])
+    assert set(curves["pruning"]) == {"taylor", "taylor_paper_rule"}
