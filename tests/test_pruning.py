@@ -178,6 +178,12 @@ def test_the_guard_in_a_pruning_session_floors_ignore_and_a_step_it_cannot_make(
     assert all(floors[r] == s - s // 2 for r, s in session.original_sizes.items() if r != "conv1")
     with pytest.raises(ValueError, match=r"pruning.ignore=\['nothing\*'\] matches no prunable layer; .*conv1"):
         session.check_ignore(["nothing*"])
+    # known before any training: a target below what the guard allows is refused, naming the lowest density
+    with pytest.raises(ValueError, match=r"go down to 0\.5\d* filter density, above schedule.target_density=0.2: "
+                                         r"raise the target to 0\.5"):
+        session.check_reachable(0.2, 0.5, ["conv1"])
+    session.check_reachable(0.6, 0.5, ["conv1"])
+    session.check_reachable(0.01, None, [])                  # no guard: nothing to hold back
     plan = Plan(session.original_filters, 0.4, 0.2)
     result = session.step(1, plan, WeightImportance(), None, torch.device("cpu"), max_group_pruning=0.5,
                           ignore=["conv1"])

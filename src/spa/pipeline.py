@@ -519,6 +519,9 @@ def build_parts(cfg: DictConfig, rundir: RunDir, built: Data, base_run: str | No
     session = PruningSession(model, example_input(model, size)) if channels else None
     if session is not None and cfg.pruning.get("ignore"):
         checked("pruning.ignore", session.check_ignore, list(cfg.pruning.ignore))   # before any training
+    if session is not None and method_name(cfg) == "iterative" and cfg.schedule.get("density", "filters") == "filters":
+        checked("pruning.max_group_pruning", session.check_reachable, float(cfg.schedule.target_density),
+                cfg.pruning.get("max_group_pruning"), list(cfg.pruning.get("ignore") or []))
     return Parts(cfg=cfg, model=model, device=device, rundir=rundir, train_loader=train_loader,
                  test_loader=test_loader, val_loader=val_loader, channels_last=channels_last, size=size,
                  data=built, session=session, weights=weights, ranks=ranks, warnings=warnings)

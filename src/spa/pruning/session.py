@@ -102,8 +102,7 @@ class PruningSession:
             removed = removed_filters(self.groups, selection)
             if removed < budget and removed < removed_filters(
                     self.groups, select_channels(self.groups, ranked, budget, round_to=round_to)):
-                room = sum((g.size - max(1, floors.get(g.root, 0))) * g.filters_per_channel for g in self.groups)
-                reachable = (self.kept_filters - room) / self.original_filters
+                room, reachable = self.room(floors), self.lowest_density(floors)
                 raise ValueError(f"pruning step {step} needs {budget} filters but pruning.max_group_pruning="
                                  f"{max_group_pruning} and pruning.ignore={list(ignore)} leave {room}: the lowest "
                                  f"density they allow is {reachable:.3f}; raise schedule.target_density to it or "
@@ -112,6 +111,27 @@ class PruningSession:
         log.info("pruning step %d: removed %d filters (budget %d), density %.3f (%d / %d filters)", step,
                  result.removed_filters, budget, result.density, result.kept_filters, self.original_filters)
         return result
+
+    def room(self, floors: dict[str, int]) -> int:
+        """Filters the groups can still give under ``floors`` (every group keeps one at least)."""
+        return sum((g.size - max(1, floors.get(g.root, 0))) * g.filters_per_channel for g in self.groups)
+
+    def lowest_density(self, floors: dict[str, int]) -> float:
+        """The lowest filter density ``floors`` allow from the model as it is now."""
+        return (self.kept_filters - self.room(floors)) / self.original_filters
+
+    def check_reachable(self, target_density: float, max_group_pruning: float | None, ignore: Sequence[str]) -> None:
+        """The guard lets the schedule reach ``target_density`` (checked on the unpruned model, before any
+        training), else ValueError naming the lowest density it allows. Without a guard, nothing to check
+        here (the paper's rule: a step that would empty a layer takes the next channel elsewhere)."""
+        if max_group_pruning is None and not ignore:
+            return
+        lowest = self.lowest_density(self.floors(max_group_pruning, ignore))
+        if lowest > target_density + 1e-9:
+            raise ValueError(f"pruning.max_group_pruning={max_group_pruning} and pruning.ignore={list(ignore)} let "
+                             f"the network go down to {lowest:.3f} filter density, above schedule.target_density="
+                             f"{target_density}: raise the target to {math.ceil(lowest * 1000) / 1000} or more, or "
+                             f"loosen the guard (a larger max_group_pruning, fewer ignore globs)")
 
     def ignored(self, ignore: Sequence[str]) -> set[str]:
         """Roots of the groups a module-name glob of ``ignore`` matches (any of their producers)."""
