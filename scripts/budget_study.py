@@ -44,6 +44,7 @@ from spa.reporting.budget import (
     choose,
     gate_rows,
     grid_minutes,
+    passes,
     verdict,
     write_tables,
 )
@@ -173,11 +174,12 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
                 lines.append(f"axis {axis}: open, runs missing for {candidate.label()} (run the study to go on)")
                 return _table(seen, None), lines, None
             v = evaluated[-1][1]
-            if not study.same_cost(axis) and v["passed"] and v["within_budget"]:
+            if not study.same_cost(axis) and passes(v, study.gates(axis)):
                 break     # the first passing value on a rising-cost axis is the cheapest
-        kept = choose(evaluated, study.same_cost(axis))
+        kept = choose(evaluated, study.same_cost(axis), study.gates(axis))
         tried = ", ".join(f"{c.value(axis)} ({_summary(v)})" for c, v in evaluated)
-        lines.append(f"axis {number}, {axis}: tried {tried}; kept {kept.value(axis)}")
+        lines.append(f"axis {number}, {axis} (judged on {', '.join(g[-1] for g in study.gates(axis))}): tried {tried}; "
+                     f"kept {kept.value(axis)}")
         current = kept
     return _table(seen, current), lines, current
 

@@ -11,7 +11,7 @@ import yaml
 from scripts_path import load_script
 
 from spa import config_dir, repo_root
-from spa.reporting.budget import RUN_COLUMNS, Setting, Study, choose, gate_rows, grid_minutes, verdict
+from spa.reporting.budget import RUN_COLUMNS, Setting, Study, choose, gate_rows, grid_minutes, passes, verdict
 
 SPEC = {"experiment": "imagenet_mini_budget", "table": "t_budget", "grid": "table1_imagenet_mini", "seed": 1,
         "datasets": ["cifar10", "cats_vs_dogs"], "criteria": ["weight", "taylor"],
@@ -112,7 +112,9 @@ def test_the_full_scoring_epoch_setting_reuses_the_weight_run():
 
 
 def _v(passed, worst, gates=3):
-    return {"passed": passed, "worst_retained_30": worst, "gates_passed": gates, "within_budget": True}
+    """A verdict: ``gates`` of (a), (b), (c) passed, in that order."""
+    flags = {g: i < gates for i, g in enumerate(("gate_a", "gate_b", "gate_c"))}
+    return {**flags, "passed": passed, "worst_retained_30": worst, "gates_passed": gates, "within_budget": True}
 
 
 def test_the_choice_on_an_axis():
@@ -128,6 +130,19 @@ def test_the_choice_on_an_axis():
     over = {**_v(True, 0.99), "within_budget": False}
     assert choose([(a, _v(False, 0.5, 2)), (b, over)], same_cost=False) == b   # still the best of the failing
     assert choose([(a, _v(True, 0.9)), (b, over)], same_cost=True) == a
+
+
+def test_a_schedule_axis_is_judged_on_the_gates_it_can_move():
+    st = study()
+    assert st.gates("recovery_epochs") == ("gate_b", "gate_c") and st.gates("rule") == ("gate_b", "gate_c")
+    assert st.gates("image_size.cifar10") == ("gate_a", "gate_b", "gate_c")
+    a, b, c = (st.start().with_value("recovery_epochs", n) for n in (1, 2, 4))
+    probe_wins = {"gate_a": False, "gate_b": True, "gate_c": True}      # (a) fails at every value: the size's doing
+    one = {**_v(False, 0.85, 2), "gate_a": False, "gate_b": False, "gate_c": True}
+    assert passes({**_v(False, 0.93, 2), **probe_wins}, st.gates("recovery_epochs"))
+    assert not passes({**_v(False, 0.93, 2), **probe_wins})
+    assert choose([(a, one), (b, {**_v(False, 0.93, 2), **probe_wins}), (c, {**_v(False, 0.97, 2), **probe_wins})],
+                  same_cost=False, gates=st.gates("recovery_epochs")) == b
 
 
 def test_the_script_walks_the_axes_records_every_run_and_skips_them_when_run_again(tmp_path, image_folder):
@@ -155,7 +170,8 @@ def test_the_script_walks_the_axes_records_every_run_and_skips_them_when_run_aga
     table = pd.read_csv(results / "tables" / "tiny_budget.csv")
     assert table["chosen"].sum() == 1 and set(table["axis"]) == {"rule", "recovery_epochs"}
     md = (results / "tables" / "tiny_budget.md").read_text()
-    assert "**Chosen:**" in md and "axis 3, recovery_epochs: tried 1" in md and "test/ is not read" in md
+    assert "**Chosen:**" in md and "axis 3, recovery_epochs (judged on b, c): tried 1" in md
+    assert "test/ is not read" in md
     # again, with the run directories gone (a fresh clone with the committed records): nothing trains
     import shutil
     shutil.rmtree(results / "runs")

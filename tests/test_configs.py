@@ -99,9 +99,10 @@ def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
 # Experiments that compare methods sweep three seeds (the paper's 1, 2, 3). Laptop-scale ones sweep
 # fewer, and say so here: the demo runs one seed to stay within minutes on 2 CPU cores, table1_mini,
 # table1_imagenet_mini and block_spa_mini two (issues 5, 12 and 14: each whole grid must fit in 90 minutes
-# there), and the learning-rate selection of table1_imagenet_mini one (it picks settings, it reports no result).
+# there), and the learning-rate selection and budget study of table1_imagenet_mini one (they pick settings, they
+# report no result).
 FEWER_SEEDS = {"demo": [1], "table1_mini": [1, 2], "table1_imagenet_mini": [1, 2], "table1_imagenet_mini_lr": [1],
-               "block_spa_mini": [1, 2]}
+               "imagenet_mini_budget": [1], "block_spa_mini": [1, 2]}
 
 
 @pytest.mark.parametrize("name", options("experiment"))

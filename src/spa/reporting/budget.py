@@ -31,6 +31,7 @@ RUN_COLUMNS = ["dataset", "image_size", "tag", "rule", "score_batches", "recover
                "collapsed_density", "narrowest_unit", "narrowest_fraction", "val_epochs", "probe_val_top1",
                "minutes", "run_dir", "torch", "cpu"]
 SIZE_AXIS = "image_size."       # image_size.<dataset>: one axis per data set
+GATES = ("gate_a", "gate_b", "gate_c")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,11 @@ class Study:
     def same_cost(self, axis: str) -> bool:
         return axis == "rule"
 
+    def gates(self, axis: str) -> tuple[str, ...]:
+        """The gates ``axis`` can move: the input size moves the unpruned run, hence (a); the rule and
+        the schedule touch pruned runs only, so on their axes a value passes on (b) and (c)."""
+        return GATES if axis.startswith(SIZE_AXIS) else GATES[1:]
+
     def overrides(self, setting: Setting, dataset: str, pruning: str) -> list[str]:
         """The Hydra overrides of one study run (``pruning=none``: the unpruned run of the data set's size)."""
         common = [f"experiment={self.experiment}", f"dataset={dataset}", f"seed={self.seed}",
@@ -182,23 +188,30 @@ def last_gain(epochs: Any) -> float:
 def verdict(rows: pd.DataFrame) -> dict[str, Any]:
     """A setting's gates over its data sets: passed (all three, every data set), how many gates pass,
     its worst retention at 30 % and its minutes on the study's runs."""
-    gates = {g: (None if rows[g].isna().any() else bool(rows[g].all())) for g in ("gate_a", "gate_b", "gate_c")}
+    gates = {g: (None if rows[g].isna().any() else bool(rows[g].all())) for g in GATES}
     retained = rows[[c for c in rows.columns if c.endswith("_retained_30")]].to_numpy().ravel()
     worst = float(min(retained)) if len(retained) and not any(math.isnan(v) for v in retained) else math.nan
     return {**gates, "passed": all(gates.values()), "gates_passed": sum(bool(v) for v in gates.values()),
             "worst_retained_30": worst, "complete": all(v is not None for v in gates.values())}
 
 
-def choose(candidates: list[tuple[Setting, dict[str, Any]]], same_cost: bool) -> Setting:
-    """The setting kept on an axis. Same cost: the passing one with the highest worst-case retention
-    (ties: the earlier). Rising cost: the first passing one. None passing: the most gates passed, then
-    the highest worst-case retention, then the cheaper."""
-    passing = [(s, v) for s, v in candidates if v["passed"] and v.get("within_budget", True)]
+def passes(v: dict[str, Any], gates: tuple[str, ...] = GATES) -> bool:
+    """Whether a setting's verdict ``v`` passes ``gates`` with the grid within its budget."""
+    return all(bool(v[g]) for g in gates) and v.get("within_budget", True)
+
+
+def choose(candidates: list[tuple[Setting, dict[str, Any]]], same_cost: bool,
+           gates: tuple[str, ...] = GATES) -> Setting:
+    """The setting kept on an axis, judged on ``gates`` (those the axis can move). Same cost: the
+    passing one with the highest worst-case retention (ties: the earlier). Rising cost: the first
+    passing one. None passing: the most of ``gates`` passed, then the highest worst-case retention,
+    then the cheaper."""
+    passing = [(s, v) for s, v in candidates if passes(v, gates)]
     if passing:
         if not same_cost:
             return passing[0][0]
         return max(enumerate(passing), key=lambda iv: (iv[1][1]["worst_retained_30"], -iv[0]))[1][0]
-    ranked = max(enumerate(candidates), key=lambda iv: (iv[1][1]["gates_passed"],
+    ranked = max(enumerate(candidates), key=lambda iv: (sum(bool(iv[1][1][g]) for g in gates),
                                                          _num(iv[1][1]["worst_retained_30"]), -iv[0]))
     return ranked[1][0]
 
