@@ -37,6 +37,7 @@ from spa.models import create_backbone
 from spa.pruning.importance import CRITERIA
 from spa.records import RunDir
 from spa.reporting.budget import (
+    GATES,
     RUN_COLUMNS,
     Setting,
     Study,
@@ -167,21 +168,41 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
                 g = gate_rows(study, candidate, runner.records, runner.data_free)
                 v = verdict(g)
                 minutes = grid_minutes(g, study.criteria, learners, seeds, train_scale) if v["complete"] else math.nan
-                v["grid_minutes"], v["within_budget"] = minutes, bool(minutes <= study.grid_minutes)
-                seen[candidate] = (g.assign(axis_no=number, axis=axis, grid_minutes=minutes), v)
-            evaluated.append((candidate, seen[candidate][1]))
-            if not all(v["complete"] for _, v in evaluated):
+                seen[candidate] = (g.assign(axis_no=number, axis=axis, grid_minutes=minutes),
+                                   {**v, **_budget(study, minutes)})
+            if not seen[candidate][1]["complete"]:
                 lines.append(f"axis {axis}: open, runs missing for {candidate.label()} (run the study to go on)")
                 return _table(seen, None), lines, None
+            evaluated.append((candidate, _on_axis(study, axis, *seen[candidate])))
             v = evaluated[-1][1]
-            if not study.same_cost(axis) and passes(v, study.gates(axis)):
+            if not study.same_cost(axis) and passes(v, study.gates(axis)) and v["within_budget"]:
                 break     # the first passing value on a rising-cost axis is the cheapest
         kept = choose(evaluated, study.same_cost(axis), study.gates(axis))
         tried = ", ".join(f"{c.value(axis)} ({_summary(v)})" for c, v in evaluated)
-        lines.append(f"axis {number}, {axis} (judged on {', '.join(g[-1] for g in study.gates(axis))}): tried {tried}; "
-                     f"kept {kept.value(axis)}")
+        judged = ", ".join(g[-1] for g in study.gates(axis)) + (
+            f" of {study.dataset_of(axis)}" if study.dataset_of(axis) else "")
+        lines.append(f"axis {number}, {axis} (judged on {judged}): tried {tried}; kept {kept.value(axis)}")
         current = kept
+    final = seen[current][1]
+    if not final["passed"]:
+        lines.append(f"no setting passes every gate: the chosen one is the best the walk found (gates failed: "
+                     f"{', '.join(g[-1] for g in GATES if not final[g])})")
+    elif not final["within_budget"]:
+        lines.append(f"the chosen setting passes every gate with the grid over {study.grid_minutes:.0f} minutes "
+                     f"(~{final['grid_minutes']:.0f}; nothing within {study.grid_minutes:.0f} passed)")
     return _table(seen, current), lines, current
+
+
+def _budget(study: Study, minutes: float) -> dict[str, bool]:
+    return {"grid_minutes": minutes, "within_budget": bool(minutes <= study.grid_minutes),
+            "within_max": bool(minutes <= study.grid_minutes_max)}
+
+
+def _on_axis(study: Study, axis: str, g, v: dict[str, Any]) -> dict[str, Any]:
+    """The verdict an axis is judged by: on its one data set's rows for image_size.<dataset>, else ``v``."""
+    dataset = study.dataset_of(axis)
+    return v if dataset is None else {**verdict(g[g["dataset"] == dataset]),
+                                      **{k: v[k] for k in ("grid_minutes", "within_budget", "within_max")}}
 
 
 def _summary(v: dict[str, Any]) -> str:

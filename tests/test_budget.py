@@ -126,16 +126,19 @@ def test_the_choice_on_an_axis():
     # none passes: the most gates, then the best worst-case retention, then the cheaper
     assert choose([(a, _v(False, 0.5, 2)), (b, _v(False, 0.7, 2)), (c, _v(False, 0.9, 1))], same_cost=False) == b
     assert choose([(a, _v(False, 0.7, 2)), (b, _v(False, 0.7, 2))], same_cost=False) == a
-    # over the grid's budget: not chosen as passing
-    over = {**_v(True, 0.99), "within_budget": False}
-    assert choose([(a, _v(False, 0.5, 2)), (b, over)], same_cost=False) == b   # still the best of the failing
+    # over the preferred minutes: taken only where nothing within them passes; over the most: never as passing
+    over = {**_v(True, 0.99), "within_budget": False, "within_max": True}
+    assert choose([(a, _v(False, 0.5, 2)), (b, over)], same_cost=False) == b
     assert choose([(a, _v(True, 0.9)), (b, over)], same_cost=True) == a
+    too_dear = {**_v(True, 0.99), "within_budget": False, "within_max": False}
+    assert choose([(a, _v(False, 0.5, 2)), (b, too_dear)], same_cost=False) == a
 
 
 def test_a_schedule_axis_is_judged_on_the_gates_it_can_move():
     st = study()
     assert st.gates("recovery_epochs") == ("gate_b", "gate_c") and st.gates("rule") == ("gate_b", "gate_c")
     assert st.gates("image_size.cifar10") == ("gate_a", "gate_b", "gate_c")
+    assert st.dataset_of("image_size.cats_vs_dogs") == "cats_vs_dogs" and st.dataset_of("rule") is None
     a, b, c = (st.start().with_value("recovery_epochs", n) for n in (1, 2, 4))
     probe_wins = {"gate_a": False, "gate_b": True, "gate_c": True}      # (a) fails at every value: the size's doing
     one = {**_v(False, 0.85, 2), "gate_a": False, "gate_b": False, "gate_c": True}

@@ -86,6 +86,7 @@ class Study:
     retain_density: float
     retain: float
     grid_minutes: float
+    grid_minutes_max: float
     extra: list[str] = field(default_factory=list)     # Hydra overrides for every run (tests: a tiny model)
 
     @classmethod
@@ -101,7 +102,8 @@ class Study:
                    datasets=list(spec["datasets"]), criteria=list(spec["criteria"]), rules=dict(spec["rules"]),
                    axes={k: list(v) for k, v in spec["axes"].items()},
                    retain_density=float(spec["gates"]["retain_density"]), retain=float(spec["gates"]["retain"]),
-                   grid_minutes=float(spec["grid_minutes"]), extra=list(extra or []))
+                   grid_minutes=float(spec["grid_minutes"]),
+                   grid_minutes_max=float(spec.get("grid_minutes_max", spec["grid_minutes"])), extra=list(extra or []))
 
     def start(self) -> Setting:
         """The first value of every axis."""
@@ -112,6 +114,10 @@ class Study:
 
     def same_cost(self, axis: str) -> bool:
         return axis == "rule"
+
+    def dataset_of(self, axis: str) -> str | None:
+        """The one data set an axis touches (image_size.<dataset>), else None: judged on its rows only."""
+        return axis[len(SIZE_AXIS):] if axis.startswith(SIZE_AXIS) else None
 
     def gates(self, axis: str) -> tuple[str, ...]:
         """The gates ``axis`` can move: the input size moves the unpruned run, hence (a); the rule and
@@ -196,23 +202,26 @@ def verdict(rows: pd.DataFrame) -> dict[str, Any]:
 
 
 def passes(v: dict[str, Any], gates: tuple[str, ...] = GATES) -> bool:
-    """Whether a setting's verdict ``v`` passes ``gates`` with the grid within its budget."""
-    return all(bool(v[g]) for g in gates) and v.get("within_budget", True)
+    """Whether a setting's verdict ``v`` passes ``gates``."""
+    return all(bool(v[g]) for g in gates)
 
 
 def choose(candidates: list[tuple[Setting, dict[str, Any]]], same_cost: bool,
            gates: tuple[str, ...] = GATES) -> Setting:
-    """The setting kept on an axis, judged on ``gates`` (those the axis can move). Same cost: the
-    passing one with the highest worst-case retention (ties: the earlier). Rising cost: the first
-    passing one. None passing: the most of ``gates`` passed, then the highest worst-case retention,
-    then the cheaper."""
-    passing = [(s, v) for s, v in candidates if passes(v, gates)]
-    if passing:
-        if not same_cost:
-            return passing[0][0]
-        return max(enumerate(passing), key=lambda iv: (iv[1][1]["worst_retained_30"], -iv[0]))[1][0]
-    ranked = max(enumerate(candidates), key=lambda iv: (sum(bool(iv[1][1][g]) for g in gates),
-                                                         _num(iv[1][1]["worst_retained_30"]), -iv[0]))
+    """The setting kept on an axis, judged on ``gates`` (those the axis can move), preferring a grid within
+    the study's minutes (``within_budget``) to one within its most (``within_max``). Same cost: the passing
+    one with the highest worst-case retention (ties: the earlier). Rising cost: the first passing one. None
+    passing: the most of ``gates`` passed, then the highest worst-case retention, then the cheaper, among
+    those within the most minutes where there are any."""
+    for limit in ("within_budget", "within_max"):
+        passing = [(s, v) for s, v in candidates if passes(v, gates) and v.get(limit, True)]
+        if passing:
+            if not same_cost:
+                return passing[0][0]
+            return max(enumerate(passing), key=lambda iv: (iv[1][1]["worst_retained_30"], -iv[0]))[1][0]
+    pool = [(s, v) for s, v in candidates if v.get("within_max", True)] or candidates
+    ranked = max(enumerate(pool), key=lambda iv: (sum(bool(iv[1][1][g]) for g in gates),
+                                                   _num(iv[1][1]["worst_retained_30"]), -iv[0]))
     return ranked[1][0]
 
 

@@ -1,0 +1,173 @@
+"""What the evidence says: one row per claim of the three papers, from the committed tables.
+
+Each row: the claim, our number, the paper's, whether our runs were healthy (the budget study's gates for
+Table 1, collapse marks everywhere) and one plain sentence. A number from an unhealthy run is labelled as
+such; a negative result at a healthy budget is stated as one. Reads only ``results/tables``; no training.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spa.reporting.collect import flagged
+from spa.reporting.paper import compare
+from spa.reporting.report import label
+from spa.reporting.table1 import evidence as table1_evidence
+from spa.utils import atomic_write_text
+
+ICLR_NOTE = ("the ICLR version was withdrawn (OpenReview Dsvttr9BUf) and our ViT base is pretrained by our own "
+             "base stage on the same images, not ImageNet, so the +43 claim is untested here")
+COLUMNS = ["paper", "claim", "ours", "paper_value", "healthy", "health", "reading"]
+
+
+def _read(tables: Path, name: str) -> pd.DataFrame | None:
+    path = tables / name
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def budget_health(tables: Path, study: str = "imagenet_mini_budget") -> tuple[bool | None, str]:
+    """Whether the budget study's chosen setting passed gates (a)-(c), and how to say so."""
+    table = _read(tables, f"{study}.csv")
+    if table is None or "chosen" not in table or not table["chosen"].any():
+        return None, "no budget study"
+    chosen = table[table["chosen"]]
+    failed = [f"{g[-1]} on {label(r.dataset)}" for r in chosen.itertuples()
+              for g in ("gate_a", "gate_b", "gate_c") if not bool(getattr(r, g))]
+    if not failed:
+        return True, "budget study: the chosen setting passes gates (a)-(c)"
+    return False, f"budget study: the chosen setting fails gate(s) {', '.join(failed)}"
+
+
+def sentence(what: str, ours: float | None, paper: float | None, healthy: bool | None, unit: str = "points",
+             paper_text: str | None = None) -> str:
+    """One plain sentence: ours against the paper's (the direction, and how far where more than 3 points),
+    or why the number says nothing. ``paper_text``: the paper's claim in words where it gives no number
+    (its direction is taken as positive)."""
+    if ours is None or (isinstance(ours, float) and math.isnan(ours)):
+        return "No number yet: the runs behind it are missing."
+    if healthy is False:
+        return f"Not evidence: {what} is {ours:+.2f} {unit} here, from runs that failed a health gate or collapsed."
+    if paper is None or math.isnan(paper):
+        same = ours > 0
+        against = f"the paper: {paper_text}" if paper_text else "the paper gives no number"
+        text = f"{what}: {ours:+.2f} {unit} here ({against})" + (
+            "" if not paper_text else "; the same direction" if same else "; the opposite direction")
+    else:
+        same = (ours > 0) == (paper > 0)
+        text = (f"{what}: {ours:+.2f} {unit} here against the paper's {paper:+.2f}, "
+                f"{'the same direction' if same else 'the opposite direction'}"
+                + (f", {abs(ours - paper):.1f} {unit} from it" if abs(ours - paper) > 3 else ""))
+    return text + (" (the runs' health is not checked yet)." if healthy is None else ", at a healthy budget.")
+
+
+def table1_rows(tables: Path, name: str, paper: pd.DataFrame) -> list[dict[str, Any]]:
+    curves = _read(tables, f"{name}_curves.csv")
+    if curves is None:
+        return []
+    curves = curves.assign(density=curves["density"].round(4))
+    paper_long = paper.assign(density=paper["density"].round(4))
+    gates_ok, gates_text = budget_health(tables)
+    rows = []
+    for learner, density in (("splora_r32", 0.10), ("splora_r8", 0.30)):
+        what = f"{label(learner)} − fine-pruning, top-1 at {density:.0%} density"
+        ours = compare(curves, learner, density=density)
+        theirs = compare(paper_long, learner, density=density)
+        if "collapsed" in curves:
+            marks = table1_evidence(curves, learner, density)
+            collapsed_ok = marks == "yes"
+        else:
+            marks, collapsed_ok = "collapse not recorded (the table predates the marks)", None
+        healthy = None if gates_ok is None or collapsed_ok is None else bool(gates_ok and collapsed_ok)
+        rows.append({"paper": "SPA Table 1", "claim": what, "ours": _num(ours.mean), "paper_value": _num(theirs.mean),
+                     "healthy": healthy, "health": f"{gates_text}; {marks if marks != 'yes' else 'no collapsed cell'}",
+                     "reading": sentence(f"{label(learner)} against fine-pruning", _num(ours.mean),
+                                         _num(theirs.mean), healthy)})
+    return rows
+
+
+def vit_row(tables: Path, name: str = "vit_iclr_mini") -> list[dict[str, Any]]:
+    from spa.reporting.vit import PAPER_CLAIM, claim, vit_table
+    runs = _read(tables, f"{name}_runs.csv")
+    if runs is None:
+        return []
+    result = claim(vit_table(runs)) if "collapsed_at" in runs else {"delta": None, "per_dataset": []}
+    if result["delta"] is None and "top1_at" in runs:       # a table from before the collapse marks
+        part = runs.groupby(["dataset", "adapter"])["top1_at"].mean().unstack()
+        diff = (part.get("splora_r8") - part.get("finetune")).dropna() if "splora_r8" in part else pd.Series()
+        result = {"delta": float(diff.mean()) if len(diff) else None, "per_dataset": []}
+    broken = any(r.get("collapsed") for r in result["per_dataset"])
+    ours = _num(result["delta"])
+    return [{"paper": "SPA, ICLR version (ViT-B/16)", "claim": "SPLoRA-r8 − fine-pruning, top-1 at 25 % kept weights",
+             "ours": ours, "paper_value": float(PAPER_CLAIM["delta"]), "healthy": False if broken else None,
+             "health": "collapsed cells" if broken else "no collapsed cell" if "collapsed_at" in runs
+             else "collapse not recorded (the table predates the marks)",
+             "reading": f"Untested here: {ICLR_NOTE}"
+             + ("" if ours is None or math.isnan(ours) else f"; our laptop-scale number is {ours:+.2f} points.")}]
+
+
+def block_row(tables: Path, name: str = "block_spa_mini", density: float = 0.5) -> list[dict[str, Any]]:
+    vs = _read(tables, f"{name}_vs_fine_pruning.csv")
+    if vs is None:
+        return []
+    at = vs[(vs["pruning"] == "block_magnitude") & ((vs["density"] - density).abs() < 1e-6)]
+    if at.empty:
+        return []
+    broken = at[at["collapsed"].map(flagged) | at["ft_collapsed"].map(flagged)] if "collapsed" in at else at.iloc[:0]
+    gate = _read(tables, f"{name}_budget.csv")
+    healthy = False if len(broken) else (None if gate is None else bool(gate["gate_b"].all()))
+    delta, fewer = float(at["delta"].mean()), float(at["fewer"].mean())
+    health = ("collapsed: " + ", ".join(f"{label(r.dataset)} {label(r.adapter)}" for r in broken.itertuples())
+              if len(broken) else "no collapsed cell") + ("; block gate not run yet" if gate is None else "")
+    what = f"SPLoPA − block fine-pruning (magnitude, {density:.0%} block density)"
+    return [{"paper": "Block SPA (SPLoPA)", "claim": f"{what}: top-1, and learned parameters (fine-pruning / SPLoPA)",
+             "ours": delta, "paper_value": math.nan, "healthy": healthy, "health": health,
+             "reading": f"SPLoPA learns {fewer:.1f}x fewer parameters (the paper: far fewer, at similar accuracy); "
+             + ("its top-1 is similar (within 3 points): " if abs(delta) <= 3 else "its top-1 is not similar: ")
+             + sentence("SPLoPA against block fine-pruning", delta, None, healthy)}]
+
+
+def pear_row(tables: Path, name: str = "pear_mini") -> list[dict[str, Any]]:
+    effects = _read(tables, f"{name}_effects.csv")
+    runs = _read(tables, f"{name}_runs.csv")
+    if effects is None:
+        return []
+    rows = []
+    for effect in ("Pear over prune-only", "Pear over LoRA (half rank)"):
+        part = effects[effects["effect"] == effect]
+        if part.empty:
+            continue
+        delta = float(part["delta"].mean())
+        broken = runs is not None and "collapsed" in runs and runs["collapsed"].map(flagged).any()
+        healthy = False if broken else (True if runs is not None and "collapsed" in runs else None)
+        rows.append({"paper": "Pear", "claim": f"{effect}: top-1 (mean over data sets and ratios)", "ours": delta,
+                     "paper_value": math.nan, "healthy": healthy,
+                     "health": "collapsed runs" if broken else "no collapsed run" if healthy
+                     else "collapse not recorded (the table predates the marks)",
+                     "reading": sentence(effect.replace(" over ", " against "), delta, None, healthy,
+                                         paper_text="better")})
+    return rows
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def evidence_table(tables: Path, paper: pd.DataFrame, table1: str = "table1_imagenet_mini") -> pd.DataFrame:
+    rows = [*table1_rows(tables, table1, paper), *vit_row(tables), *block_row(tables), *pear_row(tables)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def write_evidence(table: pd.DataFrame, out_dir: Path, name: str = "evidence") -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    atomic_write_text(csv, table.to_csv(index=False))
+    shown = table.assign(
+        ours=[("—" if math.isnan(v) else f"{v:+.2f}") for v in table["ours"]],
+        paper_value=[("—" if math.isnan(v) else f"{v:+.2f}") for v in table["paper_value"]],
+        healthy=table["healthy"].map({True: "yes", False: "no"}).fillna("not checked"))
+    shown = shown.rename(columns={"paper_value": "paper's"})
+    atomic_write_text(md, shown.to_markdown(index=False, disable_numparse=True) + "\n")
+    return {"csv": csv, "md": md}

@@ -1,0 +1,79 @@
+"""What the evidence says (spa.reporting.evidence): one row per claim from the committed tables, with health."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from spa.reporting.evidence import budget_health, evidence_table, sentence, write_evidence
+from spa.reporting.paper import load_table1
+
+
+def curves(collapsed: bool | None) -> pd.DataFrame:
+    rows = []
+    for dataset in ("cifar10", "cats_vs_dogs"):
+        for pruning in ("weight", "taylor"):
+            for learning, top1 in (("finetune", 80.0), ("splora_r32", 83.0), ("splora_r8", 78.0)):
+                for density in (1.0, 0.3, 0.1):
+                    rows.append({"dataset": dataset, "pruning": pruning, "learning": learning, "density": density,
+                                 "top1": top1 - (1 - density) * 10, "params_k": 100.0, "flops_m": 1.0})
+    frame = pd.DataFrame(rows)
+    if collapsed is not None:
+        frame["collapsed"] = False
+        if collapsed:
+            frame.loc[(frame["dataset"] == "cifar10") & (frame["learning"] == "finetune")
+                      & (frame["density"] == 0.1) & (frame["pruning"] == "weight"), "collapsed"] = True
+    return frame
+
+
+def budget(passed: bool) -> pd.DataFrame:
+    return pd.DataFrame([{"dataset": d, "chosen": True, "gate_a": True, "gate_b": passed or d == "cifar10",
+                          "gate_c": True} for d in ("cifar10", "cats_vs_dogs")])
+
+
+def test_table1_claims_are_computed_and_judged_by_the_budget_gates_and_the_marks(tmp_path):
+    curves(False).to_csv(tmp_path / "t1_curves.csv", index=False)
+    budget(True).to_csv(tmp_path / "imagenet_mini_budget.csv", index=False)
+    table = evidence_table(tmp_path, load_table1(), table1="t1")
+    assert table["claim"].str.startswith("SPLoRA").sum() == 2
+    r32 = table.iloc[0]
+    assert r32["ours"] == 3.0 and r32["paper_value"] == 6.91 and r32["healthy"]
+    assert "the same direction" in r32["reading"] and "healthy budget" in r32["reading"]
+    r8 = table.iloc[1]
+    assert r8["ours"] == -2.0 and "-1.60" in r8["reading"]
+    # a collapsed fine-pruning cell at 10 %: the r32 claim is no evidence; the r8 claim at 30 % still is
+    curves(True).to_csv(tmp_path / "t1_curves.csv", index=False)
+    table = evidence_table(tmp_path, load_table1(), table1="t1")
+    assert table.iloc[0]["healthy"] == False and table.iloc[0]["reading"].startswith("Not evidence")  # noqa: E712
+    assert table.iloc[1]["healthy"] == True  # noqa: E712
+    # the chosen budget failing a gate: no claim is healthy
+    budget(False).to_csv(tmp_path / "imagenet_mini_budget.csv", index=False)
+    assert budget_health(tmp_path) == (False, "budget study: the chosen setting fails gate(s) b on Cats & Dogs")
+    assert not evidence_table(tmp_path, load_table1(), table1="t1")["healthy"].any()
+
+
+def test_tables_from_before_the_marks_are_not_checked_rather_than_healthy(tmp_path):
+    curves(None).to_csv(tmp_path / "t1_curves.csv", index=False)
+    table = evidence_table(tmp_path, load_table1(), table1="t1")
+    assert table["healthy"].isna().all() and table["health"].str.contains("predates the marks").all()
+    paths = write_evidence(table, tmp_path)
+    md = paths["md"].read_text()
+    assert md.count("| not checked |") == 2 and "| +3.00 " in md and "| +6.91 " in md
+
+
+def test_the_sentence_says_the_direction_and_how_far():
+    assert sentence("X", 2.0, 6.9, True) == ("X: +2.00 points here against the paper's +6.90, the same direction, "
+                                             "4.9 points from it, at a healthy budget.")
+    assert "the opposite direction" in sentence("X", -1.0, 1.0, True)
+    assert sentence("X", -1.0, 1.0, False).startswith("Not evidence: X is -1.00 points")
+    assert sentence("X", math.nan, 1.0, True).startswith("No number yet")
+    assert sentence("X", 0.5, None, None, paper_text="better").endswith(
+        "(the paper: better); the same direction (the runs' health is not checked yet).")
+
+
+def test_the_iclr_claim_is_untested_whatever_our_number(tmp_path):
+    pd.DataFrame([{"dataset": "cifar10", "adapter": a, "top1_at": t} for a, t in (("finetune", 60.0),
+                                                                                   ("splora_r8", 70.0))]
+                 ).to_csv(tmp_path / "vit_iclr_mini_runs.csv", index=False)
+    row = evidence_table(tmp_path, load_table1()).iloc[0]
+    assert row["ours"] == 10.0 and row["reading"].startswith("Untested here") and "Dsvttr9BUf" in row["reading"]
