@@ -175,8 +175,9 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
                 return _table(seen, None), lines, None
             evaluated.append((candidate, _on_axis(study, axis, *seen[candidate])))
             v = evaluated[-1][1]
-            if not study.same_cost(axis) and passes(v, study.gates(axis)) and v["within_budget"]:
-                break     # the first passing value on a rising-cost axis is the cheapest
+            if not study.same_cost(axis) and passes(v, study.gates(axis)) and v["within_max"]:
+                break     # the first passing value on a rising-cost axis is the cheapest: a dearer one is no nearer
+                # the preferred minutes
         kept = choose(evaluated, study.same_cost(axis), study.gates(axis))
         tried = ", ".join(f"{c.value(axis)} ({_summary(v)})" for c, v in evaluated)
         judged = ", ".join(g[-1] for g in study.gates(axis)) + (
