@@ -44,6 +44,7 @@ from spa.reporting.budget import (
     at_density,
     choose,
     gate_rows,
+    gates_passed,
     grid_minutes,
     passes,
     verdict,
@@ -163,6 +164,14 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
         evaluated = []
         for value in values:
             candidate = current.with_value(axis, value)
+            if candidate not in seen and evaluated and not study.same_cost(axis):
+                bound, unpruned = _bound(runner, study, axis, candidate)
+                best = max(gates_passed(v, study.gates(axis)) for _, v in evaluated)
+                if bound is not None and bound <= best:    # cannot be kept: its unpruned run already fails (a)
+                    lines.append(f"axis {axis}: {candidate.value(axis)} not pruned: its unpruned run fails gate (a) "
+                                 f"({unpruned}), so it can pass at most {bound} of the axis's gates, as many as a "
+                                 f"cheaper value")
+                    continue
             if candidate not in seen:
                 runner.ensure(candidate)
                 g = gate_rows(study, candidate, runner.records, runner.data_free)
@@ -192,6 +201,22 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
         lines.append(f"the chosen setting passes every gate with the grid over {study.grid_minutes:.0f} minutes "
                      f"(~{final['grid_minutes']:.0f}; nothing within {study.grid_minutes:.0f} passed)")
     return _table(seen, current), lines, current
+
+
+def _bound(runner: Runner, study: Study, axis: str, candidate: Setting) -> tuple[int | None, str]:
+    """The most of an axis's gates ``candidate`` could pass, known from its unpruned run alone: gate (a)
+    (image_size axes; None elsewhere: nothing to know before the pruned runs), and that run's figures."""
+    dataset = study.dataset_of(axis)
+    if dataset is None:
+        return None, ""
+    if not runner.recorded(candidate, dataset, "none"):
+        if not runner.train:
+            return None, ""
+        runner.run(candidate, dataset, "none")
+    g = gate_rows(study, candidate, runner.records, runner.data_free)
+    row = g[g["dataset"] == dataset].iloc[0]
+    figures = f"fine-tuning {row['unpruned_val']:.2f} against the probe's {row['probe_val']:.2f}"
+    return (None if row["gate_a"] is None else int(bool(row["gate_a"])) + len(study.gates(axis)) - 1), figures
 
 
 def _budget(study: Study, minutes: float) -> dict[str, bool]:

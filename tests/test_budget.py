@@ -123,9 +123,12 @@ def test_the_choice_on_an_axis():
     assert choose([(a, _v(False, 0.8, 2)), (b, _v(True, 0.91)), (c, _v(True, 0.97))], same_cost=False) == b
     # same cost: the best passing one
     assert choose([(a, _v(True, 0.91)), (b, _v(True, 0.95)), (c, _v(False, 0.99, 2))], same_cost=True) == b
-    # none passes: the most gates, then the best worst-case retention, then the cheaper
-    assert choose([(a, _v(False, 0.5, 2)), (b, _v(False, 0.7, 2)), (c, _v(False, 0.9, 1))], same_cost=False) == b
-    assert choose([(a, _v(False, 0.7, 2)), (b, _v(False, 0.7, 2))], same_cost=False) == a
+    # none passes, rising cost: the cheapest with the most gates (a dearer value buys gates, not retention)
+    assert choose([(a, _v(False, 0.5, 1)), (b, _v(False, 0.7, 2)), (c, _v(False, 0.9, 1))], same_cost=False) == b
+    assert choose([(a, _v(False, 0.5, 2)), (b, _v(False, 0.9, 2))], same_cost=False) == a
+    # none passes, same cost: the most gates, then the best worst-case retention, then the earlier
+    assert choose([(a, _v(False, 0.5, 2)), (b, _v(False, 0.7, 2)), (c, _v(False, 0.9, 1))], same_cost=True) == b
+    assert choose([(a, _v(False, 0.7, 2)), (b, _v(False, 0.7, 2))], same_cost=True) == a
     # over the preferred minutes: taken only where nothing within them passes; over the most: never as passing
     over = {**_v(True, 0.99), "within_budget": False, "within_max": True}
     assert choose([(a, _v(False, 0.5, 2)), (b, over)], same_cost=False) == b

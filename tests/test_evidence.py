@@ -55,7 +55,7 @@ def test_table1_claims_are_computed_and_judged_by_the_budget_gates_and_the_marks
 def test_tables_from_before_the_marks_are_not_checked_rather_than_healthy(tmp_path):
     curves(None).to_csv(tmp_path / "t1_curves.csv", index=False)
     table = evidence_table(tmp_path, load_table1(), table1="t1")
-    assert table["healthy"].isna().all() and table["health"].str.contains("predates the marks").all()
+    assert table["healthy"].isna().all() and table["health"].str.contains("predates the collapse marks").all()
     paths = write_evidence(table, tmp_path)
     md = paths["md"].read_text()
     assert md.count("| not checked |") == 2 and "| +3.00 " in md and "| +6.91 " in md

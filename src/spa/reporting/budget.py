@@ -219,10 +219,16 @@ def choose(candidates: list[tuple[Setting, dict[str, Any]]], same_cost: bool,
             if not same_cost:
                 return passing[0][0]
             return max(enumerate(passing), key=lambda iv: (iv[1][1]["worst_retained_30"], -iv[0]))[1][0]
-    pool = [(s, v) for s, v in candidates if v.get("within_max", True)] or candidates
-    ranked = max(enumerate(pool), key=lambda iv: (sum(bool(iv[1][1][g]) for g in gates),
+    pool = [(s, v) for s, v in candidates if v.get("within_max", True) and v.get("complete", True)] or candidates
+    if not same_cost:     # a dearer value is kept only for more gates passed
+        return max(enumerate(pool), key=lambda iv: (gates_passed(iv[1][1], gates), -iv[0]))[1][0]
+    ranked = max(enumerate(pool), key=lambda iv: (gates_passed(iv[1][1], gates),
                                                    _num(iv[1][1]["worst_retained_30"]), -iv[0]))
     return ranked[1][0]
+
+
+def gates_passed(v: dict[str, Any], gates: tuple[str, ...] = GATES) -> int:
+    return sum(bool(v[g]) for g in gates)
 
 
 def _num(value: float) -> float:
