@@ -459,11 +459,15 @@ def test_weight_and_taylor_with_every_learner_on_a_vit(compose_cfg, criterion, a
     assert summary["metrics"]["density"] == pytest.approx(0.6, abs=0.01)
 
 
-def test_reusing_an_unpruned_run_without_checkpoint_names_the_fix(compose_cfg):
+def test_an_unpruned_run_without_its_checkpoint_is_trained_again_for_the_pruned_run(compose_cfg, caplog):
+    """Records without weights (a committed run on a fresh clone, or an older run): the pruned run that starts
+    from it has it trained again instead of stopping (pipeline.with_weights)."""
     unpruned = pipeline.run(compose_cfg("adapter=splora_r8", "train.epochs=1", "train.max_steps_per_epoch=3"))
     (Path(unpruned["run_dir"]) / "checkpoint.pt").unlink()
-    with pytest.raises(FileNotFoundError, match="schedule.reuse_unpruned=false"):
-        pipeline.run(compose_cfg(*prune_overrides()))
+    caplog.set_level("WARNING")
+    pruned = pipeline.run(compose_cfg(*prune_overrides()))
+    assert "training it again" in caplog.text and (Path(unpruned["run_dir"]) / "checkpoint.pt").is_file()
+    assert pruned["metrics"]["density"] < 1.0
 
 
 def test_round_to_moves_the_kept_width_of_touched_groups_to_multiples():
