@@ -128,7 +128,9 @@ class Runner:
                "recovery_epochs": None if pruning == "none" else setting.recovery_epochs,
                "step_fraction": None if pruning == "none" else setting.step_fraction,
                "pruning": pruning, "val_top1": round(float(steps["val_top1"].iloc[0]), 2),
-               "val_30": round(at_density(steps, 0.3), 2), "val_10": round(at_density(steps, 0.1), 2),
+               # val_30: at the gate's density (retain_density, 30 % in the committed study); val_10: at 10 %
+               "val_30": round(at_density(steps, self.study.retain_density), 2),
+               "val_10": round(at_density(steps, 0.1), 2),
                "val_min": round(float(steps["val_top1"].min()), 2), "val_majority": round(chance.majority, 2),
                "val_margin": round(chance.margin, 2), "collapsed": bool(len(collapsed)),
                "collapsed_density": float(collapsed["density"].iloc[0]) if len(collapsed) else None,
@@ -176,7 +178,7 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
                 runner.ensure(candidate)
                 g = gate_rows(study, candidate, runner.records, runner.data_free)
                 v = verdict(g)
-                minutes = grid_minutes(g, study.criteria, learners, seeds, train_scale) if v["complete"] else math.nan
+                minutes = grid_minutes(g, learners, seeds, train_scale) if v["complete"] else math.nan
                 seen[candidate] = (g.assign(axis_no=number, axis=axis, grid_minutes=minutes),
                                    {**v, **_budget(study, minutes)})
             if not seen[candidate][1]["complete"]:

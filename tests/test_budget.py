@@ -83,7 +83,7 @@ def test_healthy_runs_pass_every_gate():
     v = verdict(g)
     assert v["passed"] and v["gates_passed"] == 3 and v["worst_retained_30"] == pytest.approx(0.925)
     # 3 learners x 2 seeds x (1 + 2 + 2 minutes) per data set, x 1.25 for the larger training split
-    assert grid_minutes(g, ["weight", "taylor"], 3, 2, 1.25) == 75.0
+    assert grid_minutes(g, 3, 2, 1.25) == 75.0
 
 
 @pytest.mark.parametrize("kwargs, failed", [

@@ -211,8 +211,9 @@ def choose(candidates: list[tuple[Setting, dict[str, Any]]], same_cost: bool,
     """The setting kept on an axis, judged on ``gates`` (those the axis can move), preferring a grid within
     the study's minutes (``within_budget``) to one within its most (``within_max``). Same cost: the passing
     one with the highest worst-case retention (ties: the earlier). Rising cost: the first passing one. None
-    passing: the most of ``gates`` passed, then the highest worst-case retention, then the cheaper, among
-    those within the most minutes where there are any."""
+    passing, among those within the most minutes where there are any: on a rising-cost axis the cheapest
+    of those passing the most of ``gates`` (a dearer value buys gates, not retention); on the same-cost
+    axis the most of ``gates``, then the highest worst-case retention, then the earlier."""
     for limit in ("within_budget", "within_max"):
         passing = [(s, v) for s, v in candidates if passes(v, gates) and v.get(limit, True)]
         if passing:
@@ -235,16 +236,11 @@ def _num(value: float) -> float:
     return -1.0 if value is None or math.isnan(value) else value
 
 
-def grid_minutes(rows: pd.DataFrame, criteria: list[str], learners: int, seeds: int,
-                 train_scale: float, calibration: float = 1.0) -> float:
-    """The grid's minutes estimated from a setting's study runs: per data set, ``learners`` x ``seeds``
-    unpruned runs and as many pruned runs per criterion, each as long as the study's fine-tuning run
-    times ``train_scale`` (the grid trains on all of the training images the study splits) and
-    ``calibration`` (measured grid / estimate at the starting setting; 1 without one)."""
-    total = 0.0
-    for _, row in rows.iterrows():
-        total += row["minutes"] * learners * seeds
-    return round(total * train_scale * calibration, 1)
+def grid_minutes(rows: pd.DataFrame, learners: int, seeds: int, train_scale: float) -> float:
+    """The grid's minutes estimated from a setting's study runs (``rows``' ``minutes``: per data set, the
+    unpruned run and one pruned run per criterion): ``learners`` x ``seeds`` times each, times
+    ``train_scale`` (the grid trains on all of the training images the study splits)."""
+    return round(float(rows["minutes"].sum()) * learners * seeds * train_scale, 1)
 
 
 def write_tables(study: Study, table: pd.DataFrame, path: list[dict[str, Any]], chosen: Setting | None,
