@@ -62,14 +62,17 @@ class Runner:
     def __init__(self, study: Study, results_dir: Path, train: bool):
         self.study, self.train = study, train
         self.records_path = results_dir / "tables" / f"{study.table}_runs.csv"
-        self.records = pd.read_csv(self.records_path) if self.records_path.is_file() else \
-            pd.DataFrame(columns=RUN_COLUMNS)
+        self.records = pd.read_csv(self.records_path).reindex(columns=RUN_COLUMNS) if self.records_path.is_file() \
+            else pd.DataFrame(columns=RUN_COLUMNS)
         self.results_dir = results_dir
-        self.data_free = {c: not CRITERIA[self._criterion(c)].needs_data for c in study.criteria}
+        self.data_free = {c: self._data_free(c) for c in study.criteria}
         self.new_runs = 0
 
-    def _criterion(self, pruning: str) -> str:
-        return str(OmegaConf.load(config_dir() / "pruning" / f"{pruning}.yaml").criterion)
+    def _data_free(self, pruning: str) -> bool:
+        """Whether the pruning reads no data to score (its ``criterion``'s ``needs_data``; block pruning, which
+        has no criterion there: False, which only matters for the channel study's scoring-batches axis)."""
+        criterion = OmegaConf.load(config_dir() / "pruning" / f"{pruning}.yaml").get("criterion")
+        return criterion is not None and not CRITERIA[str(criterion)].needs_data
 
     def config(self, setting: Setting, dataset: str, pruning: str):
         return compose("config", [*self.study.overrides(setting, dataset, pruning),
@@ -127,6 +130,8 @@ class Runner:
                "score_batches": None if pruning == "none" else setting.score_batches,
                "recovery_epochs": None if pruning == "none" else setting.recovery_epochs,
                "step_fraction": None if pruning == "none" else setting.step_fraction,
+               "keys": None if pruning == "none" or not setting.keys else
+               ";".join(f"{k}={v}" for k, v in setting.keys),
                "pruning": pruning, "val_top1": round(float(steps["val_top1"].iloc[0]), 2),
                # val_30: at the gate's density (retain_density, 30 % in the committed study); val_10: at 10 %
                "val_30": round(at_density(steps, self.study.retain_density), 2),
@@ -159,7 +164,7 @@ class Runner:
         return round(fit_probe(xs, ys, xv, yv).test_top1, 2)
 
 
-def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds: int):
+def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds: int, pruned_scale: float = 1.0):
     """The sequential design (spa.reporting.budget); returns the table, the walk's lines and the choice."""
     current, lines, seen = study.start(), [], {}
     for number, (axis, values) in enumerate(study.axes.items(), start=1):
@@ -178,7 +183,7 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
                 runner.ensure(candidate)
                 g = gate_rows(study, candidate, runner.records, runner.data_free)
                 v = verdict(g)
-                minutes = grid_minutes(g, learners, seeds, train_scale) if v["complete"] else math.nan
+                minutes = grid_minutes(g, learners, seeds, train_scale, pruned_scale) if v["complete"] else math.nan
                 seen[candidate] = (g.assign(axis_no=number, axis=axis, grid_minutes=minutes),
                                    {**v, **_budget(study, minutes)})
             if not seen[candidate][1]["complete"]:
@@ -190,7 +195,7 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
                 break     # the first passing value on a rising-cost axis is the cheapest: a dearer one is no nearer
                 # the preferred minutes
         kept = choose(evaluated, study.same_cost(axis), study.gates(axis))
-        tried = ", ".join(f"{c.value(axis)} ({_summary(v)})" for c, v in evaluated)
+        tried = ", ".join(f"{c.value(axis)} ({_summary(v, study.retain_density)})" for c, v in evaluated)
         judged = ", ".join(g[-1] for g in study.gates(axis)) + (
             f" of {study.dataset_of(axis)}" if study.dataset_of(axis) else "")
         lines.append(f"axis {number}, {axis} (judged on {judged}): tried {tried}; kept {kept.value(axis)}")
@@ -233,9 +238,9 @@ def _on_axis(study: Study, axis: str, g, v: dict[str, Any]) -> dict[str, Any]:
                                       **{k: v[k] for k in ("grid_minutes", "within_budget", "within_max")}}
 
 
-def _summary(v: dict[str, Any]) -> str:
+def _summary(v: dict[str, Any], density: float) -> str:
     gates = "".join(k[-1] for k in ("gate_a", "gate_b", "gate_c") if v[k])
-    return (f"gates passed: {gates or 'none'}, worst retention at 30 % {v['worst_retained_30']:.3f}, "
+    return (f"gates passed: {gates or 'none'}, worst retention at {density:.0%} {v['worst_retained_30']:.3f}, "
             f"grid ~{v['grid_minutes']:.0f} min")
 
 
@@ -267,10 +272,11 @@ def main() -> int:
     results_dir = args.results_dir.resolve()
     grid = sweep_params(study.grid)
     learners, seeds = len(grid.get("adapter", ["finetune"])), len(grid.get("seed", ["1"]))
+    pruned_scale = len(grid.get("pruning", study.criteria)) / len(study.criteria)   # the grid's prunings per criterion
     with initialize_config_dir(str(config_dir()), version_base=None):
         runner = Runner(study, results_dir, train=not args.tables_only)
         val_fraction = float(runner.config(study.start(), study.datasets[0], "none").dataset.val_fraction)
-        table, lines, chosen = walk(runner, study, 1.0 / (1.0 - val_fraction), learners, seeds)
+        table, lines, chosen = walk(runner, study, 1.0 / (1.0 - val_fraction), learners, seeds, pruned_scale)
     header = (f"Budget study of `{study.grid}` ({path.name}, `make budget-study`): fine-tuning "
               f"and fine-pruning only, seed {study.seed}, validation top-1 (%) on the held-out "
               f"{val_fraction:.0%} of the training images; test/ is not read. Gates: (a) unpruned fine-tuning "
@@ -278,7 +284,8 @@ def main() -> int:
               f"{study.retain_density:.0%} density keeps >= {study.retain:.0%} of its unpruned top-1, every "
               f"criterion and data set; (c) no step of any run collapsed (validation majority share + max(3 points, "
               f"3 SE)). `minutes`: the data set's study runs (unpruned + one per criterion) on this machine; "
-              f"`grid_minutes`: the grid ({learners} learners x {seeds} seeds) estimated from them, scaled by "
+              f"`grid_minutes`: the grid ({learners} learners x {seeds} seeds x {pruned_scale:g} prunings per "
+              f"criterion) estimated from them, scaled by "
               f"1/(1-{val_fraction:g}) for its larger training split (SPLoRA runs costed as fine-tuning ones).\n\n"
               f"torch {package_versions()['torch']}")
     if table.empty:

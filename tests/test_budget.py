@@ -191,3 +191,28 @@ def test_a_missing_study_is_named_with_the_choices(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["budget_study.py", "--study", "nope"])
     assert script.main() == 2
     assert "imagenet_mini_budget" in capsys.readouterr().err
+
+
+def test_a_study_of_config_keys_walks_pruned_run_settings_and_refuses_others():
+    """The block study's axes are config keys of the pruned runs; its tags name them, the channel study's stay."""
+    spec = yaml.safe_load((config_dir() / "studies" / "block_spa_mini_budget.yaml").read_text())
+    st = Study.from_dict(spec)
+    start = st.start()
+    assert start.rule is None and start.tag == "final_warmup0.2-epochs_per_stage1"
+    assert st.same_cost("pruning.final_warmup") and not st.same_cost("pruning.epochs_per_stage")
+    assert st.gates("pruning.epochs_per_stage") == ("gate_b", "gate_c")
+    two = start.with_value("pruning.epochs_per_stage", 2)
+    assert two.value("pruning.epochs_per_stage") == 2 and two.tag == "final_warmup0.2-epochs_per_stage2"
+    over = st.overrides(two, "cifar10", "block_magnitude")
+    assert "pruning.epochs_per_stage=2" in over and not any(o.startswith("schedule.") for o in over)
+    with pytest.raises(ValueError, match="config key of the pruned runs"):
+        Study.from_dict({**spec, "axes": {**spec["axes"], "train.epochs": [4, 8]}})
+    with pytest.raises(ValueError, match="give all four"):
+        Study.from_dict({**SPEC, "axes": {k: v for k, v in SPEC["axes"].items() if k != "step_fraction"}})
+
+
+def test_the_grid_estimate_scales_the_pruned_runs_by_the_grids_prunings_per_criterion():
+    g = gate_rows(study(), study().start(), records(), DATA_FREE)
+    assert g["minutes_pruned"].tolist() == [4.0, 4.0]
+    # 3 learners x 2 seeds x (1 + 4 x 2) per data set x 1.25: a grid with two prunings per study criterion
+    assert grid_minutes(g, 3, 2, 1.25, pruned_scale=2.0) == 135.0

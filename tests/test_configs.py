@@ -102,7 +102,7 @@ def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
 # there), and the learning-rate selection and budget study of table1_imagenet_mini one (they pick settings, they
 # report no result).
 FEWER_SEEDS = {"demo": [1], "table1_mini": [1, 2], "table1_imagenet_mini": [1, 2], "table1_imagenet_mini_lr": [1],
-               "imagenet_mini_budget": [1], "block_spa_mini": [1, 2]}
+               "imagenet_mini_budget": [1], "block_spa_mini": [1, 2], "block_spa_mini_budget": [1]}
 
 
 @pytest.mark.parametrize("name", options("experiment"))

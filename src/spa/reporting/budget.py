@@ -27,27 +27,38 @@ import pandas as pd
 from spa.utils import atomic_write_text
 
 RUN_COLUMNS = ["dataset", "image_size", "tag", "rule", "score_batches", "recovery_epochs", "step_fraction",
-               "pruning", "val_top1", "val_30", "val_10", "val_min", "val_majority", "val_margin", "collapsed",
+               "keys", "pruning", "val_top1", "val_30", "val_10", "val_min", "val_majority", "val_margin", "collapsed",
                "collapsed_density", "narrowest_unit", "narrowest_fraction", "val_epochs", "probe_val_top1",
                "minutes", "run_dir", "torch", "cpu"]
 SIZE_AXIS = "image_size."       # image_size.<dataset>: one axis per data set
 GATES = ("gate_a", "gate_b", "gate_c")
 
 
+CHANNEL_AXES = ("rule", "score_batches", "recovery_epochs", "step_fraction")
+KEY_PREFIXES = ("pruning.", "schedule.")   # config-key axes: settings of the pruned runs only
+
+
 @dataclass(frozen=True)
 class Setting:
-    """One budget: the rule, the schedule and the input size of every data set."""
-    rule: str
+    """One budget: the channel rule and schedule (where the study walks them), the values of its
+    config-key axes (``pruning.*`` / ``schedule.*``, e.g. block pruning's ``pruning.epochs_per_stage``) and
+    the input size of every data set."""
+    rule: str | None
     score_batches: int | None
-    recovery_epochs: int
-    step_fraction: float
+    recovery_epochs: int | None
+    step_fraction: float | None
     sizes: tuple[tuple[str, int], ...]
+    keys: tuple[tuple[str, Any], ...] = ()
 
     @property
     def tag(self) -> str:
-        """The run directory's name for the rule and schedule (the size has its own level)."""
-        score = "all" if self.score_batches is None else str(self.score_batches)
-        return f"{self.rule}-s{score}-r{self.recovery_epochs}-p{round(self.step_fraction * 100):g}"
+        """The run directory's name for the rule, schedule and config-key values (the size has its own level)."""
+        parts = []
+        if self.rule is not None:
+            score = "all" if self.score_batches is None else str(self.score_batches)
+            parts.append(f"{self.rule}-s{score}-r{self.recovery_epochs}-p{round(self.step_fraction * 100):g}")
+        parts += [f"{key.split('.')[-1]}{value}" for key, value in self.keys]
+        return "-".join(parts)
 
     def size(self, dataset: str) -> int:
         return dict(self.sizes)[dataset]
@@ -55,12 +66,16 @@ class Setting:
     def value(self, axis: str) -> Any:
         if axis.startswith(SIZE_AXIS):
             return self.size(axis[len(SIZE_AXIS):])
+        if axis.startswith(KEY_PREFIXES):
+            return dict(self.keys)[axis]
         return getattr(self, axis)
 
     def with_value(self, axis: str, value: Any) -> Setting:
         if axis.startswith(SIZE_AXIS):
             name = axis[len(SIZE_AXIS):]
             return replace(self, sizes=tuple((d, int(value) if d == name else s) for d, s in self.sizes))
+        if axis.startswith(KEY_PREFIXES):
+            return replace(self, keys=tuple((k, value if k == axis else v) for k, v in self.keys))
         return replace(self, **{axis: value})
 
     def label(self) -> str:
@@ -88,32 +103,46 @@ class Study:
     grid_minutes: float
     grid_minutes_max: float
     extra: list[str] = field(default_factory=list)     # Hydra overrides for every run (tests: a tiny model)
+    equal_cost: tuple[str, ...] = ("rule",)            # axes whose values cost the same
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any], extra: list[str] | None = None) -> Study:
-        unknown_rules = [r for r in spec["axes"]["rule"] if r not in spec["rules"]]
+        axes = spec["axes"]
+        channel = [a for a in CHANNEL_AXES if a in axes]
+        if channel and len(channel) != len(CHANNEL_AXES):
+            raise ValueError(f"axes has {channel} of the channel schedule's axes {list(CHANNEL_AXES)}: give all four "
+                             f"(one value each where it is not walked) or none")
+        unknown_rules = [r for r in axes.get("rule", []) if r not in spec.get("rules", {})]
         if unknown_rules:
             raise ValueError(f"axes.rule names {unknown_rules}, which rules does not define; "
-                             f"define them or use one of {sorted(spec['rules'])}")
-        missing = [d for d in spec["datasets"] if f"{SIZE_AXIS}{d}" not in spec["axes"]]
+                             f"define them or use one of {sorted(spec.get('rules', {}))}")
+        missing = [d for d in spec["datasets"] if f"{SIZE_AXIS}{d}" not in axes]
         if missing:
             raise ValueError(f"no axis image_size.<dataset> for {missing}: give each data set its input sizes")
+        other = [a for a in axes if a not in CHANNEL_AXES and not a.startswith((SIZE_AXIS, *KEY_PREFIXES))]
+        if other:
+            raise ValueError(f"axes {other}: an axis is one of {list(CHANNEL_AXES)}, image_size.<dataset>, or a "
+                             f"config key of the pruned runs (pruning.* or schedule.*; the unpruned run is shared)")
         return cls(experiment=spec["experiment"], table=spec["table"], grid=spec["grid"], seed=int(spec["seed"]),
-                   datasets=list(spec["datasets"]), criteria=list(spec["criteria"]), rules=dict(spec["rules"]),
-                   axes={k: list(v) for k, v in spec["axes"].items()},
+                   datasets=list(spec["datasets"]), criteria=list(spec["criteria"]), rules=dict(spec.get("rules", {})),
+                   axes={k: list(v) for k, v in axes.items()},
                    retain_density=float(spec["gates"]["retain_density"]), retain=float(spec["gates"]["retain"]),
                    grid_minutes=float(spec["grid_minutes"]),
-                   grid_minutes_max=float(spec.get("grid_minutes_max", spec["grid_minutes"])), extra=list(extra or []))
+                   grid_minutes_max=float(spec.get("grid_minutes_max", spec["grid_minutes"])), extra=list(extra or []),
+                   equal_cost=tuple(spec.get("equal_cost", ["rule"])))
 
     def start(self) -> Setting:
         """The first value of every axis."""
         first = {axis: values[0] for axis, values in self.axes.items()}
-        return Setting(rule=first["rule"], score_batches=first["score_batches"],
-                       recovery_epochs=int(first["recovery_epochs"]), step_fraction=float(first["step_fraction"]),
-                       sizes=tuple((d, int(first[f"{SIZE_AXIS}{d}"])) for d in self.datasets))
+        channel = "rule" in first
+        return Setting(rule=first.get("rule"), score_batches=first.get("score_batches"),
+                       recovery_epochs=int(first["recovery_epochs"]) if channel else None,
+                       step_fraction=float(first["step_fraction"]) if channel else None,
+                       sizes=tuple((d, int(first[f"{SIZE_AXIS}{d}"])) for d in self.datasets),
+                       keys=tuple((a, v) for a, v in first.items() if a.startswith(KEY_PREFIXES)))
 
     def same_cost(self, axis: str) -> bool:
-        return axis == "rule"
+        return axis in self.equal_cost
 
     def dataset_of(self, axis: str) -> str | None:
         """The one data set an axis touches (image_size.<dataset>), else None: judged on its rows only."""
@@ -130,17 +159,24 @@ class Study:
                   f"dataset.image_size={setting.size(dataset)}", *self.extra]
         if pruning == "none":
             return [*common, "pruning=none", "budget_tag=unpruned"]
-        rule = [f"{k}={'null' if v is None else v}" for k, v in self.rules[setting.rule].items()]
-        score = "null" if setting.score_batches is None else setting.score_batches
-        return [*common, f"pruning={pruning}", *rule, f"schedule.score_batches={score}",
-                f"schedule.recovery_epochs={setting.recovery_epochs}",
-                f"schedule.step_fraction={setting.step_fraction}",
-                f"budget_tag={setting.tag}"]
+        channel = []
+        if setting.rule is not None:
+            score = "null" if setting.score_batches is None else setting.score_batches
+            channel = [*(f"{k}={_value(v)}" for k, v in self.rules[setting.rule].items()),
+                       f"schedule.score_batches={score}", f"schedule.recovery_epochs={setting.recovery_epochs}",
+                       f"schedule.step_fraction={setting.step_fraction}"]
+        keys = [f"{k}={_value(v)}" for k, v in setting.keys]
+        return [*common, f"pruning={pruning}", *channel, *keys, f"budget_tag={setting.tag}"]
+
+
+def _value(v: Any) -> str:
+    return "null" if v is None else str(v)
 
 
 def at_density(steps: pd.DataFrame, density: float, column: str = "val_top1") -> float:
-    """``column`` at the step whose density is ``density`` (the schedule's exact step), else NaN."""
-    hit = steps[(steps["density"] - density).abs() < 1e-3]
+    """``column`` at the step whose density is ``density`` (the channel schedule's exact step; a block
+    stage's, within half a percent), else NaN."""
+    hit = steps[(steps["density"] - density).abs() < 5e-3]
     return float(hit[column].iloc[-1]) if len(hit) else math.nan
 
 
@@ -177,6 +213,8 @@ def gate_rows(study: Study, setting: Setting, records: pd.DataFrame, data_free: 
             narrow.append(r)
             minutes += r["minutes"] if r is not None else math.nan
         row["minutes"] = round(minutes, 2) if not math.isnan(minutes) else math.nan
+        row["minutes_pruned"] = round(minutes - u["minutes"], 2) if u is not None and not math.isnan(minutes) \
+            else math.nan
         complete = u is not None and all(r is not None for r in narrow)
         row["gate_a"] = bool(row["unpruned_val"] >= row["probe_val"]) if u is not None else None
         row["gate_b"] = bool(min(retained) >= study.retain) if complete else None
@@ -236,11 +274,14 @@ def _num(value: float) -> float:
     return -1.0 if value is None or math.isnan(value) else value
 
 
-def grid_minutes(rows: pd.DataFrame, learners: int, seeds: int, train_scale: float) -> float:
+def grid_minutes(rows: pd.DataFrame, learners: int, seeds: int, train_scale: float, pruned_scale: float = 1.0
+                 ) -> float:
     """The grid's minutes estimated from a setting's study runs (``rows``' ``minutes``: per data set, the
-    unpruned run and one pruned run per criterion): ``learners`` x ``seeds`` times each, times
+    unpruned run and one pruned run per criterion, ``minutes_pruned`` the latter): ``learners`` x ``seeds``
+    times each, the pruned part times ``pruned_scale`` (the grid's prunings per study criterion), all times
     ``train_scale`` (the grid trains on all of the training images the study splits)."""
-    return round(float(rows["minutes"].sum()) * learners * seeds * train_scale, 1)
+    unpruned = float((rows["minutes"] - rows["minutes_pruned"]).sum())
+    return round((unpruned + float(rows["minutes_pruned"].sum()) * pruned_scale) * learners * seeds * train_scale, 1)
 
 
 def write_tables(study: Study, table: pd.DataFrame, path: list[dict[str, Any]], chosen: Setting | None,
@@ -256,6 +297,9 @@ def write_tables(study: Study, table: pd.DataFrame, path: list[dict[str, Any]], 
             *[f"{c}_{k}" for c in study.criteria for k in ("val_30", "val_10", "retained_30", "narrowest")],
             "minutes", "grid_minutes", "gate_a", "gate_b", "gate_c", "chosen"]
     shown = shown[[c for c in keep if c in shown.columns]]
+    at = f"_{round(study.retain_density * 100)}"          # the gate's density in the column names
+    shown = shown.rename(columns={c: c.replace("_30", at) for c in shown.columns if c.endswith(("val_30",
+                                                                                                 "retained_30"))})
     lines = [header, "", shown.to_markdown(index=False, floatfmt=".2f"), ""]
     for entry in path:
         lines.append(f"- {entry['text']}")
