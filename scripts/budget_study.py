@@ -188,7 +188,7 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
                                    {**v, **_budget(study, minutes)})
             if not seen[candidate][1]["complete"]:
                 lines.append(f"axis {axis}: open, runs missing for {candidate.label()} (run the study to go on)")
-                return _table(seen, None), lines, None
+                return _table(study, seen, None), lines, None
             evaluated.append((candidate, _on_axis(study, axis, *seen[candidate])))
             v = evaluated[-1][1]
             if not study.same_cost(axis) and passes(v, study.gates(axis)) and v["within_max"]:
@@ -207,7 +207,7 @@ def walk(runner: Runner, study: Study, train_scale: float, learners: int, seeds:
     elif not final["within_budget"]:
         lines.append(f"the chosen setting passes every gate with the grid over {study.grid_minutes:.0f} minutes "
                      f"(~{final['grid_minutes']:.0f}; nothing within {study.grid_minutes:.0f} passed)")
-    return _table(seen, current), lines, current
+    return _table(study, seen, current), lines, current
 
 
 def _bound(runner: Runner, study: Study, axis: str, candidate: Setting) -> tuple[int | None, str]:
@@ -244,8 +244,9 @@ def _summary(v: dict[str, Any], density: float) -> str:
             f"grid ~{v['grid_minutes']:.0f} min")
 
 
-def _table(seen: dict, chosen: Setting | None) -> pd.DataFrame:
-    parts = [g.assign(passed=v["passed"], chosen=(s == chosen)) for s, (g, v) in seen.items()]
+def _table(study: Study, seen: dict, chosen: Setting | None) -> pd.DataFrame:
+    parts = [g.assign(passed=v["passed"], chosen=(s == chosen), overrides=";".join(study.budget_overrides(s)))
+             for s, (g, v) in seen.items()]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import yaml
 
 from spa.reporting.evidence import budget_health, evidence_table, sentence, write_evidence
 from spa.reporting.paper import load_table1
@@ -28,13 +29,29 @@ def curves(collapsed: bool | None) -> pd.DataFrame:
 
 def budget(passed: bool) -> pd.DataFrame:
     return pd.DataFrame([{"dataset": d, "chosen": True, "gate_a": True, "gate_b": passed or d == "cifar10",
-                          "gate_c": True} for d in ("cifar10", "cats_vs_dogs")])
+                          "gate_c": True, "overrides": "pruning.max_group_pruning=0.95;schedule.recovery_epochs=4"}
+                         for d in ("cifar10", "cats_vs_dogs")])
+
+
+def run_records(root, recovery: int) -> None:
+    """The committed records of a grid's runs: the configs the evidence checks the budget against."""
+    for pruning in ("none", "weight", "taylor", "taylor_paper_rule"):
+        path = root / "t1" / "cifar10" / pruning / "seed_1" / "config.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        guard = None if pruning.endswith("_paper_rule") else 0.95
+        path.write_text(yaml.safe_dump({"pruning": {"name": pruning, "max_group_pruning": guard},
+                                        "schedule": {"recovery_epochs": recovery}}))
 
 
 def test_table1_claims_are_computed_and_judged_by_the_budget_gates_and_the_marks(tmp_path):
     curves(False).to_csv(tmp_path / "t1_curves.csv", index=False)
     budget(True).to_csv(tmp_path / "imagenet_mini_budget.csv", index=False)
-    table = evidence_table(tmp_path, load_table1(), table1="t1")
+    runs = tmp_path / "runs"
+    run_records(runs, recovery=1)            # the table's runs are of another budget: nothing is judged healthy
+    stale = evidence_table(tmp_path, load_table1(), table1="t1", runs=runs)
+    assert stale["healthy"].isna().all() and stale["health"].str.contains("not at the budget study").all()
+    run_records(runs, recovery=4)
+    table = evidence_table(tmp_path, load_table1(), table1="t1", runs=runs)
     assert table["claim"].str.startswith("SPLoRA").sum() == 2
     r32 = table.iloc[0]
     assert r32["ours"] == 3.0 and r32["paper_value"] == 6.91 and r32["healthy"]
@@ -43,13 +60,13 @@ def test_table1_claims_are_computed_and_judged_by_the_budget_gates_and_the_marks
     assert r8["ours"] == -2.0 and "-1.60" in r8["reading"]
     # a collapsed fine-pruning cell at 10 %: the r32 claim is no evidence; the r8 claim at 30 % still is
     curves(True).to_csv(tmp_path / "t1_curves.csv", index=False)
-    table = evidence_table(tmp_path, load_table1(), table1="t1")
+    table = evidence_table(tmp_path, load_table1(), table1="t1", runs=runs)
     assert table.iloc[0]["healthy"] == False and table.iloc[0]["reading"].startswith("Not evidence")  # noqa: E712
     assert table.iloc[1]["healthy"] == True  # noqa: E712
     # the chosen budget failing a gate: no claim is healthy
     budget(False).to_csv(tmp_path / "imagenet_mini_budget.csv", index=False)
     assert budget_health(tmp_path) == (False, "budget study: the chosen setting fails gate(s) b on Cats & Dogs")
-    assert not evidence_table(tmp_path, load_table1(), table1="t1")["healthy"].any()
+    assert not evidence_table(tmp_path, load_table1(), table1="t1", runs=runs)["healthy"].any()
 
 
 def test_tables_from_before_the_marks_are_not_checked_rather_than_healthy(tmp_path):

@@ -153,6 +153,12 @@ class Study:
         the schedule touch pruned runs only, so on their axes a value passes on (b) and (c)."""
         return GATES if axis.startswith(SIZE_AXIS) else GATES[1:]
 
+    def budget_overrides(self, setting: Setting) -> list[str]:
+        """What a grid's pruned runs set to have ``setting``'s budget (its rule, schedule and config keys; the
+        input size is the data set's)."""
+        over = self.overrides(setting, self.datasets[0], self.criteria[0])
+        return [o for o in over if o.startswith(KEY_PREFIXES)]
+
     def overrides(self, setting: Setting, dataset: str, pruning: str) -> list[str]:
         """The Hydra overrides of one study run (``pruning=none``: the unpruned run of the data set's size)."""
         common = [f"experiment={self.experiment}", f"dataset={dataset}", f"seed={self.seed}",

@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from spa.reporting.collect import flagged
 from spa.reporting.paper import compare
 from spa.reporting.report import label
+from spa.reporting.table1 import PAPER_RULE
 from spa.reporting.table1 import evidence as table1_evidence
 from spa.utils import atomic_write_text
 
 ICLR_NOTE = ("the ICLR version was withdrawn (OpenReview Dsvttr9BUf) and our ViT base is pretrained by our own "
              "base stage on the same images, not ImageNet, so the +43 claim is untested here")
 COLUMNS = ["paper", "claim", "ours", "paper_value", "healthy", "health", "reading"]
+GATES = ("gate_a", "gate_b", "gate_c")
+STALE = "the table's runs are not at the budget study's choice (rerun pending)"
 
 
 def _read(tables: Path, name: str) -> pd.DataFrame | None:
@@ -28,17 +32,44 @@ def _read(tables: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def budget_health(tables: Path, study: str = "imagenet_mini_budget") -> tuple[bool | None, str]:
-    """Whether the budget study's chosen setting passed gates (a)-(c), and how to say so."""
+def budget_health(tables: Path, study: str = "imagenet_mini_budget", gates: tuple[str, ...] = GATES
+                  ) -> tuple[bool | None, str]:
+    """Whether the budget study's chosen setting passed ``gates``, and how to say so."""
     table = _read(tables, f"{study}.csv")
     if table is None or "chosen" not in table or not table["chosen"].any():
         return None, "no budget study"
     chosen = table[table["chosen"]]
-    failed = [f"{g[-1]} on {label(r.dataset)}" for r in chosen.itertuples()
-              for g in ("gate_a", "gate_b", "gate_c") if not bool(getattr(r, g))]
+    failed = [f"{g[-1]} on {label(r.dataset)}" for r in chosen.itertuples() for g in gates if not bool(getattr(r, g))]
+    names = ", ".join(f"({g[-1]})" for g in gates)
     if not failed:
-        return True, "budget study: the chosen setting passes gates (a)-(c)"
+        return True, f"budget study: the chosen setting passes {names}"
     return False, f"budget study: the chosen setting fails gate(s) {', '.join(failed)}"
+
+
+def at_chosen_budget(tables: Path, runs: Path, study: str, exp: str) -> bool | None:
+    """Whether the committed runs of ``exp`` (their records under ``runs``) were made at the budget study's
+    chosen setting: every pruned run's config holds the chosen overrides (None: no study or no records)."""
+    table = _read(tables, f"{study}.csv")
+    if table is None or "overrides" not in table or not table["chosen"].any():
+        return None
+    wanted = {}
+    for item in str(table.loc[table["chosen"], "overrides"].iloc[0]).split(";"):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            wanted[key] = yaml.safe_load(value)
+    configs = [yaml.safe_load(p.read_text()) for p in sorted((runs / exp).rglob("config.yaml"))] \
+        if (runs / exp).is_dir() else []
+    configs = [c for c in configs if c.get("pruning", {}).get("name", "none") != "none"
+               and not str(c["pruning"]["name"]).endswith(PAPER_RULE)]
+    if not configs:
+        return None
+    return all(_get(c, key) == value for c in configs for key, value in wanted.items())
+
+
+def _get(cfg: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        cfg = cfg.get(key) if isinstance(cfg, dict) else None
+    return cfg
 
 
 def sentence(what: str, ours: float | None, paper: float | None, healthy: bool | None, unit: str = "points",
@@ -63,13 +94,15 @@ def sentence(what: str, ours: float | None, paper: float | None, healthy: bool |
     return text + (" (the runs' health is not checked yet)." if healthy is None else ", at a healthy budget.")
 
 
-def table1_rows(tables: Path, name: str, paper: pd.DataFrame) -> list[dict[str, Any]]:
+def table1_rows(tables: Path, name: str, paper: pd.DataFrame, runs: Path) -> list[dict[str, Any]]:
     curves = _read(tables, f"{name}_curves.csv")
     if curves is None:
         return []
     curves = curves.assign(density=curves["density"].round(4))
     paper_long = paper.assign(density=paper["density"].round(4))
     gates_ok, gates_text = budget_health(tables)
+    if gates_ok is not None and not at_chosen_budget(tables, runs, "imagenet_mini_budget", name):
+        gates_ok, gates_text = None, STALE
     rows = []
     for learner, density in (("splora_r32", 0.10), ("splora_r8", 0.30)):
         what = f"{label(learner)} − fine-pruning, top-1 at {density:.0%} density"
@@ -108,7 +141,7 @@ def vit_row(tables: Path, name: str = "vit_iclr_mini") -> list[dict[str, Any]]:
              + ("" if ours is None or math.isnan(ours) else f"; our laptop-scale number is {ours:+.2f} points.")}]
 
 
-def block_row(tables: Path, name: str = "block_spa_mini", density: float = 0.5) -> list[dict[str, Any]]:
+def block_row(tables: Path, runs: Path, name: str = "block_spa_mini", density: float = 0.5) -> list[dict[str, Any]]:
     vs = _read(tables, f"{name}_vs_fine_pruning.csv")
     if vs is None:
         return []
@@ -116,11 +149,13 @@ def block_row(tables: Path, name: str = "block_spa_mini", density: float = 0.5) 
     if at.empty:
         return []
     broken = at[at["collapsed"].map(flagged) | at["ft_collapsed"].map(flagged)] if "collapsed" in at else at.iloc[:0]
-    gate = _read(tables, f"{name}_budget.csv")
-    healthy = False if len(broken) else (None if gate is None else bool(gate["gate_b"].all()))
+    gate_ok, gate_text = budget_health(tables, f"{name}_budget", gates=("gate_b",))   # the block gate: (b) at 50 %
+    if gate_ok is not None and not at_chosen_budget(tables, runs, f"{name}_budget", name):
+        gate_ok, gate_text = None, STALE
+    healthy = False if len(broken) else (None if gate_ok is None else gate_ok)
     delta, fewer = float(at["delta"].mean()), float(at["fewer"].mean())
     health = ("collapsed: " + ", ".join(f"{label(r.dataset)} {label(r.adapter)}" for r in broken.itertuples())
-              if len(broken) else "no collapsed cell") + ("; block gate not run yet" if gate is None else "")
+              if len(broken) else "no collapsed cell") + f"; {gate_text}"
     what = f"SPLoPA − block fine-pruning (magnitude, {density:.0%} block density)"
     return [{"paper": "Block SPA (SPLoPA)", "claim": f"{what}: top-1, and learned parameters (fine-pruning / SPLoPA)",
              "ours": delta, "paper_value": math.nan, "healthy": healthy, "health": health,
@@ -155,8 +190,12 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def evidence_table(tables: Path, paper: pd.DataFrame, table1: str = "table1_imagenet_mini") -> pd.DataFrame:
-    rows = [*table1_rows(tables, table1, paper), *vit_row(tables), *block_row(tables), *pear_row(tables)]
+def evidence_table(tables: Path, paper: pd.DataFrame, table1: str = "table1_imagenet_mini",
+                   runs: Path | None = None) -> pd.DataFrame:
+    """The rows, from ``tables`` and the committed run records under ``runs`` (default: beside ``tables``)."""
+    runs = Path(runs) if runs is not None else Path(tables).parent / "runs"
+    rows = [*table1_rows(tables, table1, paper, runs), *vit_row(tables), *block_row(tables, runs),
+            *pear_row(tables)]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
