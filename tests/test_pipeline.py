@@ -86,6 +86,10 @@ def test_committed_records_alone_skip_a_finished_run_and_retrain_a_start_run_onl
     taylor = pipeline.run(compose_cfg("pruning=taylor", *tiny))
     assert "training it again" in caplog.text and (unpruned / "checkpoint.pt").is_file()
     assert taylor["base_run"] is None and len(RunDir(taylor["run_dir"]).read_steps()) == 2
+    # a finished run replaced with overwrite=true starts from its unpruned run again, not from scratch
+    caplog.clear()
+    pipeline.run(compose_cfg("pruning=weight", *tiny, "optim.lr=0.005", "overwrite=true"))
+    assert "starting from the unpruned run" in caplog.text
 
 
 def test_unfinished_run_is_started_again(compose_cfg):

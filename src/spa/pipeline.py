@@ -104,8 +104,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg = copy.deepcopy(cfg)
         with open_dict(cfg):
             cfg.backbone.weights = BASE_WEIGHTS
-    # a finished run is found without its start runs (whose weights may not be here: committed records only)
-    initial = None if RunDir(cfg.paths.run_dir).finished else start_run(cfg, base_dir)
+    # a finished run is found without its start runs (whose weights may not be here: committed records only);
+    # one to be replaced (overwrite=true) starts from them like any other
+    skip_starts = RunDir(cfg.paths.run_dir).finished and not cfg.get("overwrite", False)
+    initial = None if skip_starts else start_run(cfg, base_dir)
     summary = run_single(cfg, base_run=base_dir, initial_run=initial)
     if cfg.get("report"):
         from spa.reporting import experiment_report
