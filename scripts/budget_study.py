@@ -278,7 +278,8 @@ def main() -> int:
         runner = Runner(study, results_dir, train=not args.tables_only)
         val_fraction = float(runner.config(study.start(), study.datasets[0], "none").dataset.val_fraction)
         table, lines, chosen = walk(runner, study, 1.0 / (1.0 - val_fraction), learners, seeds, pruned_scale)
-    header = (f"Budget study of `{study.grid}` ({path.name}, `make budget-study`): fine-tuning "
+    command = "make budget-study" + ("" if args.study == "imagenet_mini_budget" else f' ARGS="--study {args.study}"')
+    header = (f"Budget study of `{study.grid}` ({path.name}, `{command}`): fine-tuning "
               f"and fine-pruning only, seed {study.seed}, validation top-1 (%) on the held-out "
               f"{val_fraction:.0%} of the training images; test/ is not read. Gates: (a) unpruned fine-tuning "
               f">= a linear probe on the same frozen features and size; (b) fine-pruning at "
