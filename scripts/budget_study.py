@@ -106,15 +106,8 @@ class Runner:
         return summary["run_dir"]
 
     def unpruned_dir(self, setting: Setting, dataset: str) -> str:
-        cfg = pipeline.with_weights(self.config(setting, dataset, "none"))
-        rundir = RunDir(cfg.paths.run_dir)
-        if rundir.finished:
-            return str(rundir.path)
-        pipeline.check_settings(cfg)
-        summary = pipeline.run_single(cfg)
-        if not self.recorded(setting, dataset, "none"):
-            self.record(cfg, summary, setting, dataset, "none")
-        return summary["run_dir"]
+        rundir = RunDir(pipeline.with_weights(self.config(setting, dataset, "none")).paths.run_dir)
+        return str(rundir.path) if rundir.finished else self.run(setting, dataset, "none")
 
     def record(self, cfg, summary: dict[str, Any], setting: Setting, dataset: str, pruning: str) -> None:
         rundir = RunDir(summary["run_dir"])

@@ -208,8 +208,8 @@ def gate_rows(study: Study, setting: Setting, records: pd.DataFrame, data_free: 
         for criterion in study.criteria:
             run = here[(here["pruning"] == criterion) & (here["tag"] == setting.run_tag(data_free[criterion]))]
             r = run.iloc[0] if len(run) else None
-            for col, src in (("val_30", "val_30"), ("val_10", "val_10")):
-                row[f"{criterion}_{col}"] = r[src] if r is not None else math.nan
+            for col in ("val_30", "val_10"):
+                row[f"{criterion}_{col}"] = r[col] if r is not None else math.nan
             ratio = (r["val_30"] / row["unpruned_val"]) if r is not None and row["unpruned_val"] else math.nan
             row[f"{criterion}_retained_30"] = round(ratio, 4) if not math.isnan(ratio) else math.nan
             row[f"{criterion}_narrowest"] = (f"{r['narrowest_unit']} {r['narrowest_fraction']:.1%}"

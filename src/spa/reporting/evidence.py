@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from spa.records import flatten
 from spa.reporting.collect import flagged
 from spa.reporting.paper import compare
 from spa.reporting.report import label
@@ -63,13 +64,7 @@ def at_chosen_budget(tables: Path, runs: Path, study: str, exp: str) -> bool | N
                and not str(c["pruning"]["name"]).endswith(PAPER_RULE)]
     if not configs:
         return None
-    return all(_get(c, key) == value for c in configs for key, value in wanted.items())
-
-
-def _get(cfg: dict[str, Any], dotted: str) -> Any:
-    for key in dotted.split("."):
-        cfg = cfg.get(key) if isinstance(cfg, dict) else None
-    return cfg
+    return all(flatten(c).get(key) == value for c in configs for key, value in wanted.items())
 
 
 def sentence(what: str, ours: float | None, paper: float | None, healthy: bool | None, unit: str = "points",
