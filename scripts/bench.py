@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 from spa import repo_root
-from spa.benchmarks import (
+from spa.bench import (
     AUTHORS_LIBRARY,
     DEIT_S,
     DEIT_S_LINEARS,
@@ -53,7 +53,6 @@ from spa.benchmarks import (
     DEPLOY_NETS,
     NETS,
     RESNET50,
-    SPARSE_PRODUCTS,
     adapter_overhead,
     authors_available,
     block_sparse_inference,
@@ -67,6 +66,7 @@ from spa.benchmarks import (
     task_switching,
     training_step,
 )
+from spa.pruning.sparse import SPARSE_PRODUCTS
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
 SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks")
@@ -247,7 +247,7 @@ def blocks(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
         "Ratios > 1: faster than dense; deploy: the fastest form for that layer and density. "
         "(2) One training step of a SPLoPA layer (rank-2 prototypes, base frozen, forward + backward of the "
         "outputs' sum, input requiring grad): ΔW = Σ B_i ⊗ C_i R_i materialised once then F.linear (the layer's "
-        "form) against the exact factored form that never builds ΔW (`spa.benchmarks.splopa_factored_forward`; "
+        "form) against the exact factored form that never builds ΔW (`spa.bench.splopa_factored_forward`; "
         "outputs checked equal); ratio > 1: factored is slower.\n\n"
         "## Block-sparse inference\n\n" + _markdown(first) + "\n\n"
         "## SPLoPA training step\n\n" + _markdown(second))

@@ -15,7 +15,10 @@ from omegaconf import DictConfig
 
 import spa  # noqa: F401  (registers the config resolvers)
 from spa import pipeline
+from spa.reporting import experiment_report
 from spa.settings import SettingError
+
+log = logging.getLogger(__name__)
 
 
 def in_shard(shard: str | None, job_num: int) -> bool:
@@ -30,6 +33,18 @@ def in_shard(shard: str | None, job_num: int) -> bool:
     return job_num % count == index
 
 
+def report(cfg: DictConfig) -> dict[str, Path]:
+    """``report: true`` (or a report name): the experiment's tables and figures from its run tree,
+    rebuilt after each run so a sweep's table grows as its runs finish."""
+    if not cfg.get("report"):
+        return {}
+    outputs = experiment_report(Path(cfg.paths.runs_dir) / cfg.exp_name, Path(cfg.paths.results_dir), cfg.exp_name,
+                                report=cfg.report)
+    for kind, path in outputs.items():
+        log.info("%s: %s", kind, path)
+    return outputs
+
+
 def remove_empty_dirs(path: Path, stop: Path) -> None:
     """Hydra makes the run directory before the job starts: a run refused on a setting leaves none."""
     path, stop = path.resolve(), stop.resolve()
@@ -42,7 +57,7 @@ def remove_empty_dirs(path: Path, stop: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     job_num = HydraConfig.get().job.get("num") or 0
     if not in_shard(cfg.get("shard"), job_num):
-        logging.getLogger(__name__).info("job %d is not in shard %s: skipped", job_num, cfg.shard)
+        log.info("job %d is not in shard %s: skipped", job_num, cfg.shard)
         return None
     try:
         summary = pipeline.run(cfg)
@@ -50,6 +65,7 @@ def main(cfg: DictConfig) -> float | None:
         remove_empty_dirs(Path(cfg.paths.run_dir), Path(cfg.paths.runs_dir))
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    report(cfg)
     return float(summary["metrics"]["test_top1"])
 
 

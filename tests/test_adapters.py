@@ -12,19 +12,10 @@ import torch
 import torch.nn as nn
 from numerics import assert_exact
 
-from spa.adapters import (
-    SPLoRAConv2d,
-    SPLoRALinear,
-    SPPaRAConv2d,
-    adapter_layers,
-    apply_adapter,
-    fuse,
-    load_task,
-    save_task,
-    switch_task,
-)
+from spa.adapters import SPLoRAConv2d, SPLoRALinear, SPPaRAConv2d, adapter_layers, apply_adapter, fuse
 from spa.metrics import count_parameters
 from spa.models import apply_cifar_stem, save_model_file
+from spa.saved import load_task, save_task, switch_task
 
 CONVS = {  # name: (in, out, kernel, stride, padding, dilation, groups, bias)
     "1x1": (8, 12, 1, 1, 0, 1, 1, False),

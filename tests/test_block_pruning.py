@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from numerics import assert_exact
 
 from spa import pipeline
-from spa.adapters import adapter_layers, apply_adapter, fuse, load_task
+from spa.adapters import adapter_layers, apply_adapter, fuse
 from spa.metrics import count_parameters
 from spa.models import load_model_file
 from spa.pruning.blocks import (
@@ -31,6 +31,7 @@ from spa.pruning.blocks import (
 )
 from spa.pruning.session import count_macs
 from spa.records import RunDir
+from spa.saved import load_task
 from spa.settings import SettingError
 
 
@@ -159,12 +160,12 @@ def test_a_block_pruned_splopa_run_records_stages_and_its_task_file_rebuilds_it(
     assert summary["metrics"]["density"] == 0.25
     record = json.loads(run.file("pruning.json").read_text())
     assert record["structure"] == "blocks" and record["unit"] == "blocks"
-    assert record["steps"][-1]["kept_blocks"] == steps[-1]["kept_filters"] == record["original_blocks"] // 4
+    assert record["steps"][-1]["kept_blocks"] == steps[-1]["kept_units"] == record["original_blocks"] // 4
     # task.pt holds the masks: on any base, the rebuilt task's fused weights are zero at the pruned blocks
     base = timm.create_model("test_vit", num_classes=4, img_size=32).eval()
     loaded = load_task(base, run.file("task.pt")).eval()
-    assert sum(m.block_mask.sum().item() for m in block_layers(loaded).values()) == steps[-1]["kept_filters"]
-    pruned = record["original_blocks"] - steps[-1]["kept_filters"]
+    assert sum(m.block_mask.sum().item() for m in block_layers(loaded).values()) == steps[-1]["kept_units"]
+    pruned = record["original_blocks"] - steps[-1]["kept_units"]
 
     def zero_blocks(model: nn.Module) -> int:
         modules = dict(model.named_modules())
@@ -325,7 +326,7 @@ def test_hybrid_column_masks_prune_whole_input_channels_that_cropping_then_remov
 @pytest.mark.numerics
 @pytest.mark.parametrize("form", ["dense", "bsr", "csr"])
 def test_sparse_deployment_keeps_the_outputs_in_each_form(form):
-    from spa.pruning.blocks import SparseLinear, deploy_sparse
+    from spa.pruning.sparse import SparseLinear, deploy_sparse
     model = _vit(kind="finetune")
     attach_blocks(model, (16, 16), dense=True)
     for layer in block_layers(model).values():
@@ -343,7 +344,7 @@ def test_sparse_deployment_keeps_the_outputs_in_each_form(form):
 
 
 def test_sparse_deployment_by_timing_picks_a_known_form():
-    from spa.pruning.blocks import deploy_sparse
+    from spa.pruning.sparse import deploy_sparse
     model = _vit(kind="finetune")
     attach_blocks(model, (16, 16), dense=True)
     for layer in block_layers(model).values():

@@ -14,10 +14,11 @@ from numerics import assert_close_rel
 from scripts_path import load_script
 
 from spa import pipeline
-from spa.adapters import TaskBank, adapter_layers, apply_adapter, load_task, save_task
+from spa.adapters import adapter_layers, apply_adapter
 from spa.pruning.importance import WeightImportance
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession
+from spa.saved import TaskBank, load_task, save_task
 
 predict = load_script("predict")
 

@@ -14,15 +14,7 @@ from numerics import FLOAT32_STORED, assert_close_rel, assert_exact
 from timm.layers import Conv2dSame
 
 from spa import pipeline
-from spa.adapters import (
-    SPLoRAConv2d,
-    SPLoRADepthwiseConv2d,
-    SPPaRADepthwiseConv2d,
-    adapter_layers,
-    apply_adapter,
-    fuse,
-    load_task,
-)
+from spa.adapters import SPLoRAConv2d, SPLoRADepthwiseConv2d, SPPaRADepthwiseConv2d, adapter_layers, apply_adapter, fuse
 from spa.data import normalization
 from spa.metrics import count_parameters
 from spa.models import create_backbone
@@ -33,6 +25,7 @@ from spa.pruning.importance import CRITERIA
 from spa.pruning.lrp import composite, input_bounds, relevance
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession
+from spa.saved import load_backbone, load_task
 from spa.utils import seed_everything, sha256_file
 
 NETS = {"efficientnet_lite0": "tf_efficientnet_lite0", "mobilenetv2_100": "mobilenetv2_100"}
@@ -334,7 +327,7 @@ def test_a_pruned_lite0_run_records_its_weights_and_reloads(compose_cfg):
         "source": "weights:efficientnet_lite0",
     }
     assert summary["metrics"]["density"] == 0.5
-    trained, info = create_backbone("tf_efficientnet_lite0", 4, weights=str(run_dir / "model.pt"), load_head=True)
+    trained, info = load_backbone("tf_efficientnet_lite0", 4, weights=str(run_dir / "model.pt"), load_head=True)
     assert info.normalization["source"] == "weights:efficientnet_lite0"  # travels with the model file
     base, _ = create_backbone("tf_efficientnet_lite0", 4, weights="pretrained", packaged_weights="efficientnet_lite0")
     rebuilt = load_task(base, run_dir / "task.pt").eval().double()

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from numerics import FLOAT32_STORED, assert_close_rel, assert_exact
 
 from spa import pipeline
-from spa.adapters import apply_adapter, load_task, task_state
+from spa.adapters import apply_adapter
 from spa.adapters.pear import apply_plan, importance, make_plan, positions, residual_parameters
 from spa.metrics import count_parameters
 from spa.models import load_model_file
 from spa.records import RunDir
+from spa.saved import load_task, task_state
 from spa.settings import SettingError
 
 PEAR_LORA = {"rank": 8, "init_range": 0.0, "scale": 1.0, "positions": "pear"}

@@ -11,11 +11,12 @@ import torch
 import yaml
 from helpers import cli
 from omegaconf import OmegaConf
+from scripts_path import load_script
 
 from spa import pipeline, repo_root
 from spa.data import DatasetNotFoundError
-from spa.models import create_backbone
 from spa.records import ConfigChangedError, RunDir, config_hash
+from spa.saved import load_backbone
 
 RECORDS = ["config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt"]
 
@@ -49,7 +50,7 @@ def test_smoke_run_writes_all_records(compose_cfg):
     log = (run_dir / "run.log").read_text()
     assert "epoch 2/2" in log and "finished" in log
     # the saved model is a base for another run, with the same features
-    model, _ = create_backbone("test_resnet", 4, weights=str(run_dir / "model.pt"), load_head=True)
+    model, _ = load_backbone("test_resnet", 4, weights=str(run_dir / "model.pt"), load_head=True)
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 4)
 
 
@@ -119,6 +120,7 @@ def test_base_stage_runs_once_and_feeds_the_transfer_run(compose_cfg):
                  "+base.dataset.classes=[0,1]", "+base.dataset.name=first2", "+base.seed=1", "report=true"]
     cfg = compose_cfg(*overrides)
     summary = pipeline.run(cfg)
+    load_script("run").report(cfg)                                             # what scripts/run.py does next
     assert cfg.backbone.weights == "none"                                     # the caller's config is untouched
     stored = yaml.safe_load((Path(summary["run_dir"]) / "config.yaml").read_text())
     assert stored["backbone"]["weights"] == "base"                            # location-free: hash survives a move

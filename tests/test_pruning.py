@@ -15,12 +15,13 @@ from numerics import FLOAT32_STORED, assert_close_rel, assert_exact
 from torch.utils.data import DataLoader, TensorDataset
 
 from spa import pipeline
-from spa.adapters import apply_adapter, fuse, load_task
+from spa.adapters import apply_adapter, fuse
 from spa.models import apply_cifar_stem, create_backbone
 from spa.pruning.groups import build_graph, channel_groups, producer_filters
 from spa.pruning.importance import GradientImportance, TaylorImportance, WeightImportance, group_scores, normalize
 from spa.pruning.schedule import Plan, select_channels
 from spa.pruning.session import PruningSession, count_macs, layer_widths
+from spa.saved import load_backbone, load_task
 from spa.utils import seed_everything
 
 
@@ -287,7 +288,7 @@ def test_killed_run_resumes_with_the_same_records(compose_cfg, monkeypatch):
 def test_pruned_model_and_task_reload_with_identical_outputs(compose_cfg):
     summary = pipeline.run(compose_cfg(*prune_overrides()))
     run_dir = Path(summary["run_dir"])
-    trained = create_backbone("test_resnet", 4, weights=str(run_dir / "model.pt"), load_head=True)[0].eval()
+    trained = load_backbone("test_resnet", 4, weights=str(run_dir / "model.pt"), load_head=True)[0].eval()
     x = torch.randn(2, 3, 32, 32)
     seed_everything(1)                       # the run's base: test_resnet's random init under seed 1
     base, _ = create_backbone("test_resnet", 4)                       # a fresh, unpruned timm model

@@ -297,7 +297,7 @@ def test_macs_at_32_px_are_left_out_only_for_a_fixed_input_size(monkeypatch):
 
     import timm
 
-    from spa import pipeline as pl
+    from spa.pipeline import steps as pl
     final = SimpleNamespace(test_top1=50.0, test_top5=100.0, test_loss=1.0, val_top1=None, train_loss=1.0,
                             train_top1=50.0)
     model = timm.create_model("deit_tiny_patch16_224", num_classes=2, depth=1)

@@ -10,9 +10,10 @@ import torch.nn as nn
 from numerics import assert_exact
 
 from spa import pipeline
-from spa.adapters import adapter_layers, apply_adapter, fuse, load_task, save_task
+from spa.adapters import adapter_layers, apply_adapter, fuse
 from spa.adapters.block import PrototypeBank, SPLoPAConv2d, SPLoPALinear
 from spa.metrics import count_parameters
+from spa.saved import load_task, save_task
 from spa.settings import SettingError
 
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torchvision.models.vision_transformer import VisionTransformer
 
 from spa import config_dir
-from spa.adapters import apply_adapter, load_task
+from spa.adapters import apply_adapter
 from spa.adapters.convert import freeze, head_only
 from spa.models.torchvision_vit import load_timm_state, load_torchvision_vit, timm_state
 from spa.pipeline import base_config, run
@@ -27,6 +27,7 @@ from spa.pruning.schedule import Plan, select_local
 from spa.pruning.transformer import transformer_groups
 from spa.reporting.cost import pruning_steps, stated_epoch_seconds, sweep_epochs
 from spa.reporting.vit import architecture_counts, at_density, claim, vit_report, vit_runs, vit_table
+from spa.saved import load_task
 from spa.settings import SettingError
 from spa.training import build_scheduler
 from spa.training.engine import train_one_epoch
@@ -142,7 +143,7 @@ def test_a_vit_run_stops_at_its_weight_density_with_the_iclr_training(compose_cf
     assert phases[:2] == [("head", 0.02), ("train", 0.02)]
     assert [lr for phase, lr in phases if phase == "recover"] == pytest.approx([0.005] * (len(steps) - 1))
     # every block keeps the same heads and MLP channels (pruning.scope=local)
-    from spa.pruning.session import restore
+    from spa.saved import restore
     payload = torch.load(f"{rundir}/model.pt", weights_only=True)
     model = timm.create_model("test_vit", num_classes=4, img_size=32)
     restore(model, payload["structure"])

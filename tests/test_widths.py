@@ -11,6 +11,7 @@ import torch
 from spa import pipeline
 from spa.metrics.collapse import Chance
 from spa.models import load_model_file
+from spa.pipeline import channels, parts
 from spa.pruning.widths import narrowest
 
 PRUNED = ["pruning=weight", "schedule.step_fraction=0.25", "schedule.target_density=0.5", "schedule.recovery_epochs=1",
@@ -63,18 +64,18 @@ def test_widths_csv_records_every_step_and_the_last_matches_the_pruned_models_la
 
 def test_a_run_killed_after_writing_a_steps_widths_redoes_it_with_the_same_rows(compose_cfg, monkeypatch):
     reference = Path(pipeline.run(compose_cfg(*PRUNED, "exp_name=uninterrupted"))["run_dir"])
-    original = pipeline.save_checkpoint
+    original = channels.save_checkpoint
 
     def killed_at_step_2(rundir, model, session, step, *args, **kwargs):
         if step == 2:        # steps.csv and widths.csv of step 2 are written, its checkpoint is not
             raise KeyboardInterrupt("killed")
         return original(rundir, model, session, step, *args, **kwargs)
-    monkeypatch.setattr(pipeline, "save_checkpoint", killed_at_step_2)
+    monkeypatch.setattr(channels, "save_checkpoint", killed_at_step_2)   # after a pruning step
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(compose_cfg(*PRUNED, "exp_name=killed"))
     killed = Path(str(reference).replace("uninterrupted", "killed"))
     assert {w["step"] for w in rows(killed / "widths.csv")} == {"0", "1", "2"}
-    monkeypatch.setattr(pipeline, "save_checkpoint", original)
+    monkeypatch.setattr(channels, "save_checkpoint", original)
     pipeline.run(compose_cfg(*PRUNED, "exp_name=killed"))
     assert rows(killed / "widths.csv") == rows(reference / "widths.csv")
 
@@ -91,7 +92,7 @@ def test_an_unpruned_run_writes_no_widths_and_a_block_run_records_its_matrices(c
     last = [w for w in widths if w["step"] == "1"]
     # magnitude keeps half of every matrix's blocks: each unit at 0.5, and the total is the steps.csv count
     assert all(int(w["kept"]) * 2 == int(w["original"]) for w in last)
-    assert sum(int(w["kept"]) for w in last) == int(rows(blocks / "steps.csv")[1]["kept_filters"])
+    assert sum(int(w["kept"]) for w in last) == int(rows(blocks / "steps.csv")[1]["kept_units"])
 
 
 def test_a_vit_records_its_heads_and_mlp_channels(compose_cfg):
@@ -113,7 +114,7 @@ def test_the_collapse_margin_is_3_points_or_3_binomial_standard_errors():
 
 def test_a_run_forced_to_chance_is_marked_collapsed(compose_cfg, monkeypatch):
     """The head zeroed and frozen: every logit is 0, every prediction class 0, top-1 its share."""
-    real = pipeline.create_backbone
+    real = parts.load_backbone
 
     def zero_head(*args, **kwargs):
         model, info = real(*args, **kwargs)
@@ -121,7 +122,7 @@ def test_a_run_forced_to_chance_is_marked_collapsed(compose_cfg, monkeypatch):
             for p in model.get_classifier().parameters():
                 p.zero_()
         return model, info
-    monkeypatch.setattr(pipeline, "create_backbone", zero_head)
+    monkeypatch.setattr(parts, "load_backbone", zero_head)
     summary = pipeline.run(compose_cfg(*PRUNED, "backbone.frozen=[fc]"))
     steps = rows(Path(summary["run_dir"]) / "steps.csv")
     assert [float(s["top1"]) for s in steps] == [25.0] * 3 and [s["chance"] for s in steps] == ["25.0"] * 3

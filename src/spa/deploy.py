@@ -13,8 +13,9 @@ import yaml
 from PIL import Image
 
 from spa.data.transforms import build_transforms
-from spa.models.backbones import create_backbone, load_model_file
+from spa.models.backbones import load_model_file
 from spa.records import CONFIG, MODEL, SUMMARY
+from spa.saved import load_backbone
 
 
 @dataclass
@@ -42,8 +43,8 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> RunMode
     payload = load_model_file(run / MODEL, mmap=True)
     classes = list(payload.get("classes") or summary["data"]["classes"])
     backbone = payload["backbone"]
-    model, _ = create_backbone(backbone["timm_name"], len(classes), weights=str(run / MODEL),
-                               cifar_stem=backbone["cifar_stem"], kwargs=backbone["kwargs"], load_head=True)
+    model, _ = load_backbone(backbone["timm_name"], len(classes), weights=str(run / MODEL),
+                             cifar_stem=backbone["cifar_stem"], kwargs=backbone["kwargs"], load_head=True)
     norm = summary["data"]["normalization"]
     size = int(config["dataset"]["image_size"])
     _, transform = build_transforms(config["dataset"]["transform"], size, (norm["mean"], norm["std"]))

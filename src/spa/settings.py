@@ -120,7 +120,7 @@ PRUNING_RULES: dict[str, Rule] = {
     "pruning.normalization": Rule(f"null (the criterion's own) or one of {', '.join(NORMALIZATIONS)}",
                                   lambda v: v is None or v in NORMALIZATIONS, "mean"),
     # block pruning (its stages; the ordered targets, the warm-ups' sum and the block are checked by
-    # spa.pipeline.check_block_pruning)
+    # spa.pipeline.blocks.check_block_pruning)
     "pruning.epochs_per_stage": int_at_least(1, 2),
     "pruning.initial_warmup": number_in(0, 1, 0.1, low_open=False),
     "pruning.final_warmup": number_in(0, 1, 0.2, low_open=False),

@@ -1,4 +1,5 @@
-"""Small helpers shared by every stage: atomic file writes, seeding, environment facts."""
+"""Small helpers shared by every stage: atomic file writes, seeding, environment facts, module
+surgery and interleaved timing."""
 from __future__ import annotations
 
 import fcntl
@@ -7,15 +8,18 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -79,6 +83,12 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 _GPU_SLOT: tuple[int, Any] | None = None     # (GPU index, open lock file) held by this process
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step`` of a run seeded ``seed`` (``seed · 1000 + step``: distinct per run
+    and step for fewer than 1,000 steps), so a resumed run redoes a step with the same draws."""
+    return seed * 1000 + step
 
 
 def gpu_slot_dir() -> Path:
@@ -184,3 +194,30 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {**versions, **machine_record()}
+
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule ``name`` (dotted) of ``model`` by ``module``."""
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 10,
+          warmup: int = 2) -> dict[str, float]:
+    """Median seconds of each callable, run interleaved: ``warmup`` rounds, then ``repeats`` rounds
+    of one call each, in turn (the order reversed every other round)."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, fn in (list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]):
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

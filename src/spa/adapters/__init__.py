@@ -5,7 +5,6 @@ in place and sets ``requires_grad`` to the kind's trainable set. The pipeline lo
 ``adapter.kind``; a layer-wise adapter (SPLoRA, SPPaRA), a block adapter (SPLoPA) or an
 adapter-sharing method (Pear) is one more registered function, not a change to the pipeline.
 """
-from spa.adapters.bank import TaskBank
 from spa.adapters.convert import RANK_LIMITS, adapter_layers, convert, fuse, head_names, rank_report, set_trainable
 from spa.adapters.layers import (
     AdapterLayer,
@@ -16,9 +15,7 @@ from spa.adapters.layers import (
     SPPaRADepthwiseConv2d,
 )
 from spa.adapters.registry import ADAPTERS, apply_adapter, register_adapter
-from spa.adapters.tasks import load_task, read_task, save_task, switch_task, task_state
 
 __all__ = ["ADAPTERS", "RANK_LIMITS", "AdapterLayer", "SPLoRAConv2d", "SPLoRADepthwiseConv2d", "SPLoRALinear",
-           "SPPaRAConv2d", "SPPaRADepthwiseConv2d", "TaskBank", "adapter_layers", "apply_adapter", "convert", "fuse",
-           "head_names", "load_task", "rank_report", "read_task", "register_adapter", "save_task", "set_trainable",
-           "switch_task", "task_state"]
+           "SPPaRAConv2d", "SPPaRADepthwiseConv2d", "adapter_layers", "apply_adapter", "convert", "fuse",
+           "head_names", "rank_report", "register_adapter", "set_trainable"]

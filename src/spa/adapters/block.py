@@ -1,4 +1,4 @@
-"""SPLoPA, the block SPA (spa.md §1): a low-rank PHM update built from prototypes that several
+"""SPLoPA, the block SPA (docs/method.md §6): a low-rank PHM update built from prototypes that several
 layers share.
 
 For a matrix ``W`` (n × m) cut into blocks of p × q, with N prototypes of rank r:
@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spa.adapters.convert import _excluded, _set_module
+from spa.adapters.convert import _excluded
 from spa.adapters.layers import AdapterLayer, _ConvAdapter, _LinearAdapter
+from spa.utils import set_module
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,6 @@ def convert_splopa(model: nn.Module, skip: Sequence[str], num_prototypes: int = 
                                                                         init_range, w.device, w.dtype))
         else:
             bank = PrototypeBank(num_prototypes, (p, q), prototype_rank, init_range, w.device, w.dtype)
-        _set_module(model, name, SPLoPALinear(module, bank) if isinstance(module, nn.Linear)
+        set_module(model, name, SPLoPALinear(module, bank) if isinstance(module, nn.Linear)
                     else SPLoPAConv2d(module, bank))
     return [name for name, _ in planned]

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 import torch.nn as nn
 
 from spa.adapters.layers import CONV_CLASSES, AdapterLayer, conv_adapter_class, layer_kind, resolve_rank
-from spa.models.backbones import head_names
+from spa.models.heads import head_names
+from spa.utils import set_module
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,6 @@ def _excluded(name: str, patterns: Iterable[str]) -> bool:
 def excluded_names(model: nn.Module, exclude: Sequence[str] | None) -> list[str]:
     """What no adapter converts: the head, and ``exclude`` (default: the ViT patch embedding)."""
     return list(head_names(model)) + list(DEFAULT_EXCLUDE if exclude is None else exclude)
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def usable_rank(layer: nn.Module) -> int:
@@ -166,7 +162,7 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
         cls = spec.linear if isinstance(module, nn.Linear) else conv_adapter_class(kind, module)
         options = {"rank": ranks[name], "scale": scale} if spec.ranked else {}
         new = cls.from_module(module, init_range=init_range, **options)
-        _set_module(model, name, new)
+        set_module(model, name, new)
     return [name for name, _ in planned]
 
 
@@ -235,7 +231,7 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
         if isinstance(module, AdapterLayer):
             fused = module.to_module()
             fused.train(module.training)
-            _set_module(model, name, fused)
+            set_module(model, name, fused)
     return model
 
 

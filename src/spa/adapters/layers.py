@@ -1,4 +1,4 @@
-"""Channel SPA layers (spa.md §1): SPLoRA (low rank) and SPPaRA (pointwise), on Linear and Conv2d.
+"""Channel SPA layers (docs/method.md §1): SPLoRA (low rank) and SPPaRA (pointwise), on Linear and Conv2d.
 
 A frozen base ``weight`` W plus a learned update ΔW:
 - SPLoRA: ΔW = B·A with ``A`` (rank × in) ~ kaiming_uniform(a=√5) and ``B`` (out × rank) ~ U(±init_range);

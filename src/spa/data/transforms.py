@@ -1,4 +1,4 @@
-"""Train/test transforms as in the paper (spa.md §3), parametrised by image size.
+"""Train/test transforms as in the paper (docs/method.md §3), parametrised by image size.
 
 ``cifar``: RandomCrop(size, pad size/8) + HFlip / identity, CIFAR mean and std.
 ``imagenet``: RandomResizedCrop(size) + HFlip / Resize(size·256/224) + CenterCrop(size), ImageNet mean/std.

@@ -1,4 +1,4 @@
-"""Parameter counts, as the paper counts them (spa.md §1).
+"""Parameter counts, as the paper counts them (docs/method.md §1).
 
 - learned: what one task learns and stores: adapter terms over kept channels (SPLoRA
   ``r·(in + out)``, SPPaRA ``out·in``), biases, normalisation γ and β, and the full head; for

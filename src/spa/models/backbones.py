@@ -8,6 +8,7 @@ of the data set's transform style (:func:`declared_normalization`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spa.models.heads import classifier_keys, head_names
 from spa.utils import atomic_torch_save, sha256_file
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "spa.model/1"
+
+# gives a fresh model the pruned shape a saved structure records (spa.saved.restore)
+Restore = Callable[[nn.Module, dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A backbone as the budget tables and benchmarks name it: a label, the timm model, its class
+    count, the CIFAR stem and extra timm keyword arguments (as a tuple of pairs, so it hashes)."""
+    label: str
+    timm_name: str
+    num_classes: int
+    cifar_stem: bool = False
+    kwargs: tuple = ()
 
 
 @dataclass
@@ -68,12 +84,6 @@ def apply_cifar_stem(model: nn.Module) -> nn.Module:
         raise ValueError(f"unsupported ResNet stem {type(conv).__name__}")
     model.maxpool = nn.Identity()
     return model
-
-
-def classifier_keys(model: nn.Module) -> list[str]:
-    """State-dict keys of the classifier head (timm's ``pretrained_cfg['classifier']``)."""
-    heads = head_names(model)
-    return [k for k in model.state_dict() if any(k == f"{h}.weight" or k == f"{h}.bias" for h in heads)]
 
 
 def _timm_model(timm_name: str, num_classes: int, pretrained_tag: str | None, pretrained: bool,
@@ -138,7 +148,8 @@ def check_head_init(head_init: str) -> None:
 def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", pretrained_tag: str | None = None,
                     cifar_stem: bool = False, kwargs: dict[str, Any] | None = None,
                     load_head: bool = False, packaged_weights: str | None = None,
-                    head_init: str = "timm", torchvision_weights: str | None = None) -> tuple[nn.Module, WeightsInfo]:
+                    head_init: str = "timm", torchvision_weights: str | None = None,
+                    restore: Restore | None = None) -> tuple[nn.Module, WeightsInfo]:
     """Build ``timm_name`` with a fresh ``num_classes`` head.
 
     ``head_init``: ``timm`` keeps timm's initialisation of the new head; ``torch`` redraws it as
@@ -150,6 +161,8 @@ def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", 
     :func:`save_model_file` (or a plain state dict). From a file, the head is re-initialised unless
     ``load_head`` (and the class count matches). ``torchvision_weights`` (with ``"pretrained"``):
     torchvision's ViT weights of that name on timm's ViT (``spa.models.torchvision_vit``).
+    ``restore``: how a pruned file's shape is rebuilt (this package knows no pruning; use
+    :func:`spa.saved.load_backbone`, which passes it).
     """
     kwargs = dict(kwargs or {})
     if weights == "pretrained" and torchvision_weights:
@@ -169,7 +182,8 @@ def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", 
     if cifar_stem:
         apply_cifar_stem(model)
     if weights not in ("pretrained", "none", None, ""):
-        info = load_weights_file(model, weights, load_head=load_head, expect_cifar_stem=cifar_stem)
+        info = load_weights_file(model, weights, load_head=load_head, expect_cifar_stem=cifar_stem,
+                                 restore=restore)
     check_head_init(head_init)
     if head_init == "torch" and not info.head_loaded:
         for name in head_names(model):
@@ -177,12 +191,6 @@ def create_backbone(timm_name: str, num_classes: int, *, weights: str = "none", 
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
     return model, info
-
-
-def head_names(model: nn.Module) -> list[str]:
-    """Module names of the classifier head (timm's ``pretrained_cfg['classifier']``)."""
-    head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
-    return list(head) if isinstance(head, (list, tuple)) else [head]
 
 
 def save_model_file(model: nn.Module, path: str | Path, *, timm_name: str, cifar_stem: bool,
@@ -222,7 +230,10 @@ def load_model_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
 
 
 def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = False,
-                      expect_cifar_stem: bool | None = None) -> WeightsInfo:
+                      expect_cifar_stem: bool | None = None, restore: Restore | None = None) -> WeightsInfo:
+    """Load a ``model.pt`` (or a plain state dict) into ``model``. A pruned file (one that records a
+    ``structure``) needs ``restore``, which gives the fresh model the saved shape first
+    (:func:`spa.saved.restore`; :func:`spa.saved.load_backbone` passes it)."""
     payload = load_model_file(path)
     saved = payload.get("backbone", {})
     if expect_cifar_stem is not None and "cifar_stem" in saved and saved["cifar_stem"] != expect_cifar_stem:
@@ -230,8 +241,11 @@ def load_weights_file(model: nn.Module, path: str | Path, *, load_head: bool = F
             f"the weights in {path} were saved with backbone.cifar_stem={str(saved['cifar_stem']).lower()}; "
             f"run with backbone.cifar_stem={str(saved['cifar_stem']).lower()}"
         )
-    from spa.pruning.session import restore
-    restore(model, payload.get("structure"))   # a pruned model: give the fresh model the same channels first
+    if payload.get("structure"):             # a pruned model: give the fresh model the same channels first
+        if restore is None:
+            raise ValueError(f"{path} holds a pruned network: load it with spa.saved.load_backbone, which "
+                             f"rebuilds its pruned shape before loading the weights")
+        restore(model, payload["structure"])
     state = dict(payload["state_dict"])
     head = set(classifier_keys(model))
     own = model.state_dict()

@@ -79,7 +79,7 @@ def load_torchvision_vit(model: nn.Module, spec: str) -> str:
 
 def load_timm_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load renamed torchvision tensors into ``model`` without its head; refuse what does not fit."""
-    from spa.models.backbones import classifier_keys
+    from spa.models.heads import classifier_keys
     head = set(classifier_keys(model))
     state = {k: v for k, v in state.items() if k not in head}
     own = model.state_dict()

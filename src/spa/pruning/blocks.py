@@ -1,4 +1,4 @@
-"""Block pruning (spa.md, "Block pruning, as the block experiments did it"): a mask over the p × q
+"""Block pruning (docs/method.md §6): a mask over the p × q
 blocks of every adapted matrix, enforced in every forward and in ``fuse()``.
 
 The adapted matrices are the layers a block SPA adapts: every Linear (not the head, not a ViT's
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,8 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spa.adapters.block import _SPLoPA, is_pointwise
-from spa.adapters.convert import _excluded, _set_module, excluded_names
+from spa.adapters.convert import _excluded, excluded_names
 from spa.adapters.layers import AdapterLayer, _ConvAdapter, _LinearAdapter
+from spa.utils import set_module
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def attach_blocks(model: nn.Module, block_shape: Sequence[int], dense: bool,
             if name and not _excluded(name, skip) and (type(module) is nn.Linear or is_pointwise(module)):
                 out, inp = _matrix(module)
                 if out % p == 0 and inp % q == 0:
-                    _set_module(model, name, BlockDenseLinear(module) if isinstance(module, nn.Linear)
+                    set_module(model, name, BlockDenseLinear(module) if isinstance(module, nn.Linear)
                                 else BlockDenseConv2d(module))
     names = []
     for name, layer in model.named_modules():
@@ -371,76 +371,3 @@ def crop(model: nn.Module, input_size: tuple[int, int]) -> dict[str, int]:
     if selection:
         session.apply(1, selection)
     return {"cropped_filters": before - session.kept_filters, "filters": before}
-
-
-SPARSE_LAYOUTS = ("bsr", "csr")
-
-
-def sparse_layout(weight: torch.Tensor, block: Sequence[int], layout: str) -> torch.Tensor:
-    """``weight`` in torch's BSR layout with ``block`` blocks (zero blocks dropped) or CSR (zeros
-    dropped), without torch's "support is in beta" warning."""
-    if layout not in SPARSE_LAYOUTS:
-        raise ValueError(f"sparse layout {layout!r}: use one of {SPARSE_LAYOUTS}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
-        return weight.to_sparse_bsr(tuple(block)) if layout == "bsr" else weight.to_sparse_csr()
-
-
-class SparseLinear(nn.Module):
-    """Inference-only ``y = x Wᵀ + b`` with W in torch's BSR or CSR layout (``torch.sparse.mm``):
-    what :func:`deploy_sparse` puts where a sparse kernel is faster than the dense weight."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, form: str, block: Sequence[int]) -> None:
-        super().__init__()
-        self.out_features, self.in_features = weight.shape
-        self.form = form
-        self.register_buffer("sparse", sparse_layout(weight.detach(), block, form), persistent=False)
-        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.sparse.mm(self.sparse, x.reshape(-1, self.in_features).T).T
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, form={self.form}"
-
-
-def deploy_sparse(model: nn.Module, example_input: torch.Tensor, block: Sequence[int] = (32, 32),
-                  choose=None) -> dict[str, str]:
-    """Deploy each Linear of a plain (fused) block-pruned model in its fastest form, in place: the
-    dense weight, or BSR / CSR where ``choose(weight, block, x)`` (default
-    :func:`spa.benchmarks.fastest_form`, timed on the layer's own input for ``example_input``) says
-    a sparse kernel is faster on this device. Layers with no pruned block, the head and layers the
-    block does not divide stay dense. Returns {layer: form}."""
-    from spa.adapters.convert import head_names
-    if choose is None:
-        from spa.benchmarks import fastest_form as choose
-    p, q = (int(v) for v in block)
-    heads = set(head_names(model))
-    candidates = {n: m for n, m in model.named_modules() if type(m) is nn.Linear and n not in heads
-                  and m.weight.shape[0] % p == 0 and m.weight.shape[1] % q == 0
-                  and bool((block_sums(m.weight.detach().abs(), (p, q)) == 0).any())}
-    inputs: dict[str, torch.Tensor] = {}
-    def keep_input(name: str):
-        def hook(module, args, output) -> None:       # returns None: the output stays the module's
-            inputs.setdefault(name, args[0].detach())
-        return hook
-    hooks = [m.register_forward_hook(keep_input(n)) for n, m in candidates.items()]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    forms = {}
-    for name, layer in candidates.items():
-        x = inputs[name].reshape(-1, layer.in_features)
-        forms[name] = choose(layer.weight.detach(), (p, q), x)
-        if forms[name] != "dense":
-            _set_module(model, name, SparseLinear(layer.weight, layer.bias, forms[name], (p, q)))
-    return forms

@@ -1,4 +1,4 @@
-"""Channel importance criteria (spa.md §2), one class each.
+"""Channel importance criteria (docs/method.md §2), one class each.
 
 Each criterion scores the output channels of every producer layer, with hooks on the layer
 outputs (so the score does not depend on how an adapter parametrises the layer), accumulated over

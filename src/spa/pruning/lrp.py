@@ -1,4 +1,4 @@
-"""LRP importance (Yeom et al., Pattern Recognition 2021) with zennit, as spa.md §2 specifies:
+"""LRP importance (Yeom et al., Pattern Recognition 2021) with zennit, as docs/method.md §2 specifies:
 
 - adapters are fused into the weights first (the scores see the task's actual filters);
 - BatchNorm is merged into the conv before it (zennit's ``NamedMergeBatchNorm``, pairs from the

@@ -1,4 +1,4 @@
-"""The iterative schedule (spa.md §2): remove a fixed fraction of the original filters per step,
+"""The iterative schedule (docs/method.md §2): remove a fixed fraction of the original filters per step,
 ranking channels globally, never emptying a group.
 
 density = kept producer filters / original producer filters. A channel of a group with k

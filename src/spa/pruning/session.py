@@ -165,30 +165,6 @@ class PruningSession:
             self.apply(int(entry["step"]), entry["removed"])
 
 
-def restore(model: nn.Module, structure: dict[str, Any] | None) -> PruningSession | None:
-    """Give a fresh, unpruned ``model`` the pruned shape that ``structure`` records (``{"history",
-    "input_size", "original_filters"}``, as ``model.pt`` and ``task.pt`` store it; ``{"structure":
-    "blocks", "block_shape"}``: block masks, whose values the task file holds; ``{"structure": "pear",
-    "plan", "sharing", "checkpoint", "channels"}``: Pear's pruned and shared adapters): the one way a saved
-    pruned network is rebuilt. Returns the session (None when there is nothing to restore)."""
-    if not structure:
-        return None
-    if structure.get("structure") == "pear":       # Pear's sharing map, on its channel-pruned network if any
-        from spa.adapters.pear import apply_plan
-        session = restore(model, structure.get("channels"))
-        apply_plan(model, structure["plan"], structure["sharing"], structure["checkpoint"], fresh=False)
-        return session
-    if structure.get("structure") == "blocks":      # a block-pruned task: masks on its matrices, not removed channels
-        from spa.adapters.convert import adapter_layers
-        from spa.pruning.blocks import attach_blocks
-        attach_blocks(model, structure["block_shape"], dense=not adapter_layers(model),
-                      exclude=structure.get("exclude"), columns=structure.get("columns", ()))
-        return None
-    session = PruningSession(model, example_input(model, structure["input_size"]), structure["original_filters"])
-    session.replay(structure["history"])
-    return session
-
-
 def example_input(model: nn.Module, input_size: tuple[int, int] | list[int]) -> torch.Tensor:
     """A zero image batch of one for tracing or counting ``model``: on its parameters' device and in
     their dtype (a float64 model, as the equivalence tests build, traces in float64)."""

@@ -22,7 +22,8 @@ from spa.reporting.collect import (
     versions_line,
     write_versions,
 )
-from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
+from spa.reporting.plotting import new_figure, save_figure, style_axes
+from spa.reporting.report import dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
 LEARNERS = {"finetune": "Fine-pruning", "splopa_r64": "SPLoPA-64", "splopa_r128": "SPLoPA-128"}
@@ -87,13 +88,14 @@ def deployed_model(run_dir: str | Path) -> tuple[torch.nn.Module, tuple[int, int
     """A run's ``model.pt`` (the fused, plain model, pruned blocks zero) and its input size."""
     from omegaconf import OmegaConf
 
-    from spa.models import create_backbone, load_model_file
+    from spa.models import load_model_file
+    from spa.saved import load_backbone
     run_dir = Path(run_dir)
     payload = load_model_file(run_dir / "model.pt", mmap=True)
     cfg = OmegaConf.load(run_dir / "config.yaml")
     b = payload["backbone"]
-    model, _ = create_backbone(b["timm_name"], len(payload["classes"]), weights=str(run_dir / "model.pt"),
-                               cifar_stem=b.get("cifar_stem", False), kwargs=b.get("kwargs"), load_head=True)
+    model, _ = load_backbone(b["timm_name"], len(payload["classes"]), weights=str(run_dir / "model.pt"),
+                             cifar_stem=b.get("cifar_stem", False), kwargs=b.get("kwargs"), load_head=True)
     size = int(cfg.dataset.image_size)
     return model.eval(), (size, size)
 
@@ -104,9 +106,9 @@ def crop_rows(runs_root: str | Path, latency_repeats: int = 0, batch: int = 8) -
     median CPU latency of both (interleaved, batch ``batch``) and their ratio."""
     import copy
 
-    from spa.benchmarks import timed
     from spa.pruning.blocks import crop
     from spa.pruning.session import count_macs
+    from spa.utils import timed
     rows = []
     for path in sorted(Path(runs_root).rglob("pruning.json")):
         record = json.loads(path.read_text())
@@ -189,7 +191,7 @@ def figures(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
     for dataset, part in table.groupby("dataset"):
         for kind, x, xlabel in (("density", "density", "block density (kept / original blocks)"),
                                 ("params", "learned_k", "learned parameters (K, log scale)")):
-            fig, axes = _figure(1, 1, (8, 4))
+            fig, axes = new_figure(1, 1, (8, 4))
             ax = axes[0][0]
             colours = {a: f"C{i}" for i, a in enumerate(LEARNERS)}
             for (pruning, adapter), line in part.groupby(["pruning", "adapter"]):
@@ -199,10 +201,10 @@ def figures(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
                             label=f"{LEARNERS.get(adapter, adapter)}, {METHODS.get(pruning, pruning)}")
             if kind == "params":
                 ax.set_xscale("log")
-            _style(ax, f"{label(dataset)}: block pruning", xlabel)
+            style_axes(ax, f"{label(dataset)}: block pruning", xlabel)
             ax.set_ylabel("top-1 (%)")
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            paths += _save(fig, figures_dir / f"{name}_{kind}_{dataset}")
+            paths += save_figure(fig, figures_dir / f"{name}_{kind}_{dataset}")
     return paths
 
 

@@ -26,7 +26,7 @@ from spa.pruning.importance import CRITERIA
 from spa.pruning.schedule import Plan, schedule_plan
 from spa.records import EPOCHS, STEPS, SUMMARY
 
-# training images of the official splits (spa.md §3), for scoring passes given in batches
+# training images of the official splits (docs/method.md §3), for scoring passes given in batches
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "flowers102": 2_040, "cats_vs_dogs": 8_005,
                 "stanford_cars": 8_144}
 FILTERS = 1000      # any filter count: only the densities of the plan matter here

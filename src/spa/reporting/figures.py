@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spa.reporting.report import _figure, _save
+from spa.reporting.plotting import new_figure, save_figure
 from spa.reporting.table1 import LABELS as TABLE_LABELS
 from spa.reporting.table1 import LEARNING_ORDER, PRUNING_ORDER
 
@@ -23,7 +23,7 @@ def figure6(curves: pd.DataFrame, dataset: str, path_stem: Path) -> list[Path]:
     """Two rows (x = learned parameters, log; x = FLOPs at 32 px) × one column per criterion."""
     part = curves[curves["dataset"] == dataset]
     criteria = _ordered(part["pruning"], PRUNING_ORDER)
-    fig, axes = _figure(2, len(criteria), (3.6 * len(criteria), 6.4))
+    fig, axes = new_figure(2, len(criteria), (3.6 * len(criteria), 6.4))
     for col, criterion in enumerate(criteria):
         for learning in _ordered(part["learning"], LEARNING_ORDER):
             line = part[(part["pruning"] == criterion) & (part["learning"] == learning)]
@@ -37,14 +37,14 @@ def figure6(curves: pd.DataFrame, dataset: str, path_stem: Path) -> list[Path]:
             axes[row][col].set_ylabel(f"{LABELS.get(dataset, dataset)} top-1 (%)")
             axes[row][col].grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, path_stem)
+    return save_figure(fig, path_stem)
 
 
 def density_figure(curves: pd.DataFrame, dataset: str, path_stem: Path) -> list[Path]:
     """Accuracy vs density, one panel per criterion, mean line with ±std band over seeds."""
     part = curves[curves["dataset"] == dataset]
     criteria = _ordered(part["pruning"], PRUNING_ORDER)
-    fig, axes = _figure(1, len(criteria), (3.6 * len(criteria), 3.4))
+    fig, axes = new_figure(1, len(criteria), (3.6 * len(criteria), 3.4))
     for ax, criterion in zip(axes[0], criteria):
         for learning in _ordered(part["learning"], LEARNING_ORDER):
             line = part[(part["pruning"] == criterion) & (part["learning"] == learning)]
@@ -57,7 +57,7 @@ def density_figure(curves: pd.DataFrame, dataset: str, path_stem: Path) -> list[
         ax.set_ylabel(f"{LABELS.get(dataset, dataset)} top-1 (%)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, path_stem)
+    return save_figure(fig, path_stem)
 
 
 def write_figures(curves_csv: str | Path, out_dir: str | Path, name: str) -> list[Path]:

@@ -1,5 +1,5 @@
 """The paper's Table 1 in long form, and its headline claims computed the way they follow from the
-table (spa.md §4), so the same computation can run on our own aggregated results.
+table (docs/method.md §4), so the same computation can run on our own aggregated results.
 
 - "+6.9 % accuracy using half the parameters at 90 % pruned weights": SPLoRA-r32 minus
   fine-pruning at 10 % density, averaged over the criteria within each dataset (only criteria with

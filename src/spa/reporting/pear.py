@@ -24,7 +24,8 @@ from spa.reporting.collect import (
     versions_line,
     write_versions,
 )
-from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
+from spa.reporting.plotting import new_figure, save_figure, style_axes
+from spa.reporting.report import dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
 ORDER = ["LoRA (full rank)", "LoRA (half rank)", "prune-only", "prune + share", "Pear (share + checkpoint)",
@@ -194,7 +195,7 @@ def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, version
 def figure(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
     """Top-1 against learned parameters, a panel per data set, a marker per learner, a colour per ratio."""
     datasets = sorted(table["dataset"].unique(), key=dataset_rank)
-    fig, axes = _figure(1, len(datasets), (4.5 * len(datasets) + 3, 4))
+    fig, axes = new_figure(1, len(datasets), (4.5 * len(datasets) + 3, 4))
     markers = dict(zip(ORDER, "osv^DP"))
     colours = {0.0: "C7", 0.25: "C0", 0.5: "C3"}
     for ax, dataset in zip(axes[0], datasets):
@@ -204,11 +205,11 @@ def figure(table: pd.DataFrame, figures_dir: Path, name: str) -> list[Path]:
             dodge = 1 + 0.01 * (ORDER.index(r.learner) - 3.5) if r.ratio and r.learner in ORDER else 1
             ax.errorbar(r.learned_k * dodge, r.top1, yerr=r.top1_std, marker=markers.get(r.learner, "x"),
                         linestyle="none", color=colours.get(r.ratio, "C2"), capsize=2, label=legend)
-        _style(ax, f"{label(dataset)}", "learned parameters (K; one ratio's learners spread by 1 %)")
+        style_axes(ax, f"{label(dataset)}", "learned parameters (K; one ratio's learners spread by 1 %)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for ax in axes[0][:-1]:
         ax.get_legend().remove()
-    return _save(fig, figures_dir / f"{name}_params")
+    return save_figure(fig, figures_dir / f"{name}_params")
 
 
 def pear_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str | Path, name: str) -> dict[str, Path]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from spa import config_dir
@@ -28,6 +27,7 @@ from spa.reporting.collect import (
     versions_line,
     write_versions,
 )
+from spa.reporting.plotting import new_figure, save_figure, style_axes
 from spa.utils import atomic_write_text
 
 LABELS = {
@@ -107,50 +107,25 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return rows.to_markdown(index=False, disable_numparse=True) + "\n" + collapse_legend(summary["collapsed"])
 
 
-def _style(ax, title: str, xlabel: str) -> None:
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-
-
-def _figure(rows: int, cols: int, size: tuple[float, float]):
-    """A figure and its 2-D array of axes, outside pyplot: no global state, no display backend
-    (so the library draws the same files from scripts and inside notebooks)."""
-    fig = Figure(figsize=size)
-    return fig, fig.subplots(rows, cols, squeeze=False)
-
-
-def _save(fig, path_stem: Path) -> list[Path]:
-    """PNG and PDF of ``fig`` at ``path_stem``."""
-    fig.tight_layout()
-    paths = [path_stem.with_suffix(".png"), path_stem.with_suffix(".pdf")]
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    return paths
-
-
 def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
     """Test top-1 per epoch of the initial training of unpruned runs (pruned runs start from them),
     one line per run, one panel per dataset; PNG and PDF."""
     epochs = epochs[(epochs["pruning"] == "none") & (epochs.get("phase", "train") == "train")]
     datasets = list(dict.fromkeys(epochs["dataset"]))
-    fig, axes = _figure(1, len(datasets), (4.5 * len(datasets), 3.4))
+    fig, axes = new_figure(1, len(datasets), (4.5 * len(datasets), 3.4))
     for ax, dataset in zip(axes[0], datasets):
         part = epochs[(epochs["dataset"] == dataset) & epochs["test_top1"].notna()]
         for (adapter, seed), run in part.groupby(["adapter", "seed"], sort=False):
             ax.plot(run["epoch"], run["test_top1"], marker="o", ms=3, label=f"{label(adapter)} (seed {seed})")
         ax.axhline(100.0 / part["num_classes"].iloc[0], ls="--", lw=1, color="grey", label="chance")
-        _style(ax, label(dataset), "epoch")
-    return _save(fig, path_stem)
+        style_axes(ax, label(dataset), "epoch")
+    return save_figure(fig, path_stem)
 
 
 def density_curves(steps: pd.DataFrame, path_stem: Path) -> list[Path]:
     """Test top-1 after recovery vs density (mean over seeds, ±std band), one panel per dataset."""
     datasets = list(dict.fromkeys(steps["dataset"]))
-    fig, axes = _figure(1, len(datasets), (4.8 * len(datasets), 3.6))
+    fig, axes = new_figure(1, len(datasets), (4.8 * len(datasets), 3.6))
     for ax, dataset in zip(axes[0], datasets):
         part = steps[steps["dataset"] == dataset]
         for (adapter, pruning), run in part.groupby(["adapter", "pruning"], sort=False):
@@ -161,8 +136,8 @@ def density_curves(steps: pd.DataFrame, path_stem: Path) -> list[Path]:
                 ax.fill_between(x, curve["mean"] - curve["std"].fillna(0), curve["mean"] + curve["std"].fillna(0),
                                 alpha=0.2)
         ax.invert_xaxis()
-        _style(ax, label(dataset), "density (% of conv filters kept)")
-    return _save(fig, path_stem)
+        style_axes(ax, label(dataset), "density (% of conv filters kept)")
+    return save_figure(fig, path_stem)
 
 
 def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str,

@@ -173,7 +173,7 @@ def markdown(long: pd.DataFrame, expected_seeds: int = 3, versions: list[str] | 
 
 
 def claims_markdown(ours: pd.DataFrame, paper: pd.DataFrame) -> str:
-    """The two headline claims (spa.md §4) on our cells and on the paper's, over the paper's datasets."""
+    """The two headline claims (docs/method.md §4) on our cells and on the paper's, over the paper's datasets."""
     ours, rows = _paper_datasets(ours, paper), []
     for learner, density, what in (("splora_r32", 0.10, "SPLoRA-r32 − fine-pruning, 10 % density"),
                                    ("splora_r8", 0.30, "SPLoRA-r8 − fine-pruning, 30 % density")):

@@ -29,7 +29,8 @@ from spa.reporting.collect import (
     versions_line,
     write_versions,
 )
-from spa.reporting.report import _figure, _save, _style, dataset_rank, label, mean_std_cell
+from spa.reporting.plotting import new_figure, save_figure, style_axes
+from spa.reporting.report import dataset_rank, label, mean_std_cell
 from spa.utils import atomic_write_text
 
 CLAIM_DENSITY = 0.25          # "75 % pruned weights"
@@ -59,11 +60,12 @@ def architecture_counts(timm_name: str, num_classes: int, learners: dict[str, tu
                             "patch_embed",), kwargs: dict | None = None, image_size: int = 224) -> list[dict]:
     """Learned parameters of each learner (``{label: (adapter kind, options)}``) on ``timm_name``,
     unpruned and at ``density`` kept weights, pruned as experiment=vit_iclr prunes (weight magnitude,
-    ``pruning.scope=local``, ``step_fraction`` steps, ``frozen`` modules; :func:`~spa.reporting.params.weight_pruned`):
+    ``pruning.scope=local``, ``step_fraction`` steps, ``frozen`` modules; :func:`~spa.pruning.dry_run.weight_pruned`):
     counted on randomly initialised weights, which is exact for any weights, since every block keeps
     the same number of heads and MLP channels whichever ones go. No training, no data."""
     from spa.metrics import count_parameters
-    from spa.reporting.params import BackboneSpec, weight_pruned
+    from spa.models import BackboneSpec
+    from spa.pruning.dry_run import weight_pruned
     backbone = BackboneSpec(timm_name, timm_name, num_classes, kwargs=tuple((kwargs or {}).items()))
     rows = []
     for name, (kind, options) in learners.items():
@@ -200,7 +202,7 @@ def figure(steps: pd.DataFrame, figures_dir: Path, name: str, density: float = C
     """Top-1 against kept weights, a panel per data set, a line per learner (means over seeds per step)."""
     steps = steps[steps["pruning"] != "none"]
     datasets = sorted(steps["dataset"].unique(), key=dataset_rank)
-    fig, axes = _figure(1, len(datasets), (4.5 * len(datasets), 3.8))
+    fig, axes = new_figure(1, len(datasets), (4.5 * len(datasets), 3.8))
     for ax, dataset in zip(axes[0], datasets):
         part = steps[steps["dataset"] == dataset]
         for adapter, runs in part.groupby("adapter"):
@@ -210,12 +212,12 @@ def figure(steps: pd.DataFrame, figures_dir: Path, name: str, density: float = C
                         label=learner_label(adapter))
         ax.axvline(density, color="0.6", linestyle=":", linewidth=1)
         ax.invert_xaxis()
-        _style(ax, label(dataset), "kept weights (fused parameters / unpruned)")
+        style_axes(ax, label(dataset), "kept weights (fused parameters / unpruned)")
     axes[0][-1].legend(fontsize=8)
     for ax in axes[0][:-1]:
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-    return _save(fig, figures_dir / f"{name}_weights")
+    return save_figure(fig, figures_dir / f"{name}_weights")
 
 
 def vit_report(runs_root: str | Path, tables_dir: str | Path, figures_dir: str | Path, name: str) -> dict[str, Path]:

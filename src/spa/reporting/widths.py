@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from spa.records import SUMMARY, WIDTHS
-from spa.reporting.report import _figure
+from spa.reporting.plotting import new_figure
 
 NARROW = 0.05     # rows that end below this kept fraction are named in red: the units a step all but emptied
 
@@ -49,7 +49,7 @@ def widths_figure(panels: dict[str, pd.DataFrame], path: Path, title: str = "") 
     units = max(len(set(w["unit"])) for w in panels.values())
     shared = len({tuple(dict.fromkeys(w["unit"])) for w in panels.values()}) == 1   # one network: label it once
     width = 2.6 * len(panels) + (2.0 if shared else 2.0 * len(panels)) + 0.8
-    fig, axes = _figure(1, len(panels), (width, max(3.0, 0.11 * units + 1.5)))
+    fig, axes = new_figure(1, len(panels), (width, max(3.0, 0.11 * units + 1.5)))
     fig.set_layout_engine("constrained")      # room for every panel's unit names
     image = None
     for i, (ax, (name, widths)) in enumerate(zip(axes[0], panels.items())):

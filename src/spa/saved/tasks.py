@@ -17,6 +17,7 @@ import torch.nn as nn
 from spa.adapters.convert import NORM_TYPES, adapter_layers, freeze, head_names
 from spa.adapters.layers import RESIDUAL
 from spa.adapters.registry import apply_adapter
+from spa.saved.restore import restore
 from spa.utils import atomic_torch_save
 
 TASK_FORMAT = "spa.task/1"
@@ -93,7 +94,6 @@ def load_task(base: nn.Module, path: str | Path | dict, device: torch.device | s
         model.reset_classifier(payload["num_classes"])
     apply_adapter(model, payload["adapter"]["kind"], **payload["adapter"]["options"])
     freeze(model, payload.get("frozen") or [])     # e.g. the patch embedding: not in the task, the base's own
-    from spa.pruning.session import restore
     restore(model, payload["structure"])      # a pruned task: remove the same channels, in the same order
     switch_task(model, payload)
     if device is not None:

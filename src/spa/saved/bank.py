@@ -3,8 +3,8 @@
 
 Tasks of the same shape (adapter kind and options, pruning structure, classes, frozen modules)
 share one adapted model: asking for another task of that shape copies its tensors in
-(:func:`~spa.adapters.tasks.switch_task`), which costs what the task file holds, not what the base
-holds. A task of a new shape gets its model from :func:`~spa.adapters.tasks.load_task` once; an
+(:func:`~spa.saved.tasks.switch_task`), which costs what the task file holds, not what the base
+holds. A task of a new shape gets its model from :func:`~spa.saved.tasks.load_task` once; an
 unpruned task's model shares the base's frozen weights (a pruned one keeps its own smaller copies).
 A task trained on another base (another architecture, or weights with another SHA-256) is refused.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from spa.adapters.tasks import load_task, read_task, switch_task
+from spa.saved.tasks import load_task, read_task, switch_task
 
 
 class TaskBank:

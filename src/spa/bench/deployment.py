@@ -1,0 +1,64 @@
+"""Deployment runtimes: a pruned network's latency in PyTorch eager, torch.compile and
+onnxruntime, against its MACs."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from spa.bench.nets import MOBILENETV2, RESNET50, NetSpec, bench_input, pruned_versions
+from spa.bench.timing import eval_forward
+from spa.pruning.session import count_macs
+from spa.utils import timed
+
+DEPLOY_NETS = (RESNET50, MOBILENETV2)
+DEPLOY_DENSITIES = (1.0, 0.3, 0.1)
+DEPLOY_TARGET = 1.15      # at 30 % density the best runtime's latency ratio within this x the MACs ratio
+
+
+def onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[], Any] | None:
+    """An onnxruntime (CPU) session of ``model`` exported as scripts/export.py does; None where
+    onnxruntime is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    from spa.export import load_export, write_onnx
+    path = workdir / f"deploy_{id(model)}.onnx"
+    write_onnx(model.cpu(), torch.zeros(2, *x.shape[1:]), path, {})
+    run, feed = load_export(path, threads=torch.get_num_threads())[0], x.cpu().numpy()   # torch's threads
+    return lambda: run(feed)
+
+
+def deploy_latency(spec: NetSpec, batch: int, device: torch.device, repeats: int, warmup: int, workdir: Path,
+                   densities=DEPLOY_DENSITIES, compile_model: bool = True) -> list[dict[str, Any]]:
+    """Latency of ``spec`` pruned (channels removed, data-free weight criterion) at each density in
+    PyTorch eager, ``torch.compile`` (inductor) and onnxruntime (CPU only), timed interleaved at one
+    batch; ratios to the dense network in eager mode, and to the MACs ratio."""
+    x = bench_input(spec, batch, device, False)
+    rows: list[dict[str, Any]] = []
+    for density, model, _ in pruned_versions(spec, densities, device=device):
+        model.eval()
+        macs = count_macs(model, (spec.size, spec.size))
+        fns = {"eager": eval_forward(model, x, False)}
+        if compile_model:
+            torch._dynamo.reset()
+            fns["torch.compile"] = eval_forward(torch.compile(model), x, False)
+        if device.type == "cpu":
+            runner = onnx_runner(model, x, workdir)
+            if runner is not None:
+                fns["onnxruntime"] = runner
+        for name, seconds in timed(fns, device, repeats, warmup).items():
+            rows.append({"network": spec.label, "density": density, "runtime": name, "latency_s": seconds,
+                         "macs": macs})
+    dense = {r["runtime"]: r["latency_s"] for r in rows if r["density"] == max(densities)}
+    dense_macs = max(r["macs"] for r in rows)
+    for r in rows:
+        r["latency_ratio"] = r["latency_s"] / dense["eager"]
+        r["macs_ratio"] = r["macs"] / dense_macs
+        r["latency_over_macs_ratio"] = r["latency_ratio"] / r["macs_ratio"]
+        r["ratio_to_same_runtime_dense"] = r["latency_s"] / dense[r["runtime"]]    # what pruning buys in it
+    return rows
