@@ -1,4 +1,4 @@
-"""Channel SPAs: the maths of spa.md §1, fusion, the trainable set, exact counts and task files.
+"""Channel SPAs: the maths of docs/method.md §1, fusion, the trainable set, exact counts and task files.
 
 Fused vs unfused outputs are exact in real arithmetic: compared in float64 (tests/numerics.py).
 """

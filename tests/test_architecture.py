@@ -171,3 +171,21 @@ def test_the_architecture_note_lists_the_layers_in_order(doc):
     rows = re.findall(r"^\| (\d+) \| ([^|]+)\|", text, flags=re.M)
     listed = tuple(tuple(re.findall(r"`(spa[\w.]*)`", packages)) for _, packages in rows)
     assert listed == LAYERS
+
+
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 50
+
+
+def test_modules_and_functions_stay_readable_in_one_sitting():
+    """No module of src/spa over 400 lines, no function over 50 (decorators and docstring included)."""
+    long = []
+    for path in sorted((SRC / "spa").rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            long.append(f"{path.relative_to(SRC)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                if node.end_lineno - start + 1 > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(SRC)}:{start} {node.name}: {node.end_lineno - start + 1} lines")
+    assert long == []

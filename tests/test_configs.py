@@ -63,7 +63,7 @@ def test_optimizer_targets_import_and_build():
 @pytest.mark.parametrize("name", options("hparams"))
 def test_hparams_files_cite_a_source_and_apply(name):
     text = (CONFIGS / "hparams" / f"{name}.yaml").read_text()
-    assert "Source:" in text and "spa.md" in text, f"hparams/{name}.yaml must cite its source"
+    assert "Source:" in text and "docs/method.md" in text, f"hparams/{name}.yaml must cite its source"
     dataset, backbone = next((d, name[len(d) + 1:]) for d in options("dataset") if name.startswith(d + "_"))
     cfg = compose_with(f"dataset={dataset}", f"backbone={backbone}")
     fields = OmegaConf.to_container(OmegaConf.load(CONFIGS / "hparams" / f"{name}.yaml"))

@@ -17,14 +17,15 @@ def totals(epochs: pd.DataFrame) -> dict[tuple[str, str], float]:
 
 def test_table1_epochs_follow_the_papers_schedule():
     got = totals(sweep_epochs("table1"))
-    # 3 seeds x (fine-tuning 20 + SPLoRA-r32 30 + SPLoRA-r8 30) initial epochs on CIFAR-10 (spa.md §3)
+    # 3 seeds x (fine-tuning 20 + SPLoRA-r32 30 + SPLoRA-r8 30) initial epochs on CIFAR-10 (docs/method.md §3)
     assert got[("cifar10", "initial")] == 3 * (20 + 30 + 30)
     # 19 steps x 20 recovery epochs x 4 criteria x 3 learners x 3 seeds
     assert got[("cifar10", "recover")] == 19 * 20 * 4 * 3 * 3
     # one full scoring epoch per step for the three criteria that read data (weight does not)
     assert got[("cifar10", "score")] == 19 * 3 * 3 * 3
     assert got[("flowers102", "initial")] == 9 * 100 and got[("cats_vs_dogs", "recover")] == 19 * 50 * 36
-    # one fine-pruning run on CIFAR-10 with a data criterion is "about 450 epochs" (spa.md §3): 20 + 19 x (1 + 20)
+    # one fine-pruning run on CIFAR-10 with a data criterion is "about 450 epochs" (docs/method.md §3):
+    # 20 + 19 x (1 + 20)
     assert 20 + got[("cifar10", "recover")] / 36 + got[("cifar10", "score")] / 27 == 419
 
 

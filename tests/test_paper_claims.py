@@ -1,4 +1,4 @@
-"""The headline claims follow from the paper's Table 1 as spa.md §4 says."""
+"""The headline claims follow from the paper's Table 1 as docs/method.md §4 says."""
 from __future__ import annotations
 
 import pytest

@@ -45,7 +45,7 @@ def test_resnet50_groups_count_the_papers_filters():
     model = apply_cifar_stem(timm.create_model("resnet50", num_classes=10))
     apply_adapter(model, "splora", rank=8)
     groups = channel_groups(model, build_graph(model, torch.zeros(1, 3, 32, 32)))
-    assert producer_filters(groups) == 26_560                 # spa.md §2
+    assert producer_filters(groups) == 26_560                 # docs/method.md §2
     residual = sorted((g.root, g.filters_per_channel, g.size) for g in groups if g.filters_per_channel > 1)
     assert residual == [("layer1.0.downsample.0", 4, 256), ("layer2.0.downsample.0", 5, 512),
                         ("layer3.0.downsample.0", 7, 1024), ("layer4.0.downsample.0", 4, 2048)]

@@ -15,7 +15,7 @@ from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs
 
-PAPER_MACS_RESNET50_CIFAR = 1304.7e6     # spa.md §4: unpruned FLOPs (MACs), CIFAR stem, 32 x 32
+PAPER_MACS_RESNET50_CIFAR = 1304.7e6     # docs/method.md §4: unpruned FLOPs (MACs), CIFAR stem, 32 x 32
 
 
 def resnet50_cifar() -> torch.nn.Module:

@@ -5,9 +5,9 @@ in place and sets ``requires_grad`` to the kind's trainable set. The pipeline lo
 ``adapter.kind``; a layer-wise adapter (SPLoRA, SPPaRA), a block adapter (SPLoPA) or an
 adapter-sharing method (Pear) is one more registered function, not a change to the pipeline.
 """
+from spa.adapters.base import AdapterLayer
 from spa.adapters.convert import RANK_LIMITS, adapter_layers, convert, fuse, head_names, rank_report, set_trainable
 from spa.adapters.layers import (
-    AdapterLayer,
     SPLoRAConv2d,
     SPLoRADepthwiseConv2d,
     SPLoRALinear,

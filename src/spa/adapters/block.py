@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spa.adapters.convert import _excluded
-from spa.adapters.layers import AdapterLayer, _ConvAdapter, _LinearAdapter
+from spa.adapters.base import AdapterLayer, ConvAdapter, LinearAdapter
+from spa.adapters.convert import matches_any
 from spa.utils import set_module
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class PrototypeBank(nn.Module):
         return self.C @ self.R
 
 
-class _SPLoPA(AdapterLayer):
+class SPLoPALayer(AdapterLayer):
     """ΔW = Σ_i B_i ⊗ P_i (P = the bank's prototypes), on a 2-D view (out × in) of the base weight."""
 
     bank: PrototypeBank
@@ -88,7 +88,7 @@ class _SPLoPA(AdapterLayer):
     keep_cols = keep_rows
 
 
-class SPLoPALinear(_SPLoPA, _LinearAdapter):
+class SPLoPALinear(SPLoPALayer, LinearAdapter):
     """y = (W + Σ_i B_i ⊗ C_i R_i) x + b; ``to_module`` gives the plain Linear."""
 
     def __init__(self, layer: nn.Linear, bank: PrototypeBank) -> None:
@@ -104,7 +104,7 @@ class SPLoPALinear(_SPLoPA, _LinearAdapter):
         return F.linear(x, weight, self.bias)
 
 
-class SPLoPAConv2d(_SPLoPA, _ConvAdapter):
+class SPLoPAConv2d(SPLoPALayer, ConvAdapter):
     """A pointwise (1 × 1, ungrouped) conv: its weight is an out × in matrix; ``to_module`` gives the
     plain conv."""
 
@@ -115,7 +115,7 @@ class SPLoPAConv2d(_SPLoPA, _ConvAdapter):
         self._init_positions(*self.weight.shape[:2], bank)
 
     def delta(self) -> torch.Tensor:
-        return self.delta2d()           # out × in, placed at the (only) tap by _ConvAdapter.fused_weight
+        return self.delta2d()           # out × in, placed at the (only) tap by ConvAdapter.fused_weight
 
     def _train_fused(self) -> bool:
         return True                     # one conv with W + ΔW (ΔW is materialised either way)
@@ -137,7 +137,7 @@ def convert_splopa(model: nn.Module, skip: Sequence[str], num_prototypes: int = 
                          f"{prototype_rank}, {tuple(block_shape)}")
     planned, undivided = [], []
     for name, module in model.named_modules():
-        if not name or _excluded(name, skip):
+        if not name or matches_any(name, skip):
             continue
         if type(module) is nn.Linear or is_pointwise(module):
             out, inp = module.weight.shape[:2]

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 
 import torch.nn as nn
 
-from spa.adapters.layers import CONV_CLASSES, AdapterLayer, conv_adapter_class, layer_kind, resolve_rank
+from spa.adapters.base import CONV_CLASSES, AdapterLayer, resolve_rank
+from spa.adapters.layers import conv_adapter_class, layer_kind
 from spa.models.heads import head_names
 from spa.utils import set_module
 
@@ -24,7 +25,8 @@ DEFAULT_EXCLUDE = ("patch_embed.proj",)   # ViT patch embedding stays as pretrai
 RANK_LIMITS = ("paper", "clamp")
 
 
-def _excluded(name: str, patterns: Iterable[str]) -> bool:
+def matches_any(name: str, patterns: Iterable[str]) -> bool:
+    """Whether module ``name`` is one of ``patterns`` or inside one of them."""
     return any(name == p or name.startswith(p + ".") for p in patterns)
 
 
@@ -85,7 +87,7 @@ def rank_report(model: nn.Module, rank: int | float, rank_limit: str) -> dict[st
     return {"rank": rank, "rank_limit": rank_limit, "layers_above_usable": above}
 
 
-# Pear's default adapter positions (pear.md): the qkv / proj / fc1 / fc2 Linears of a ViT's blocks;
+# Pear's default adapter positions (docs/method.md §7): the qkv / proj / fc1 / fc2 Linears of a ViT's blocks;
 # in a CNN, its pointwise convs (1 x 1, one group)
 VIT_POSITIONS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -113,6 +115,29 @@ def check_positions(positions: object) -> None:
                          f"[attn.qkv,mlp.fc2]")
 
 
+def _eligible(model: nn.Module, linear: bool, skip: list[str], positions: str | Sequence[str] | None
+              ) -> tuple[list[tuple[str, nn.Module]], list[str], list[str]]:
+    """The layers :func:`convert` would adapt, those it leaves out (kernels or padding modes no
+    adapter fits) and those it refuses (subclasses it cannot stand in for), in module order."""
+    planned, skipped, refused = [], [], []
+    for name, module in model.named_modules():
+        if not name or matches_any(name, skip) or \
+                (isinstance(module, (nn.Conv2d, nn.Linear)) and not _at_position(name, module, positions)):
+            continue
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size
+            if type(module) not in CONV_CLASSES:
+                refused.append(f"{name} ({type(module).__name__})")
+            elif k[0] != k[1] or k[0] % 2 == 0 or module.padding_mode != "zeros":
+                skipped.append(name)
+            else:
+                planned.append((name, module))
+        elif isinstance(module, nn.Linear) and linear:
+            (planned.append((name, module)) if type(module) is nn.Linear
+             else refused.append(f"{name} ({type(module).__name__})"))
+    return planned, skipped, refused
+
+
 def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: float = 1e-4,
             exclude: Sequence[str] | None = None, rank_limit: str = "paper", scale: float = 1.0,
             positions: str | Sequence[str] | None = None) -> list[str]:
@@ -128,23 +153,7 @@ def convert(model: nn.Module, kind: str, rank: int | float = 16, init_range: flo
     """
     spec = layer_kind(kind)
     check_positions(positions)
-    skip = excluded_names(model, exclude)
-    planned, skipped, refused = [], [], []
-    for name, module in model.named_modules():
-        if not name or _excluded(name, skip) or \
-                (isinstance(module, (nn.Conv2d, nn.Linear)) and not _at_position(name, module, positions)):
-            continue
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size
-            if type(module) not in CONV_CLASSES:
-                refused.append(f"{name} ({type(module).__name__})")
-            elif k[0] != k[1] or k[0] % 2 == 0 or module.padding_mode != "zeros":
-                skipped.append(name)
-            else:
-                planned.append((name, module))
-        elif isinstance(module, nn.Linear) and spec.linear is not None:
-            (planned.append((name, module)) if type(module) is nn.Linear
-             else refused.append(f"{name} ({type(module).__name__})"))
+    planned, skipped, refused = _eligible(model, spec.linear is not None, excluded_names(model, exclude), positions)
     if refused:    # before anything is replaced: a refused model is left as it was
         raise TypeError(
             f"adapter {kind}: {len(refused)} layers are subclasses of Conv2d / Linear that the adapters cannot "
@@ -188,7 +197,7 @@ def set_trainable(model: nn.Module, train_norm: bool = True) -> None:
         if train_norm and isinstance(module, NORM_TYPES):
             for param in module.parameters(recurse=False):
                 param.requires_grad_(True)
-        if name and _excluded(name, heads):
+        if name and matches_any(name, heads):
             for param in module.parameters(recurse=False):
                 param.requires_grad_(True)
         bias = getattr(module, "bias", None)

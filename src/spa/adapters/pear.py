@@ -1,7 +1,7 @@
 """Pear: prune whole low-rank adapters, share important ones into the pruned positions, and keep a
 knowledge checkpoint of what was pruned (Zhong & Zhou, arXiv:2409.19733).
 
-**Reconstructed** from the paper's description (``reference/pear.md``: its code could not be read).
+**Reconstructed** from the paper's description (docs/method.md §7: its code could not be read).
 Every unknown is a knob, and the defaults are our guesses:
 
 - positions: the SPLoRA/LoRA layers of the model (``adapter.options.positions=pear``: a ViT's
@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from spa.adapters.base import RESIDUAL, AdapterLayer
 from spa.adapters.convert import adapter_layers
-from spa.adapters.layers import RESIDUAL, AdapterLayer
 
 IMPORTANCES = ("taylor", "magnitude", "random")
 MAPPINGS = ("rank", "nearest")

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spa.adapters.layers import expand_blocks
+from spa.adapters.base import expand_blocks
 from spa.bench.nets import SEED
 from spa.pruning.sparse import block_sparse_weight, form_timings
 from spa.utils import timed

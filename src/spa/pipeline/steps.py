@@ -31,57 +31,74 @@ def initial_state(parts: Parts, session: PruningSession | None, status: str, ini
     """Step 0: resume from this run's checkpoint, start from the unpruned run, or train ``epochs``.
     ``on_resume(parts, checkpoint)``: a method's own structure, rebuilt before the state is loaded.
     Returns (steps.csv rows so far, last completed step, model selection of the last training)."""
-    rundir, model, device = parts.rundir, parts.model, parts.device
     if status == "resume":
-        checkpoint = torch.load(rundir.file(CHECKPOINT), map_location=device, weights_only=True)
-        if session is not None:
-            session.replay(checkpoint["history"])
-            if parts.channels_last:
-                apply_channels_last(model, device)
-        if on_resume is not None:
-            on_resume(parts, checkpoint)
-        model.load_state_dict(checkpoint["state_dict"])
-        done = int(checkpoint["step"])
-        rundir.keep_epochs_until(done)
-        log.info("resuming %s after step %d", rundir.path, done)
-        return [r for r in rundir.read_steps() if r["step"] <= done], done, checkpoint["selection"]
+        return resume(parts, session, on_resume)
     if initial_run is not None:
-        initial = RunDir(initial_run)
-        if not initial.file(CHECKPOINT).is_file():
-            raise FileNotFoundError(
-                f"the unpruned run {initial_run} has no {CHECKPOINT} to start pruning from (it was made by an older "
-                f"version). Fix: rerun it (delete the folder), or pass schedule.reuse_unpruned=false to train here.")
-        checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
-        if checkpoint["history"] and session is not None:     # a channel-pruned start (Pear's pruning.after)
-            session.replay(checkpoint["history"])
-            if parts.channels_last:
-                apply_channels_last(model, device)
-        load_unpruned(model, checkpoint["state_dict"])
-        for record in initial.read_epochs():
-            rundir.append_epoch(record)
-        last = initial.read_steps()[-1]     # an unpruned run has one row
-        widths = session_widths(session) if session is not None else None
-        rows = [parts.with_health(
-            {**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
-             "weight_density": last.get("weight_density", 1.0) if checkpoint["history"] else 1.0,
-             "kept_filters": session.kept_filters if session is not None else None}, widths)]
-        log.info("starting from the %s run %s (test top-1 %.2f%%)", "channel-pruned" if checkpoint["history"] else
-                 "unpruned", initial_run, rows[0]["top1"])
-        selection = checkpoint["selection"]
+        rows, widths, selection = start_from(parts, session, initial_run)
     else:
-        t0 = time.perf_counter()
-        head_epochs = int(setting(parts.cfg, "train.head_epochs"))
-        if head_epochs:       # the ViT runs of the paper's ICLR version: the new head alone first
-            with head_only(model):
-                parts.train(head_epochs, "head", 0)
-        result, final = parts.train(epochs, "train", 0)
-        widths = session_widths(session) if session is not None else None
-        rows = [parts.with_health(step_row(0, model, session, None, final, parts.size, time.perf_counter() - t0),
-                                  widths)]
-        selection = selection_of(result)
+        rows, widths, selection = train_initial(parts, session, epochs)
     parts.record_step(rows, widths)
-    save_checkpoint(rundir, model, session, 0, selection)
+    save_checkpoint(parts.rundir, parts.model, session, 0, selection)
     return rows, 0, selection
+
+
+def resume(parts: Parts, session: PruningSession | None, on_resume: Callable[[Parts, dict[str, Any]], None] | None):
+    """This run's checkpoint: its pruning history replayed, its state loaded, its later epochs dropped."""
+    rundir, model, device = parts.rundir, parts.model, parts.device
+    checkpoint = torch.load(rundir.file(CHECKPOINT), map_location=device, weights_only=True)
+    if session is not None:
+        session.replay(checkpoint["history"])
+        if parts.channels_last:
+            apply_channels_last(model, device)
+    if on_resume is not None:
+        on_resume(parts, checkpoint)
+    model.load_state_dict(checkpoint["state_dict"])
+    done = int(checkpoint["step"])
+    rundir.keep_epochs_until(done)
+    log.info("resuming %s after step %d", rundir.path, done)
+    return [r for r in rundir.read_steps() if r["step"] <= done], done, checkpoint["selection"]
+
+
+def start_from(parts: Parts, session: PruningSession | None, initial_run: str):
+    """The trained state of the run this one starts from (unpruned, or channel-pruned for Pear's
+    ``pruning.after``), its epochs copied in; its last steps.csv row becomes this run's step 0."""
+    model, device = parts.model, parts.device
+    initial = RunDir(initial_run)
+    if not initial.file(CHECKPOINT).is_file():
+        raise FileNotFoundError(
+            f"the unpruned run {initial_run} has no {CHECKPOINT} to start pruning from (it was made by an older "
+            f"version). Fix: rerun it (delete the folder), or pass schedule.reuse_unpruned=false to train here.")
+    checkpoint = torch.load(initial.file(CHECKPOINT), map_location=device, weights_only=True)
+    if checkpoint["history"] and session is not None:     # a channel-pruned start (Pear's pruning.after)
+        session.replay(checkpoint["history"])
+        if parts.channels_last:
+            apply_channels_last(model, device)
+    load_unpruned(model, checkpoint["state_dict"])
+    for record in initial.read_epochs():
+        parts.rundir.append_epoch(record)
+    last = initial.read_steps()[-1]     # an unpruned run has one row
+    widths = session_widths(session) if session is not None else None
+    rows = [parts.with_health(
+        {**last, "step": 0, "density": session.density if checkpoint["history"] else 1.0,
+         "weight_density": last.get("weight_density", 1.0) if checkpoint["history"] else 1.0,
+         "kept_filters": session.kept_filters if session is not None else None}, widths)]
+    log.info("starting from the %s run %s (test top-1 %.2f%%)", "channel-pruned" if checkpoint["history"] else
+             "unpruned", initial_run, rows[0]["top1"])
+    return rows, widths, checkpoint["selection"]
+
+
+def train_initial(parts: Parts, session: PruningSession | None, epochs: int):
+    """The initial training (after the head alone where ``train.head_epochs`` asks for it)."""
+    t0 = time.perf_counter()
+    head_epochs = int(setting(parts.cfg, "train.head_epochs"))
+    if head_epochs:       # the ViT runs of the paper's ICLR version: the new head alone first
+        with head_only(parts.model):
+            parts.train(head_epochs, "head", 0)
+    result, final = parts.train(epochs, "train", 0)
+    widths = session_widths(session) if session is not None else None
+    rows = [parts.with_health(step_row(0, parts.model, session, None, final, parts.size, time.perf_counter() - t0),
+                              widths)]
+    return rows, widths, selection_of(result)
 
 
 def load_unpruned(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spa.adapters.block import _SPLoPA, is_pointwise
-from spa.adapters.convert import _excluded, excluded_names
-from spa.adapters.layers import AdapterLayer, _ConvAdapter, _LinearAdapter
+from spa.adapters.base import AdapterLayer, ConvAdapter, LinearAdapter
+from spa.adapters.block import SPLoPALayer, is_pointwise
+from spa.adapters.convert import excluded_names, matches_any
 from spa.utils import set_module
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class _BlockDense:
         return [self.weight]
 
 
-class BlockDenseLinear(_BlockDense, _LinearAdapter):
+class BlockDenseLinear(_BlockDense, LinearAdapter):
     """A Linear whose weight is trained and block-masked; ``to_module`` gives the plain Linear."""
 
     def __init__(self, layer: nn.Linear) -> None:
@@ -76,7 +76,7 @@ class BlockDenseLinear(_BlockDense, _LinearAdapter):
         return F.linear(x, self.fused_weight() if self.training else self._eval_weight(), self.bias)
 
 
-class BlockDenseConv2d(_BlockDense, _ConvAdapter):
+class BlockDenseConv2d(_BlockDense, ConvAdapter):
     """A pointwise conv whose weight is trained and block-masked; ``to_module`` gives the plain conv."""
 
     def __init__(self, conv: nn.Conv2d) -> None:
@@ -105,18 +105,18 @@ def attach_blocks(model: nn.Module, block_shape: Sequence[int], dense: bool,
     skip = excluded_names(model, exclude)
     if dense:
         for name, module in list(model.named_modules()):
-            if name and not _excluded(name, skip) and (type(module) is nn.Linear or is_pointwise(module)):
+            if name and not matches_any(name, skip) and (type(module) is nn.Linear or is_pointwise(module)):
                 out, inp = _matrix(module)
                 if out % p == 0 and inp % q == 0:
                     set_module(model, name, BlockDenseLinear(module) if isinstance(module, nn.Linear)
                                 else BlockDenseConv2d(module))
     names = []
     for name, layer in model.named_modules():
-        if isinstance(layer, _SPLoPA) and tuple(layer.bank.shape[1:3]) != (p, q):
+        if isinstance(layer, SPLoPALayer) and tuple(layer.bank.shape[1:3]) != (p, q):
             raise ValueError(f"block pruning with {p} x {q} blocks, but SPLoPA's prototypes are "
                              f"{layer.bank.shape[1]} x {layer.bank.shape[2]}: prune by the prototypes' blocks "
                              f"(pruning.block_shape=null, or the adapter's block_shape)")
-        if isinstance(layer, (_SPLoPA, _BlockDense)):
+        if isinstance(layer, (SPLoPALayer, _BlockDense)):
             out, inp = _matrix(layer)
             if "block_mask" not in layer._buffers:
                 w = layer.weight
@@ -318,7 +318,7 @@ def pruned_parameters(model: nn.Module) -> dict[str, int]:
     for layer in block_layers(model).values():
         pruned = int(layer.block_mask.numel() - layer.block_mask.sum().item())
         p, q = layer.block_shape
-        learned += pruned * (layer.B.shape[0] * layer.block_units if isinstance(layer, _SPLoPA) else p * q)
+        learned += pruned * (layer.B.shape[0] * layer.block_units if isinstance(layer, SPLoPALayer) else p * q)
         weights += pruned * p * q
     return {"learned": learned, "weights": weights}
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from spa.adapters.base import AdapterLayer
 from spa.adapters.convert import head_names
 from spa.adapters.layers import (
-    AdapterLayer,
     SPLoRAConv2d,
     SPLoRADepthwiseConv2d,
     SPLoRALinear,

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spa.adapters.layers import AdapterLayer
+from spa.adapters.base import AdapterLayer
 from spa.pruning.groups import ChannelGroup
 
 Scores = dict[str, torch.Tensor]     # producer name -> one score per output channel
@@ -33,7 +33,8 @@ class Importance:
         raise NotImplementedError
 
 
-def _producers(groups: list[ChannelGroup]) -> list[str]:
+def producer_names(groups: list[ChannelGroup]) -> list[str]:
+    """The layers whose output channels the groups remove, group by group."""
     return [p for g in groups for p in g.producers]
 
 
@@ -59,7 +60,7 @@ class _ActivationGradient(Importance):
         raise NotImplementedError
 
     def score(self, model, groups, loader, device, max_batches=None):
-        names = _producers(groups)
+        names = producer_names(groups)
         sums: Scores = {}
         outputs: dict[str, torch.Tensor] = {}
 

@@ -37,7 +37,7 @@ from zennit.rules import ClampMod, Epsilon, Pass, ZBox, ZPlus
 
 from spa.adapters.convert import fuse
 from spa.pruning.groups import ChannelGroup
-from spa.pruning.importance import CRITERIA, Importance, Scores, _producers
+from spa.pruning.importance import CRITERIA, Importance, Scores, producer_names
 
 EPSILON = 1e-6
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU)
@@ -178,7 +178,7 @@ class LRPImportance(Importance):
         fused = fuse(model).eval()
         for p in fused.parameters():
             p.requires_grad_(False)
-        names = _producers(groups)
+        names = producer_names(groups)
         sums: Scores = {}
         nonnegative: set[str] | None = None
         for step, (x, y) in enumerate(loader):

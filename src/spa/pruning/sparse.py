@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from spa.adapters.layers import expand_blocks
+from spa.adapters.base import expand_blocks
 from spa.pruning.blocks import block_sums
 from spa.utils import set_module, timed
 

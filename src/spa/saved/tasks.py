@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from spa.adapters.base import RESIDUAL
 from spa.adapters.convert import NORM_TYPES, adapter_layers, freeze, head_names
-from spa.adapters.layers import RESIDUAL
 from spa.adapters.registry import apply_adapter
 from spa.saved.restore import restore
 from spa.utils import atomic_torch_save

@@ -129,19 +129,7 @@ def train_one_epoch(
         with autocast_context(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaled = scaler is not None and scaler.is_enabled()
-        (scaler.scale(loss) if scaled else loss).backward()
-        if clip_grad_norm is not None:
-            if scaled:
-                scaler.unscale_(optimizer)       # clip the true gradients, not the loss-scaled ones
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
-                                           clip_grad_norm)
-        if scaled:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        _optimizer_step(loss, optimizer, scaler, clip_grad_norm)
         if schedule is not None:
             schedule.step_batch()
         if on_step is not None:
@@ -153,6 +141,24 @@ def train_one_epoch(
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"training loss became {mean_loss} during '{desc}'; lower optim.lr")
     return mean_loss, 100.0 * correct.item() / max(1, seen)
+
+
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                    clip_grad_norm: float | None) -> None:
+    """Backward and one optimiser step, through the gradient scaler where it is on, with the
+    gradients' total L2 norm clipped to ``clip_grad_norm`` (after unscaling) where given."""
+    optimizer.zero_grad(set_to_none=True)
+    scaled = scaler is not None and scaler.is_enabled()
+    (scaler.scale(loss) if scaled else loss).backward()
+    if clip_grad_norm is not None:
+        if scaled:
+            scaler.unscale_(optimizer)       # clip the true gradients, not the loss-scaled ones
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
+    if scaled:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 @torch.no_grad()
@@ -202,28 +208,32 @@ def compiled(model: nn.Module, setting: bool | str) -> nn.Module | None:
     return torch.compile(model) if setting is True else torch.compile(model, backend=setting)
 
 
-def fit(
-    model: nn.Module,
-    train_loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    epochs: int,
-    device: torch.device,
-    *,
-    test_loader: Iterable | None = None,
-    val_loader: Iterable | None = None,
-    amp: bool = False,
-    channels_last: bool = False,
-    eval_every: int = 1,
-    select: str = "last",
-    phase: str = "train",
-    step: int = 0,
-    max_steps: int | None = None,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-    train_forward: nn.Module | None = None,
-    on_step: Callable[[], None] | None = None,
-    clip_grad_norm: float | None = None,
-) -> FitResult:
+def _evaluate_into(record: EpochRecord, model: nn.Module, val_loader: Iterable | None, test_loader: Iterable | None,
+                   device: torch.device, amp: bool, channels_last: bool) -> None:
+    """Fill ``record``'s validation and test metrics (where there is such a split)."""
+    if val_loader is not None:
+        v = evaluate(model, val_loader, device, amp, channels_last, desc="val")
+        record.val_loss, record.val_top1, record.val_top5 = v["loss"], v["top1"], v["top5"]
+    if test_loader is not None:
+        t = evaluate(model, test_loader, device, amp, channels_last, desc="test")
+        record.test_loss, record.test_top1, record.test_top5 = t["loss"], t["top1"], t["top5"]
+
+
+def _log_epoch(record: EpochRecord) -> None:
+    """The one informative line of an epoch."""
+    log.info("%s epoch %d/%d | loss %.4f top1 %.2f%%%s%s | lr %.3g | %.1fs", record.phase, record.epoch, record.epochs,
+             record.train_loss, record.train_top1,
+             "" if record.val_top1 is None else f" | val top1 {record.val_top1:.2f}%",
+             "" if record.test_top1 is None else f" | test top1 {record.test_top1:.2f}% top5 {record.test_top5:.2f}%",
+             record.lr, record.time_s)
+
+
+def fit(model: nn.Module, train_loader: Iterable, optimizer: torch.optim.Optimizer, schedule: Schedule, epochs: int,
+        device: torch.device, *, test_loader: Iterable | None = None, val_loader: Iterable | None = None,
+        amp: bool = False, channels_last: bool = False, eval_every: int = 1, select: str = "last",
+        phase: str = "train", step: int = 0, max_steps: int | None = None,
+        on_epoch: Callable[[EpochRecord], None] | None = None, train_forward: nn.Module | None = None,
+        on_step: Callable[[], None] | None = None, clip_grad_norm: float | None = None) -> FitResult:
     """Train ``epochs`` epochs, evaluating every ``eval_every`` epochs and after the last.
 
     ``select="best_val"`` restores the weights of the epoch with the best validation top-1 at the
@@ -242,46 +252,19 @@ def fit(
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loss, acc = train_one_epoch(
-            model if train_forward is None else train_forward,
-            train_loader,
-            optimizer,
-            device,
-            schedule,
-            amp,
-            channels_last,
-            scaler,
-            max_steps,
-            desc=f"{phase} {epoch}/{epochs}",
-            on_step=on_step,
-            clip_grad_norm=clip_grad_norm,
-        )
+        loss, acc = train_one_epoch(model if train_forward is None else train_forward, train_loader, optimizer, device,
+                                    schedule, amp, channels_last, scaler, max_steps, desc=f"{phase} {epoch}/{epochs}",
+                                    on_step=on_step, clip_grad_norm=clip_grad_norm)
         schedule.step_epoch()
         record = EpochRecord(phase, step, epoch, epochs, lr, loss, acc)
         if epoch % eval_every == 0 or epoch == epochs:
-            if val_loader is not None:
-                v = evaluate(model, val_loader, device, amp, channels_last, desc="val")
-                record.val_loss, record.val_top1, record.val_top5 = v["loss"], v["top1"], v["top5"]
-                if select == "best_val" and v["top1"] > best_val:
-                    best_val, result.selected_epoch = v["top1"], epoch
-                    best_state = copy.deepcopy(model.state_dict())
-            if test_loader is not None:
-                t = evaluate(model, test_loader, device, amp, channels_last, desc="test")
-                record.test_loss, record.test_top1, record.test_top5 = t["loss"], t["top1"], t["top5"]
+            _evaluate_into(record, model, val_loader, test_loader, device, amp, channels_last)
+            if select == "best_val" and record.val_top1 > best_val:
+                best_val, result.selected_epoch = record.val_top1, epoch
+                best_state = copy.deepcopy(model.state_dict())
         record.time_s = time.perf_counter() - start
         result.history.append(record)
-        log.info(
-            "%s epoch %d/%d | loss %.4f top1 %.2f%%%s%s | lr %.3g | %.1fs",
-            phase,
-            epoch,
-            epochs,
-            loss,
-            acc,
-            "" if record.val_top1 is None else f" | val top1 {record.val_top1:.2f}%",
-            "" if record.test_top1 is None else f" | test top1 {record.test_top1:.2f}% top5 {record.test_top5:.2f}%",
-            lr,
-            record.time_s,
-        )
+        _log_epoch(record)
         if on_epoch is not None:
             on_epoch(record)
     if select == "last":
