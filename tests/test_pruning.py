@@ -521,7 +521,7 @@ def test_bad_round_to_is_refused_before_the_run_directory_is_written(compose_cfg
 
 def test_the_structure_registry_picks_channels_for_cnns_and_heads_mlp_for_transformers():
     from spa.pruning.structures import STRUCTURES, structure_for
-    assert list(STRUCTURES) == ["heads_mlp", "channels"]
+    assert list(STRUCTURES) == ["heads_mlp", "mlp", "channels"]
     vit, cnn = timm.create_model("test_vit", num_classes=3), timm.create_model("test_resnet", num_classes=3)
     assert structure_for(vit).name == "heads_mlp" and structure_for(cnn).name == "channels"
     session = PruningSession(vit, torch.zeros(1, 3, *vit.pretrained_cfg["input_size"][1:]))

@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from spa.adapters import adapter_layers, apply_adapter, fuse
 from spa.adapters.convert import DEFAULT_EXCLUDE
+from spa.bench.deployment import onnx_runner
 from spa.metrics import count_parameters
 from spa.models.heads import head_names
 from spa.pruning.importance import CRITERIA
@@ -130,25 +131,24 @@ def independent_count(model: nn.Module, rank: int | None) -> int:
                                            if p.requires_grad and id(p) not in counted}.values())
 
 
-def prune_step(model: nn.Module, size: int, criterion: str, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """One step removing :data:`PRUNE_FRACTION` of the filters (global ranking); the density after it."""
+def prune_step(model: nn.Module, size: int, criterion: str, batch: tuple[torch.Tensor, torch.Tensor]) -> PruningSession:
+    """One step removing :data:`PRUNE_FRACTION` of the filters (global ranking); the session after it."""
     session = PruningSession(model, torch.zeros(1, 3, size, size))
     plan = Plan(session.original_filters, PRUNE_FRACTION, 1 - PRUNE_FRACTION)
     session.step(1, plan, CRITERIA[criterion](), [batch], torch.device("cpu"), 1)
-    return session.density
+    return session
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def onnx_session(model: nn.Module, x: torch.Tensor, path: Path) -> Callable[[], Any]:
-    """``model`` exported to ONNX at ``path`` and loaded in onnxruntime (CPU); a call runs ``x``."""
-    from spa.export import load_export, write_onnx
-    write_onnx(model, x, path, {})
-    run = load_export(path, threads=torch.get_num_threads())[0]
-    feed = x.detach().clone().numpy()
-    return lambda: run(feed)
+def onnx_session(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[], Any]:
+    """``model`` exported as scripts/export.py does and loaded in onnxruntime (CPU); a call runs ``x``."""
+    run = onnx_runner(model, x.detach(), workdir)
+    if run is None:
+        raise ModuleNotFoundError("onnxruntime is not installed: pip install onnxruntime (make install does)")
+    return run
 
 
 def check_model(name: str, family: str, adapter: str, workdir: Path, repeats: int = 10,
@@ -175,10 +175,32 @@ def check_model(name: str, family: str, adapter: str, workdir: Path, repeats: in
     return row
 
 
+@torch.no_grad()
+def calibrate(model: nn.Module, size: int, batches: int = 2, batch: int = 8) -> None:
+    """BatchNorm statistics from a few random batches (their plain average), as training would leave
+    them: at init (mean 0, variance 1) activations of a deep residual net grow layer by layer, and
+    logits of 1e5 and more make any fp32 difference meaningless (MobileOne's reached 1e9)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None           # a cumulative average over the batches
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    for _ in range(batches):
+        model(torch.randn(batch, 3, size, size, generator=generator))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 def _build(row: Row, state: dict[str, Any], workdir: Path, repeats: int) -> None:
     torch.manual_seed(0)
     model = timm.create_model(row.model, pretrained=False, num_classes=CLASSES).eval()
     size = input_size(model)
+    calibrate(model, size)
     state.update(base=model, size=size, x=torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0)))
 
 
@@ -205,14 +227,26 @@ def _prune(row: Row, state: dict[str, Any], workdir: Path, repeats: int) -> None
     batch = (x, torch.arange(BATCH) % CLASSES)
     prune_step(copy.deepcopy(state["model"]), size, "taylor", batch)      # Taylor on a random batch, on a copy
     state["dense"] = fuse(copy.deepcopy(state["model"])).eval()
-    density = prune_step(state["model"], size, "weight", batch)
-    if not density < 1:
+    session = prune_step(state["model"], size, "weight", batch)
+    unpruned = session.left_out()
+    row.cells["left_out"] = row.cells.get("left_out", 0) + len(unpruned)
+    if unpruned:
+        log.info("%s / %s: %d layers or channel groups never pruned (%s structure): %s", row.model, row.adapter,
+                 len(unpruned), session.structure.name, unpruned[:8])
+    if not session.density < 1:
         raise StageError("the step removed nothing")
 
 
 def _forward(row: Row, state: dict[str, Any], workdir: Path, repeats: int) -> None:
+    """The adapted model's logits with its adapters in their training form (``W x + B(A x)``, not the
+    fused weight they cache in eval) and everything else in eval: the reference fuse and ort are
+    checked against, so that a wrong fusion cannot agree with itself."""
+    model = state["model"].eval()
+    for layer in adapter_layers(model).values():
+        layer.train()
     with torch.no_grad():
-        out = state["model"].eval()(state["x"])
+        out = model(state["x"])
+    model.eval()
     if out.shape != (BATCH, CLASSES) or not torch.isfinite(out).all():
         raise StageError(f"output {tuple(out.shape)}, finite: {bool(torch.isfinite(out).all())}")
     state["out"] = out
@@ -228,7 +262,7 @@ def _fuse(row: Row, state: dict[str, Any], workdir: Path, repeats: int) -> None:
 
 
 def _export(row: Row, state: dict[str, Any], workdir: Path, repeats: int) -> None:
-    state["run"] = onnx_session(state["fused"], state["x"], workdir / f"{row.model}_{row.adapter}.onnx")
+    state["run"] = onnx_session(state["fused"], state["x"], workdir)
 
 
 def _ort(row: Row, state: dict[str, Any], workdir: Path, repeats: int) -> None:
@@ -243,7 +277,7 @@ def _speed(row: Row, state: dict[str, Any], workdir: Path, repeats: int) -> None
         row.cells["macs_ratio"] = row.cells["latency_ratio"] = "n/a"
         return
     size = (state["size"], state["size"])
-    dense_run = onnx_session(state["dense"], state["x"], workdir / f"{row.model}_{row.adapter}_dense.onnx")
+    dense_run = onnx_session(state["dense"], state["x"], workdir)
     seconds = timed({"dense": dense_run, "pruned": state["run"]}, torch.device("cpu"), repeats, 2)
     row.cells["macs_ratio"] = f"{count_macs(state['fused'], size) / count_macs(state['dense'], size):.3f}"
     row.cells["latency_ratio"] = f"{seconds['pruned'] / seconds['dense']:.3f}"
@@ -266,7 +300,7 @@ def _child(name: str, family: str, adapter: str, workdir: str, repeats: int, mem
 
 
 def isolated(name: str, family: str, adapter: str, workdir: Path, repeats: int = 10, timeout_s: float = 300,
-             memory_gib: float = 8.0) -> dict[str, Any]:
+             memory_gib: float = 12.0) -> dict[str, Any]:
     """:func:`check_model` in a child process with ``timeout_s`` and ``memory_gib`` of address space:
     a child that dies or runs out of time gives a row that names the stage it was in."""
     import multiprocessing
@@ -301,7 +335,7 @@ def isolated(name: str, family: str, adapter: str, workdir: Path, repeats: int =
 
 
 def matrix(models=MODELS, adapters=("splora_r8",), workdir: Path | None = None, repeats: int = 10,
-           timeout_s: float = 300, memory_gib: float = 8.0) -> list[dict]:
+           timeout_s: float = 300, memory_gib: float = 12.0) -> list[dict]:
     """One row per (model, adapter), in the order given, each checked in its own process."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

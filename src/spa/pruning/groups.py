@@ -8,6 +8,8 @@ producer filters, as the paper does (ResNet-50: 26,560 conv filters).
 """
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,9 @@ from spa.adapters.layers import (
 DEPTHWISE_ADAPTER_TYPES = (SPLoRADepthwiseConv2d, SPPaRADepthwiseConv2d)
 ADAPTER_TYPES = (SPLoRAConv2d, SPPaRAConv2d, SPLoRALinear, *DEPTHWISE_ADAPTER_TYPES)
 PRODUCER_TYPES = (nn.Conv2d, nn.Linear, *ADAPTER_TYPES)
+# a split, slice or unbind of the channels: the model keeps its sizes in attributes (MixNet's split sizes,
+# GhostNet's slice to out_chs) that pruning does not update, so groups through one are kept whole
+FIXED_SIZE_OPS = (tp.ops._SplitOp, tp.ops._SliceOp, tp.ops._UnbindOp)
 
 
 def _keep(n: int, idxs: Sequence[int]) -> list[int]:
@@ -92,6 +97,24 @@ DEPTHWISE_ADAPTER_PRUNER = DepthwiseAdapterPruner()
 PRUNERS = {t: DEPTHWISE_ADAPTER_PRUNER if t in DEPTHWISE_ADAPTER_TYPES else ADAPTER_PRUNER for t in ADAPTER_TYPES}
 
 
+def prune_rows(layer: nn.Module, idxs: Sequence[int]) -> None:
+    """Remove output channels ``idxs`` of one conv / linear layer, adapted or not (no coupling followed)."""
+    if type(layer) in PRUNERS:
+        PRUNERS[type(layer)].prune_out_channels(layer, list(idxs))
+    else:
+        prune = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
+        prune(layer, list(idxs))
+
+
+def prune_cols(layer: nn.Module, idxs: Sequence[int]) -> None:
+    """Remove input channels ``idxs`` of one conv / linear layer, adapted or not (no coupling followed)."""
+    if type(layer) in PRUNERS:
+        PRUNERS[type(layer)].prune_in_channels(layer, list(idxs))
+    else:
+        prune = tp.prune_linear_in_channels if isinstance(layer, nn.Linear) else tp.prune_conv_in_channels
+        prune(layer, list(idxs))
+
+
 @contextmanager
 def _all_require_grad(model: nn.Module) -> Iterator[None]:
     """Torch-Pruning traces autograd: frozen base weights must take part while the graph is built."""
@@ -126,6 +149,10 @@ class ChannelGroup:
     bn_of: dict[str, str] = field(default_factory=dict)   # producer -> the BatchNorm right after it
     kind: str = "channels"                     # "channels", or "heads" (attention heads of a ViT block)
     unit: int = 1                              # head_dim for a head group
+    # producer -> (its rows in the group, the group channel of each): only where a producer writes part of
+    # the group (a concatenation, a split), else None and every producer writes every channel
+    coverage: dict[str, tuple[list[int], list[int]]] | None = None
+    whole: str = ""                            # why the group is kept whole ("" = prunable)
 
     @property
     def filters_per_channel(self) -> int:
@@ -133,11 +160,41 @@ class ChannelGroup:
         channels, 3·head_dim qkv rows for an attention head."""
         return 3 * self.unit if self.kind == "heads" else len(self.producers)
 
+    def costs(self) -> list[int]:
+        """Producer filters that removing each channel removes: :attr:`filters_per_channel` for every
+        channel, or, with :attr:`coverage`, how many producers write it."""
+        if self.coverage is None:
+            return [self.filters_per_channel] * self.size
+        counts = [0] * self.size
+        for _, channels in self.coverage.values():
+            for c in channels:
+                counts[c] += 1
+        return counts
+
+    @property
+    def filters(self) -> int:
+        return sum(self.costs())
+
+    def rows(self) -> set[tuple[str, int]]:
+        """(producer, row) pairs the group removes, for telling a group from a part of another."""
+        if self.coverage is None:
+            return {(p, r) for p in self.producers for r in range(self.size)}
+        return {(p, r) for p, (rows, _) in self.coverage.items() for r in rows}
+
     def unit_scores(self, row_scores: torch.Tensor) -> torch.Tensor:
         """Per-unit scores from a producer's per-row scores (a head sums its q, k and v rows)."""
         if self.kind == "heads":
             return row_scores.reshape(3, self.size, self.unit).sum(dim=(0, 2))
         return row_scores
+
+    def producer_scores(self, producer: str, row_scores: torch.Tensor) -> torch.Tensor:
+        """``producer``'s scores in group channel order; NaN at the channels it does not write."""
+        if self.coverage is None:
+            return self.unit_scores(row_scores)
+        rows, channels = self.coverage[producer]
+        out = torch.full((self.size,), float("nan"), dtype=row_scores.dtype)
+        out[channels] = row_scores[rows]
+        return out
 
 
 def _out_fn(module: nn.Module):
@@ -146,32 +203,90 @@ def _out_fn(module: nn.Module):
     return tp.prune_linear_out_channels if isinstance(module, nn.Linear) else tp.prune_conv_out_channels
 
 
+def grouped(module: nn.Module) -> bool:
+    """A grouped conv that is not depthwise (groups > 1 with more than one input or output per group,
+    or a depthwise conv with a channel multiplier): removing one of its channels would leave its groups
+    unequal, so its channel groups are kept whole."""
+    groups = int(getattr(module, "groups", 1) or 1)
+    weight = getattr(module, "weight", None)
+    if groups <= 1 or not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        return False
+    return not (weight.shape[0] == groups and weight.shape[1] == 1)
+
+
+def _group(group, names: dict[nn.Module, str], heads: list[nn.Module]) -> ChannelGroup | None:
+    """Our view of one Torch-Pruning group: its producers, the rows each writes (kept only where some
+    producer writes part of the group), the BatchNorm after each, and whether a grouped conv keeps it
+    whole."""
+    producers, bn_of, coverage, whole = [], {}, {}, ""
+    size, partial = len(group.items[0].idxs), False
+    for item in group.items:
+        dep, target = item.dep, item.dep.target.module
+        if not whole and grouped(target):
+            whole = f"grouped conv {names[target]} ({target.groups} groups of {target.weight.shape[1]} inputs each)"
+        if not whole and isinstance(target, FIXED_SIZE_OPS):
+            whole = f"a {type(target).__name__.strip('_').removesuffix('Op').lower()} at sizes the model stores"
+        if getattr(dep.handler, "__name__", "") == "prune_out_channels" and isinstance(target, PRODUCER_TYPES) \
+                and target not in heads and names[target] not in coverage:
+            producers.append(names[target])
+            pairs = list(zip((int(i) for i in item.idxs),
+                             (int(i) for i in (item.root_idxs if item.root_idxs is not None else item.idxs))))
+            valid = [(r, c) for r, c in pairs if r < target.weight.shape[0] and c < size]
+            coverage[names[target]] = ([r for r, _ in valid], [c for _, c in valid])
+            partial |= len(valid) != len(pairs) or any(r != c for r, c in valid) or len(valid) != size \
+                or int(target.weight.shape[0]) != size
+        if isinstance(target, nn.modules.batchnorm._BatchNorm) and isinstance(dep.source.module, PRODUCER_TYPES):
+            bn_of[names[dep.source.module]] = names[target]
+    if not producers:
+        return None
+    if partial and not whole:
+        whole = "its producers write parts of it (a concatenation joined to another tensor)"
+    root = group.items[0].dep.target.module
+    return ChannelGroup(root=names[root], producers=producers, size=size, bn_of=bn_of,
+                        coverage=coverage if partial else None, whole=whole)
+
+
+TRACE_SECONDS = 120.0     # the longest a model's groups may take to trace (ResNet-50: about 2 s)
+
+
+@contextmanager
+def _trace_deadline(seconds: float = TRACE_SECONDS) -> Iterator[None]:
+    """TimeoutError if the block runs longer than ``seconds`` (main thread on POSIX; elsewhere no limit).
+    Torch-Pruning's index mapping can loop without end on a channel slice added back into the tensor it
+    was cut from (ReXNet's partial residual): a run then stops with a message instead of hanging."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeoutError(
+            f"Torch-Pruning's dependency trace of this network did not finish within {seconds:.0f} s (its index "
+            f"mapping loops on some channel slices, e.g. ReXNet's partial residual): channel pruning does not "
+            f"support it. Fix: adapt it without channel pruning (pruning=none), or prune its blocks "
+            f"(pruning=block_magnitude)")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelGroup]:
-    """Every prunable channel group of ``model`` (not the head's outputs), in a stable order."""
+    """Every channel group of ``model`` (not the head's outputs), in a stable order; a group a grouped
+    conv takes part in is marked :attr:`ChannelGroup.whole` (the session never prunes it)."""
     names = {module: name for name, module in model.named_modules()}
     heads = [model.get_submodule(h) for h in head_names(model)]
-    groups: list[ChannelGroup] = []
-    for group in graph.get_all_groups(ignored_layers=heads, root_module_types=list(PRODUCER_TYPES)):
-        producers, bn_of = [], {}
-        for item in group.items:
-            dep, target = item.dep, item.dep.target.module
-            handler = getattr(dep.handler, "__name__", "")
-            if handler == "prune_out_channels" and isinstance(target, PRODUCER_TYPES) and target not in heads:
-                if names[target] not in producers:
-                    producers.append(names[target])
-            source = dep.source.module
-            if isinstance(target, nn.modules.batchnorm._BatchNorm) and isinstance(source, PRODUCER_TYPES):
-                bn_of[names[source]] = names[target]
-        if not producers:
-            continue
-        root = group.items[0].dep.target.module
-        groups.append(ChannelGroup(root=names[root], producers=producers, size=len(group.items[0].idxs),
-                                   bn_of=bn_of))
+    with _trace_deadline():
+        groups = [g for group in graph.get_all_groups(ignored_layers=heads, root_module_types=list(PRODUCER_TYPES))
+                  if (g := _group(group, names, heads)) is not None]
     # A depthwise conv pruned to one channel is no longer coupled to its input by Torch-Pruning (groups ==
     # in_channels == 1 reads as a plain conv), and the group comes back twice: once from the depthwise conv
     # alone, once from the conv before it with both. Its channels are counted once: the part is dropped.
-    whole = [g for g in groups if not any(set(g.producers) < set(o.producers) for o in groups)]
-    return sorted(whole, key=lambda g: g.root)
+    rows = [g.rows() for g in groups]
+    kept = [g for i, g in enumerate(groups) if not any(rows[i] < rows[j] for j in range(len(groups)) if j != i)]
+    return sorted(kept, key=lambda g: g.root)
 
 
 def prune_group(model: nn.Module, graph: tp.DependencyGraph, root: str, idxs: Sequence[int]) -> None:
@@ -183,4 +298,4 @@ def prune_group(model: nn.Module, graph: tp.DependencyGraph, root: str, idxs: Se
 
 def producer_filters(groups: list[ChannelGroup]) -> int:
     """Filters (output channels of producers) over all groups: the count density refers to."""
-    return sum(g.size * g.filters_per_channel for g in groups)
+    return sum(g.filters for g in groups)

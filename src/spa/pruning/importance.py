@@ -34,15 +34,23 @@ class Importance:
 
 
 def producer_names(groups: list[ChannelGroup]) -> list[str]:
-    """The layers whose output channels the groups remove, group by group."""
-    return [p for g in groups for p in g.producers]
+    """The layers whose output channels the groups remove, group by group, each once (a layer whose
+    outputs are concatenated can write parts of two groups)."""
+    return list(dict.fromkeys(p for g in groups for p in g.producers))
 
 
-def _channel_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over every dim but the channel one (dim 1 for NCHW convs, last for token Linears)."""
-    if t.dim() == 4:
+def _channel_mean(t: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """Mean over every dim but the channel one: dim 1 of a conv's NCHW output, the last dim of a
+    Linear's (tokens, or an NHWC map as EdgeNeXt's and ConvNeXt's MLPs take)."""
+    if t.dim() == 4 and not channels_last:
         return t.mean(dim=(0, 2, 3))
     return t.reshape(-1, t.shape[-1]).mean(dim=0)
+
+
+def writes_last_dim(module: nn.Module) -> bool:
+    """A Linear-like layer (2-d weight, adapted or not): its channels are its output's last dim."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2
 
 
 class _ActivationGradient(Importance):
@@ -70,6 +78,7 @@ class _ActivationGradient(Importance):
             return hook
 
         handles = [model.get_submodule(n).register_forward_hook(keep_output(n)) for n in names]
+        last = {n: writes_last_dim(model.get_submodule(n)) for n in names}
         was_training = model.training
         model.eval()       # BN running statistics stay as trained; no dropout noise in the scores
         try:
@@ -82,7 +91,8 @@ class _ActivationGradient(Importance):
                 with torch.no_grad():
                     for n, grad in zip(names, grads):
                         grad = torch.zeros_like(outputs[n]) if grad is None else grad
-                        stat = _channel_mean(self.statistic(outputs[n].detach(), grad)).double().cpu()
+                        stat = _channel_mean(self.statistic(outputs[n].detach(), grad),
+                                             last[n]).double().cpu()
                         sums[n] = sums[n] + stat if n in sums else stat
                 outputs.clear()
         finally:
@@ -174,16 +184,21 @@ def normalize(scores: torch.Tensor, kind: str) -> torch.Tensor:
 
 def group_scores(groups: list[ChannelGroup], scores: Scores, normalization: str,
                  reduction: str = "mean") -> dict[str, torch.Tensor]:
-    """One score per channel of each group: its producers' normalised scores, combined."""
+    """One score per channel of each group: its producers' normalised scores, combined over the
+    producers that write the channel (all of them, unless the group joins parts: a concatenation)."""
+    if reduction not in ("mean", "sum", "max"):
+        raise ValueError(f"pruning.group_reduction={reduction!r} is unknown; use mean, sum or max")
     out = {}
     for g in groups:
-        stacked = torch.stack([g.unit_scores(normalize(scores[p], normalization)) for p in g.producers])
-        if reduction == "mean":
-            out[g.root] = stacked.mean(dim=0)
-        elif reduction == "sum":
-            out[g.root] = stacked.sum(dim=0)
-        elif reduction == "max":
-            out[g.root] = stacked.max(dim=0).values
+        stacked = torch.stack([g.producer_scores(p, normalize(scores[p], normalization)) for p in g.producers])
+        if g.coverage is None:
+            out[g.root] = stacked.mean(dim=0) if reduction == "mean" else stacked.sum(dim=0) \
+                if reduction == "sum" else stacked.max(dim=0).values
+            continue
+        written = ~torch.isnan(stacked)
+        if reduction == "max":
+            out[g.root] = stacked.masked_fill(~written, float("-inf")).max(dim=0).values
         else:
-            raise ValueError(f"pruning.group_reduction={reduction!r} is unknown; use mean, sum or max")
+            total = stacked.nan_to_num(0.0).sum(dim=0)
+            out[g.root] = total / written.sum(dim=0).clamp(min=1) if reduction == "mean" else total
     return out

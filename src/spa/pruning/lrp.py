@@ -37,7 +37,7 @@ from zennit.rules import ClampMod, Epsilon, Pass, ZBox, ZPlus
 
 from spa.adapters.convert import fuse
 from spa.pruning.groups import ChannelGroup
-from spa.pruning.importance import CRITERIA, Importance, Scores, producer_names
+from spa.pruning.importance import CRITERIA, Importance, Scores, producer_names, writes_last_dim
 
 EPSILON = 1e-6
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU)
@@ -191,7 +191,8 @@ class LRPImportance(Importance):
             _, captured, _ = relevance(fused, x, y, composite(groups, low, high, nonnegative), names)
             for n in names:
                 r = captured[n].abs()
-                stat = (r.sum(dim=(0, 2, 3)) if r.dim() == 4 else r.reshape(-1, r.shape[-1]).sum(dim=0)).double().cpu()
+                conv_map = r.dim() == 4 and not writes_last_dim(fused.get_submodule(n))
+                stat = (r.sum(dim=(0, 2, 3)) if conv_map else r.reshape(-1, r.shape[-1]).sum(dim=0)).double().cpu()
                 sums[n] = sums[n] + stat if n in sums else stat
         return sums
 

@@ -82,7 +82,7 @@ def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
     """
     floors = keep_at_least or {}
     check_round_to(round_to)
-    candidates = []
+    candidates, costs = [], [g.costs() for g in groups]
     for gi, g in enumerate(groups):
         s = scores[g.root]
         if s.numel() != g.size:
@@ -97,7 +97,7 @@ def select_channels(groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
         if total >= budget:
             break
         g = groups[gi]
-        cost = g.filters_per_channel
+        cost = costs[gi][c]
         if total + cost > budget or left[g.root] - 1 < max(min_channels, floors.get(g.root, 0)):
             continue
         removed.setdefault(g.root, []).append(c)
@@ -120,6 +120,8 @@ def select_local(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], de
     1 / 3,072 of its layer) below one of a narrow one (a head, 1 / 12)."""
     removed: dict[str, list[int]] = {}
     for g in groups:
+        if g.whole:           # a grouped conv's channels (spa.pruning.groups.grouped)
+            continue
         keep = max(min_channels, math.floor(density * original_sizes[g.root] + 0.5))
         if g.size > keep:
             removed[g.root] = lowest_scored(g, scores, g.size - keep)
@@ -145,5 +147,5 @@ def _rounded(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], remove
 
 
 def removed_filters(groups: list[ChannelGroup], selection: dict[str, list[int]]) -> int:
-    by_root = {g.root: g for g in groups}
-    return sum(len(idxs) * by_root[root].filters_per_channel for root, idxs in selection.items())
+    costs = {g.root: g.costs() for g in groups}
+    return sum(costs[root][int(c)] for root, idxs in selection.items() for c in idxs)

@@ -47,6 +47,8 @@ class PruningSession:
         self.original_sizes = {g.root: g.size for g in self.groups}   # built on the unpruned model
         self._unit_of = {p: g.root for g in self.groups for p in (g.root, *g.producers)}
         self.history: History = []
+        if left_out := self.left_out():
+            log.info("%d layers or channel groups are never pruned: %s", len(left_out), "; ".join(left_out))
 
     def original_unit(self, group) -> str:
         """The root, on the unpruned model, of the group ``group`` is (or is part of): a group re-traced
@@ -97,11 +99,11 @@ class PruningSession:
         floors = self.floors(max_group_pruning, ignore)
         selection = select_channels(self.groups, ranked, budget, round_to=round_to, keep_at_least=floors) \
             if scope == "global" else select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
-        if floors and scope == "global":
-            # short of the budget by the floors' doing: the same step without them gets further
+        if (max_group_pruning is not None or ignore) and scope == "global":
+            # short of the budget by the guard's doing: the same step without it gets further
             removed = removed_filters(self.groups, selection)
-            if removed < budget and removed < removed_filters(
-                    self.groups, select_channels(self.groups, ranked, budget, round_to=round_to)):
+            if removed < budget and removed < removed_filters(self.groups, select_channels(
+                    self.groups, ranked, budget, round_to=round_to, keep_at_least=self.whole())):
                 room, reachable = self.room(floors), self.lowest_density(floors)
                 raise ValueError(f"pruning step {step} needs {budget} filters but pruning.max_group_pruning="
                                  f"{max_group_pruning} and pruning.ignore={list(ignore)} leave {room}: the lowest "
@@ -114,7 +116,7 @@ class PruningSession:
 
     def room(self, floors: dict[str, int]) -> int:
         """Filters the groups can still give under ``floors`` (every group keeps one at least)."""
-        return sum((g.size - max(1, floors.get(g.root, 0))) * g.filters_per_channel for g in self.groups)
+        return sum(sum(sorted(g.costs())[:max(0, g.size - max(1, floors.get(g.root, 0)))]) for g in self.groups)
 
     def lowest_density(self, floors: dict[str, int]) -> float:
         """The lowest filter density ``floors`` allow from the model as it is now."""
@@ -124,11 +126,13 @@ class PruningSession:
         """The guard lets the schedule reach ``target_density`` (checked on the unpruned model, before any
         training), else ValueError naming the lowest density it allows. Without a guard, nothing to check
         here (the paper's rule: a step that would empty a layer takes the next channel elsewhere)."""
-        if max_group_pruning is None and not ignore:
+        if max_group_pruning is None and not ignore and not self.whole():
             return
         lowest = self.lowest_density(self.floors(max_group_pruning, ignore))
         if lowest > target_density + 1e-9:
-            raise ValueError(f"pruning.max_group_pruning={max_group_pruning} and pruning.ignore={list(ignore)} let "
+            whole = f" and {len(self.whole())} channel groups kept whole (session.left_out())" if self.whole() else ""
+            raise ValueError(f"pruning.max_group_pruning={max_group_pruning} and pruning.ignore={list(ignore)}{whole} "
+                             f"let "
                              f"the network go down to {lowest:.3f} filter density, above schedule.target_density="
                              f"{target_density}: raise the target to {math.ceil(lowest * 1000) / 1000} or more, or "
                              f"loosen the guard (a larger max_group_pruning, fewer ignore globs)")
@@ -146,13 +150,23 @@ class PruningSession:
             raise ValueError(f"pruning.ignore={unmatched} matches no prunable layer; the prunable layers are "
                              f"{names[:12]}{' ...' if len(names) > 12 else ''} (globs: e.g. 'conv_head', 'blocks.0.*')")
 
+    def whole(self) -> dict[str, int]:
+        """The groups no step may touch (a grouped conv takes part: ``ChannelGroup.whole``), at their width."""
+        return {g.root: g.size for g in self.groups if g.whole}
+
+    def left_out(self) -> list[str]:
+        """What the session never prunes, one line each: the layers its structure leaves whole (the
+        mlp structure's attention and convolutions), and each group kept whole with why."""
+        return [*(f"{n}: outside the {self.structure.name} structure's units" for n in
+                  self.structure.left_out(self.model)), *(f"{g.root}: {g.whole}" for g in self.groups if g.whole)]
+
     def floors(self, max_group_pruning: float | None, ignore: Sequence[str]) -> dict[str, int]:
-        """The fewest channels each group may keep under the guard (empty: no guard)."""
-        floors = {}
+        """The fewest channels each group may keep under the guard and :meth:`whole` (empty: neither)."""
+        floors = dict(self.whole())
         if max_group_pruning is not None:     # keyed by today's roots, sized by the unpruned group's width
             for g in self.groups:
                 size = self.original_sizes[self.original_unit(g)]
-                floors[g.root] = max(1, size - math.floor(max_group_pruning * size + 1e-9))
+                floors[g.root] = max(floors.get(g.root, 1), size - math.floor(max_group_pruning * size + 1e-9))
         kept_whole = self.ignored(ignore) if ignore else set()
         for g in self.groups:
             if g.root in kept_whole:

@@ -14,25 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch.nn as nn
-import torch_pruning as tp
 
-from spa.pruning.groups import PRUNERS, ChannelGroup
+from spa.pruning.groups import ChannelGroup, prune_cols, prune_rows
 
 
 def is_transformer(model: nn.Module) -> bool:
     blocks = getattr(model, "blocks", None)
     return isinstance(blocks, nn.Sequential) and len(blocks) > 0 and hasattr(blocks[0], "attn") \
         and hasattr(blocks[0].attn, "qkv") and hasattr(blocks[0], "mlp")
-
-
-def _prune_out(layer: nn.Module, idxs: Sequence[int]) -> None:
-    (PRUNERS[type(layer)].prune_out_channels if type(layer) in PRUNERS else tp.prune_linear_out_channels)(
-        layer, list(idxs))
-
-
-def _prune_in(layer: nn.Module, idxs: Sequence[int]) -> None:
-    (PRUNERS[type(layer)].prune_in_channels if type(layer) in PRUNERS else tp.prune_linear_in_channels)(
-        layer, list(idxs))
 
 
 def transformer_groups(model: nn.Module) -> list[ChannelGroup]:
@@ -57,10 +46,10 @@ def prune_transformer_group(model: nn.Module, group: ChannelGroup, idxs: Sequenc
         attn, hd = block.attn, block.attn.head_dim
         dim = attn.num_heads * hd
         cols = [h * hd + j for h in idxs for j in range(hd)]
-        _prune_out(attn.qkv, [s * dim + c for s in range(3) for c in cols])
-        _prune_in(attn.proj, cols)
+        prune_rows(attn.qkv, [s * dim + c for s in range(3) for c in cols])
+        prune_cols(attn.proj, cols)
         attn.num_heads -= len(idxs)
         attn.attn_dim = attn.num_heads * hd
     else:
-        _prune_out(block.mlp.fc1, idxs)
-        _prune_in(block.mlp.fc2, idxs)
+        prune_rows(block.mlp.fc1, idxs)
+        prune_cols(block.mlp.fc2, idxs)

@@ -21,7 +21,7 @@ def session_widths(session) -> list[dict[str, Any]]:
     before pruning) and ``kept``. A unit keeps its name when a re-traced group comes out with another root
     or in parts (Torch-Pruning stops coupling a depthwise conv left with one channel to the conv before
     it): the parts are matched through their producers and a unit keeps the widest part's width."""
-    transformer = session.structure.name == "heads_mlp"
+    transformer = session.structure.name in ("heads_mlp", "mlp")
     units: dict[str, dict[str, Any]] = {}
     for g in session.groups:
         unit = session.original_unit(g)
