@@ -51,8 +51,10 @@ from spa.bench import (
     DEIT_S_LINEARS,
     DEIT_S_TOKENS,
     DEPLOY_NETS,
+    LITE0,
     NETS,
     RESNET50,
+    accuracy_rows,
     adapter_overhead,
     authors_available,
     block_sparse_inference,
@@ -66,10 +68,11 @@ from spa.bench import (
     task_switching,
     training_step,
 )
+from spa.pruning.latency import GRID, RUNTIMES
 from spa.pruning.sparse import SPARSE_PRODUCTS
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
-SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks")
+SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks", "latency_model")
 # the authors' library indexes with a list (deprecated in torch); it still computes the right thing
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="sp_adapters")
 
@@ -174,6 +177,46 @@ def deploy(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table, shown
 
 
+def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
+    """The per-layer latency model (spa.pruning.latency) against measurement: random pruned widths of
+    ResNet-50 and EfficientNet-Lite0 at 224 px on each runtime (CPU), predicted vs measured latency as a
+    fraction of the dense network's. Its tables are cached in results/latency/ (not committed)."""
+    runtimes, lat_batch = args.latency_runtimes.split(","), args.latency_batch
+    with tempfile.TemporaryDirectory() as workdir:
+        table = pd.DataFrame([r for runtime in runtimes for spec in (RESNET50, LITE0) for r in accuracy_rows(
+            spec, runtime, lat_batch, Path(workdir), samples=args.latency_samples, repeats=args.repeats,
+            warmup=args.warmup, cache_dir=repo_root() / "results" / "latency")])
+    errors = table.groupby(["runtime", "network"], sort=False)
+    summary = errors.agg(samples=("sample", "size"), median=("relative_error", "median"),
+                         worst=("relative_error", "max"), dense_ms=("dense_ms", "first"),
+                         measured_min=("measured_ratio", "min"), measured_max=("measured_ratio", "max")).reset_index()
+    summary = summary.assign(median=_pct(summary["median"].values), worst=_pct(summary["worst"].values),
+                             dense_ms=summary["dense_ms"].map("{:.1f}".format),
+                             measured=[f"{a:.2f}-{b:.2f}" for a, b in zip(summary["measured_min"],
+                                                                          summary["measured_max"])])
+    summary = summary[["runtime", "network", "samples", "dense_ms", "measured", "median", "worst"]].rename(columns={
+        "dense_ms": "dense latency (ms)", "measured": "measured latency ratios (min-max)",
+        "median": "median relative error", "worst": "worst relative error"})
+    shown = table.assign(density=table["target_density"].map("{:.0%}".format), macs=_ratio(table["macs_ratio"]),
+                         measured=_ratio(table["measured_ratio"]), predicted=_ratio(table["predicted_ratio"]),
+                         error=_pct(table["relative_error"].values))
+    shown = shown[["runtime", "network", "sample", "density", "macs", "measured", "predicted", "error"]].rename(
+        columns={"density": "filter density", "macs": "MACs ratio", "measured": "latency ratio, measured",
+                 "predicted": "latency ratio, predicted", "error": "relative error"})
+    text = (f"{device_description(torch.device('cpu'))}; batch {lat_batch}, {torch.get_num_threads()} threads; each "
+            f"network pruned in one step to a random filter density (random scores, ranked globally: uneven "
+            f"widths) and timed interleaved with the dense one, median of {args.repeats} passes after "
+            f"{args.warmup} warm-up; prediction = the dense network's measured latency - the table's sum over its "
+            f"layers + the table's sum at the pruned widths (spa.pruning.latency; grid {', '.join(map(str, GRID))} "
+            f"of each width, bilinear); torch {package_versions().get('torch')}, onnxruntime "
+            f"{package_versions().get('onnxruntime')}\n\n" + _markdown(summary) + "\n\n" + _markdown(shown))
+    return table, text
+
+
+def _pct(values) -> list[str]:
+    return [f"{100 * v:.1f} %" for v in values]
+
+
 def tasks(args, device, batch, cuda) -> tuple[pd.DataFrame, pd.DataFrame]:
     with tempfile.TemporaryDirectory() as workdir:
         table = pd.DataFrame(task_switching(RESNET50, device, args.repeats, args.warmup, Path(workdir)))
@@ -268,10 +311,17 @@ def main() -> int:
     parser.add_argument("--block-repeats", type=int, default=10,
                         help="timed runs per form (blocks: sparse products, SPLoPA training steps)")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--latency-runtimes", default=",".join(RUNTIMES[::-1]),
+                        help=f"latency_model: comma-separated, of {RUNTIMES}")
+    parser.add_argument("--latency-batch", type=int, default=1, help="latency_model: batch")
+    parser.add_argument("--latency-samples", type=int, default=20, help="latency_model: random pruned networks each")
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
     parser.add_argument("--out", default=None, help="default: results/benchmarks")
     parser.add_argument("--no-compile", action="store_true", help="deploy: leave torch.compile out (slow to compile)")
     args = parser.parse_args()
+    unknown = [r for r in args.latency_runtimes.split(",") if r not in RUNTIMES]
+    if unknown:
+        parser.error(f"--latency-runtimes {unknown}: use names of {RUNTIMES}")
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

@@ -17,7 +17,7 @@ TABLES = {name: f"results/tables/{name}.md" for name in (
     "vit_iclr_params", "imagenet_mini_budget", "block_spa_mini_budget", "evidence", "timm_compat")}
 TABLES.update({f"bench_{section}_cpu": f"results/benchmarks/{section}_cpu.md"
                for section in ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks",
-                               "checks")})
+                               "latency_model", "checks")})
 
 
 def embed(readme: str, name: str, table: str) -> str:

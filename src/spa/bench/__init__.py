@@ -10,6 +10,7 @@ never imports this package.
 """
 from spa.bench.deployment import DEPLOY_DENSITIES, DEPLOY_NETS, DEPLOY_TARGET, deploy_latency
 from spa.bench.inference import adapter_overhead, inference_vs_density
+from spa.bench.latency_model import accuracy_rows
 from spa.bench.nets import (
     ADAPTERS,
     AUTHORS_LIBRARY,
@@ -43,8 +44,8 @@ from spa.bench.training import authors_available, authors_model, layer_speed, la
 
 __all__ = ["ADAPTERS", "AUTHORS_LIBRARY", "BLOCK_DENSITIES", "DEIT_S", "DEIT_S_LINEARS", "DEIT_S_TOKENS",
            "DENSITIES", "DEPLOY_DENSITIES", "DEPLOY_NETS", "DEPLOY_TARGET", "LITE0", "MOBILENETV2", "NETS",
-           "RESNET50", "RESNET50_CIFAR", "SEED", "TASK_COUNTS", "NetSpec", "adapter_overhead", "authors_available",
-           "authors_model", "block_sparse_inference", "checks", "dense_model", "deploy_latency",
+           "RESNET50", "RESNET50_CIFAR", "SEED", "TASK_COUNTS", "NetSpec", "accuracy_rows", "adapter_overhead",
+           "authors_available", "authors_model", "block_sparse_inference", "checks", "dense_model", "deploy_latency",
            "inference_vs_density", "latency", "layer_speed", "layer_totals", "masked_copy", "peak_memory",
            "pruned_versions", "pruning_overhead", "saved_activation_bytes", "splopa_factored_forward",
            "splopa_layer", "splopa_training_forms", "task_switching", "training_step"]

@@ -1,0 +1,242 @@
+"""A per-layer latency model of a channel-pruned network on one runtime (docs/method.md §9).
+
+Channel pruning changes the widths of convolutions and linears; the rest of a network (activations,
+norms, pooling, additions) costs little beside them or scales with the same widths. The model
+predicts a network's latency as the sum, over its conv / linear layers, of the layer's latency at its
+kept input and output widths, plus a constant: the dense network's measured latency minus the
+dense sum. A layer's latency is read from a table measured once per layer *shape* (kind, kernel,
+stride, groups, input size) on a grid of kept widths, interpolated bilinearly between grid points
+(HALP, NeurIPS 2022, keeps such a table per layer). Tables are measured on this machine, interleaved
+and as medians, and cached under the results directory keyed by runtime, batch, threads and the
+library versions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from spa.adapters.base import AdapterLayer
+from spa.utils import atomic_write_text, package_versions, timed
+
+RUNTIMES = ("torch", "onnxruntime")
+GRID = (0.125, 0.25, 0.5, 0.75, 1.0)       # kept fractions of a layer's original width, per dimension
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What a conv / linear layer's latency depends on, widths aside."""
+    kind: str                   # "conv", "depthwise" (in = out = groups) or "linear"
+    in_ch: int                  # original widths: the grid's 1.0
+    out_ch: int
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    spatial: tuple[int, ...] = ()  # (H, W) of a conv's input; (tokens,) of a linear's, () for a plain vector
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _shape_of(module: nn.Module, x: torch.Tensor) -> LayerShape | None:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return None
+    if weight.dim() == 4:
+        groups = int(getattr(module, "groups", 1))
+        out_ch, in_ch = int(weight.shape[0]), int(weight.shape[1]) * groups
+        kind = "depthwise" if groups > 1 and groups == in_ch == out_ch else "conv" if groups == 1 else None
+        if kind is None:            # grouped convs keep their widths (spa.pruning.groups.grouped)
+            kind = f"grouped{groups}"
+        return LayerShape(kind, in_ch, out_ch, tuple(weight.shape[2:]), _pair(module.stride), _pair(module.padding),
+                          _pair(module.dilation), tuple(int(s) for s in x.shape[2:]))
+    if weight.dim() == 2:
+        tokens = int(math.prod(x.shape[1:-1]))
+        return LayerShape("linear", int(weight.shape[1]), int(weight.shape[0]), spatial=(tokens,) if tokens > 1 else ())
+    return None
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def layer_shapes(model: nn.Module, input_size: tuple[int, int]) -> dict[str, LayerShape]:
+    """Every conv / linear layer (adapted or not) of ``model`` and its shape, from one forward pass of
+    a single zero image of ``input_size`` (hooks record each layer's input)."""
+    shapes: dict[str, LayerShape] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, AdapterLayer)):
+            def hook(mod, inputs, output, name=name):
+                shape = _shape_of(mod, inputs[0])
+                if shape is not None and name not in shapes:
+                    shapes[name] = shape
+            handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            param = next(model.parameters())
+            model(torch.zeros(1, 3, *input_size, device=param.device, dtype=param.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def widths_at(shape: LayerShape, f_in: float, f_out: float) -> tuple[int, int]:
+    """Kept (in, out) widths of ``shape`` at grid fractions; a depthwise layer keeps in = out."""
+    kept_in = max(1, round(shape.in_ch * f_in))
+    kept_out = kept_in if shape.kind == "depthwise" else max(1, round(shape.out_ch * f_out))
+    return kept_in, kept_out
+
+
+def _layer(shape: LayerShape, kept_in: int, kept_out: int) -> nn.Module:
+    if shape.kind == "linear":
+        return nn.Linear(kept_in, kept_out)
+    groups = kept_in if shape.kind == "depthwise" else int(shape.kind[7:]) if shape.kind.startswith("grouped") else 1
+    return nn.Conv2d(kept_in, kept_out, shape.kernel, shape.stride, shape.padding, shape.dilation, groups=groups)
+
+
+def _input(shape: LayerShape, kept_in: int, batch: int) -> torch.Tensor:
+    return torch.randn(batch, kept_in, *shape.spatial) if shape.kind != "linear" else \
+        torch.randn(batch, *shape.spatial, kept_in)
+
+
+def _runner(runtime: str, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """One call of ``layer`` on ``x`` in ``runtime`` (eager PyTorch, or onnxruntime on CPU)."""
+    layer.eval()
+    if runtime == "torch":
+        def run():
+            with torch.no_grad():
+                layer(x)
+        return run
+    return _onnx_layer(layer, x)
+
+
+def _onnx_layer(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """``layer`` as a one-node ONNX graph (Conv, or MatMul + Add) in an onnxruntime CPU session with
+    torch's thread count: built with ``onnx.helper``, no exporter run per grid point."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    w = layer.weight.detach().numpy()
+    b = layer.bias.detach().numpy()
+    if isinstance(layer, nn.Conv2d):
+        ph, pw = layer.padding
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=list(layer.kernel_size),
+                                  strides=list(layer.stride), pads=[ph, pw, ph, pw], dilations=list(layer.dilation),
+                                  group=layer.groups)]
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+    else:
+        nodes = [helper.make_node("MatMul", ["x", "wt"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+        inits = [numpy_helper.from_array(np.ascontiguousarray(w.T), "wt"), numpy_helper.from_array(b, "b")]
+    graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def grid_points(shape: LayerShape) -> list[tuple[float, float]]:
+    """The (in, out) fractions a shape is measured at: the full grid, or its diagonal for a depthwise
+    layer (in = out) and for a grouped one (its widths are kept whole: 1.0 only)."""
+    if shape.kind.startswith("grouped"):
+        return [(1.0, 1.0)]
+    if shape.kind == "depthwise":
+        return [(f, f) for f in GRID]
+    return [(fi, fo) for fi in GRID for fo in GRID]
+
+
+def measure_shape(shape: LayerShape, runtime: str, batch: int, repeats: int = 15,
+                  warmup: int = 3) -> dict[str, float]:
+    """Median seconds of ``shape`` at every grid point, timed interleaved: {"fi,fo": seconds}."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r}: use one of {RUNTIMES}")
+    torch.manual_seed(0)
+    fns = {}
+    for fi, fo in grid_points(shape):
+        kept_in, kept_out = widths_at(shape, fi, fo)
+        fns[f"{fi},{fo}"] = _runner(runtime, _layer(shape, kept_in, kept_out), _input(shape, kept_in, batch))
+    return timed(fns, torch.device("cpu"), repeats, warmup)
+
+
+def _interpolate(points: dict[str, float], shape: LayerShape, f_in: float, f_out: float) -> float:
+    """Bilinear interpolation of the grid (linear on the diagonal for depthwise layers); fractions
+    below the grid's lowest are extrapolated towards 0 latency at width 0."""
+    if shape.kind.startswith("grouped"):
+        return points["1.0,1.0"]
+    if shape.kind == "depthwise":
+        xs = [0.0, *GRID]
+        ys = [0.0, *(points[f"{f},{f}"] for f in GRID)]
+        return float(np.interp(f_in, xs, ys))
+    i_lo, i_hi, wi = _bracket(f_in)
+    o_lo, o_hi, wo = _bracket(f_out)
+
+    def at(fi, fo):
+        return 0.0 if fi == 0.0 or fo == 0.0 else points[f"{fi},{fo}"]
+    return ((1 - wi) * (1 - wo) * at(i_lo, o_lo) + wi * (1 - wo) * at(i_hi, o_lo)
+            + (1 - wi) * wo * at(i_lo, o_hi) + wi * wo * at(i_hi, o_hi))
+
+
+def _bracket(f: float) -> tuple[float, float, float]:
+    """The grid fractions around ``f`` (0 below the lowest) and ``f``'s weight towards the upper one."""
+    f = min(max(f, 0.0), 1.0)
+    xs = [0.0, *GRID]
+    for lo, hi in zip(xs, xs[1:]):
+        if f <= hi:
+            return lo, hi, (f - lo) / (hi - lo)
+    return 1.0, 1.0, 0.0
+
+
+@dataclass
+class LatencyModel:
+    """Per-shape grids of one runtime, batch and thread count, and the network's constant."""
+    runtime: str
+    batch: int
+    threads: int
+    grids: dict[str, dict[str, float]]        # LayerShape.key() -> {"fi,fo": seconds}
+    versions: dict[str, Any]
+
+    def layer(self, shape: LayerShape, kept_in: int, kept_out: int) -> float:
+        return _interpolate(self.grids[shape.key()], shape, kept_in / shape.in_ch, kept_out / shape.out_ch)
+
+    def layers_sum(self, original: dict[str, LayerShape], now: dict[str, LayerShape]) -> float:
+        """Σ over ``original``'s layers of the table's latency at their widths in ``now`` (same names)."""
+        return sum(self.layer(shape, now[name].in_ch, now[name].out_ch) for name, shape in original.items())
+
+
+def cache_key(runtime: str, batch: int, threads: int) -> tuple[str, dict[str, Any]]:
+    versions = package_versions(("torch", "onnxruntime", "onnx"))
+    blob = json.dumps({"runtime": runtime, "batch": batch, "threads": threads, **versions}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16], versions
+
+
+def latency_model(shapes: dict[str, LayerShape], runtime: str, batch: int, cache_dir: Path | None = None,
+                  repeats: int = 15) -> LatencyModel:
+    """The latency model for ``shapes`` (the unpruned network's layers), measuring only the shapes
+    the cache under ``cache_dir`` lacks for this runtime, batch, thread count and library versions."""
+    threads = torch.get_num_threads()
+    key, versions = cache_key(runtime, batch, threads)
+    path = cache_dir / f"latency_{runtime}_b{batch}_t{threads}_{key}.json" if cache_dir is not None else None
+    grids = json.loads(path.read_text())["grids"] if path is not None and path.is_file() else {}
+    missing = {s.key(): s for s in shapes.values() if s.key() not in grids}
+    for k, shape in missing.items():
+        grids[k] = measure_shape(shape, runtime, batch, repeats)
+    if path is not None and missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"runtime": runtime, "batch": batch, "threads": threads,
+                                            "versions": versions, "grids": grids}, indent=1, sort_keys=True))
+    return LatencyModel(runtime, batch, threads, grids, versions)
