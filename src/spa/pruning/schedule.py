@@ -120,7 +120,7 @@ def select_local(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], de
     1 / 3,072 of its layer) below one of a narrow one (a head, 1 / 12)."""
     removed: dict[str, list[int]] = {}
     for g in groups:
-        if g.whole:           # a grouped conv's channels (spa.pruning.groups.grouped)
+        if g.whole:           # kept whole (spa.pruning.groups: grouped convs, stored-size splits, partial concats)
             continue
         keep = max(min_channels, math.floor(density * original_sizes[g.root] + 0.5))
         if g.size > keep:

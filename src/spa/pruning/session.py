@@ -116,7 +116,8 @@ class PruningSession:
 
     def room(self, floors: dict[str, int]) -> int:
         """Filters the groups can still give under ``floors`` (every group keeps one at least)."""
-        return sum(sum(sorted(g.costs())[:max(0, g.size - max(1, floors.get(g.root, 0)))]) for g in self.groups)
+        return sum(sum(sorted(g.costs(), reverse=True)[:max(0, g.size - max(1, floors.get(g.root, 0)))])
+                   for g in self.groups)
 
     def lowest_density(self, floors: dict[str, int]) -> float:
         """The lowest filter density ``floors`` allow from the model as it is now."""
@@ -132,8 +133,7 @@ class PruningSession:
         if lowest > target_density + 1e-9:
             whole = f" and {len(self.whole())} channel groups kept whole (session.left_out())" if self.whole() else ""
             raise ValueError(f"pruning.max_group_pruning={max_group_pruning} and pruning.ignore={list(ignore)}{whole} "
-                             f"let "
-                             f"the network go down to {lowest:.3f} filter density, above schedule.target_density="
+                             f"let the network go down to {lowest:.3f} filter density, above schedule.target_density="
                              f"{target_density}: raise the target to {math.ceil(lowest * 1000) / 1000} or more, or "
                              f"loosen the guard (a larger max_group_pruning, fewer ignore globs)")
 
@@ -151,7 +151,8 @@ class PruningSession:
                              f"{names[:12]}{' ...' if len(names) > 12 else ''} (globs: e.g. 'conv_head', 'blocks.0.*')")
 
     def whole(self) -> dict[str, int]:
-        """The groups no step may touch (a grouped conv takes part: ``ChannelGroup.whole``), at their width."""
+        """The groups no step may touch (``ChannelGroup.whole``: a grouped conv, a stored-size split or a
+        partial concatenation takes part), at their width."""
         return {g.root: g.size for g in self.groups if g.whole}
 
     def left_out(self) -> list[str]:
