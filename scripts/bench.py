@@ -182,11 +182,12 @@ def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
     ResNet-50 and EfficientNet-Lite0 at 224 px on each runtime (CPU), predicted vs measured latency as a
     fraction of the dense network's. Its tables are cached in results/latency/ (not committed)."""
     runtimes, lat_batch = args.latency_runtimes.split(","), args.latency_batch
+    settings = [(runtime, r) for runtime in runtimes for r in args.latency_round_to]
     with tempfile.TemporaryDirectory() as workdir:
-        table = pd.DataFrame([r for runtime in runtimes for spec in (RESNET50, LITE0) for r in accuracy_rows(
+        table = pd.DataFrame([row for runtime, r in settings for spec in (RESNET50, LITE0) for row in accuracy_rows(
             spec, runtime, lat_batch, Path(workdir), samples=args.latency_samples, repeats=args.repeats,
-            warmup=args.warmup, cache_dir=repo_root() / "results" / "latency")])
-    errors = table.groupby(["runtime", "network"], sort=False)
+            warmup=args.warmup, cache_dir=repo_root() / "results" / "latency", round_to=r)])
+    errors = table.groupby(["runtime", "round_to", "network"], sort=False)
     summary = errors.agg(samples=("sample", "size"), median=("relative_error", "median"),
                          worst=("relative_error", "max"), dense_ms=("dense_ms", "first"),
                          measured_min=("measured_ratio", "min"), measured_max=("measured_ratio", "max")).reset_index()
@@ -194,18 +195,21 @@ def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
                              dense_ms=summary["dense_ms"].map("{:.1f}".format),
                              measured=[f"{a:.2f}-{b:.2f}" for a, b in zip(summary["measured_min"],
                                                                           summary["measured_max"])])
-    summary = summary[["runtime", "network", "samples", "dense_ms", "measured", "median", "worst"]].rename(columns={
+    summary = summary[["runtime", "round_to", "network", "samples", "dense_ms", "measured", "median",
+                       "worst"]].rename(columns={
         "dense_ms": "dense latency (ms)", "measured": "measured latency ratios (min-max)",
         "median": "median relative error", "worst": "worst relative error"})
-    shown = table.assign(density=table["target_density"].map("{:.0%}".format), macs=_ratio(table["macs_ratio"]),
+    shown = table.assign(density=table["density"].map("{:.0%}".format), macs=_ratio(table["macs_ratio"]),
                          measured=_ratio(table["measured_ratio"]), predicted=_ratio(table["predicted_ratio"]),
                          error=_pct(table["relative_error"].values))
-    shown = shown[["runtime", "network", "sample", "density", "macs", "measured", "predicted", "error"]].rename(
+    shown = shown[["runtime", "round_to", "network", "sample", "density", "macs", "measured", "predicted",
+                   "error"]].rename(
         columns={"density": "filter density", "macs": "MACs ratio", "measured": "latency ratio, measured",
                  "predicted": "latency ratio, predicted", "error": "relative error"})
     text = (f"{device_description(torch.device('cpu'))}; batch {lat_batch}, {torch.get_num_threads()} threads; each "
             f"network pruned in one step to a random filter density (random scores, ranked globally: uneven "
-            f"widths) and timed interleaved with the dense one, median of {args.repeats} passes after "
+            f"widths; `round_to` > 1: each kept width rounded to a multiple of it) and timed interleaved with the "
+            f"dense one, median of {args.repeats} passes after "
             f"{args.warmup} warm-up; prediction = the dense network's measured latency - the table's sum over its "
             f"layers + the table's sum at the pruned widths (spa.pruning.latency; grid {', '.join(map(str, GRID))} "
             f"of each width, bilinear); torch {package_versions().get('torch')}, onnxruntime "
@@ -314,6 +318,8 @@ def main() -> int:
     parser.add_argument("--latency-runtimes", default=",".join(RUNTIMES[::-1]),
                         help=f"latency_model: comma-separated, of {RUNTIMES}")
     parser.add_argument("--latency-batch", type=int, default=1, help="latency_model: batch")
+    parser.add_argument("--latency-round-to", type=int, nargs="+", default=[1, 16],
+                        help="latency_model: kept widths rounded to multiples of each (1 = not rounded)")
     parser.add_argument("--latency-samples", type=int, default=20, help="latency_model: random pruned networks each")
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
     parser.add_argument("--out", default=None, help="default: results/benchmarks")

@@ -92,8 +92,19 @@ def test_the_accuracy_report_measures_and_predicts_each_random_pruned_network(tm
     from spa.bench.nets import NetSpec
     spec = NetSpec("test", "test_resnet", size=32)
     rows = accuracy_rows(spec, "torch", 1, tmp_path, samples=2, repeats=2, warmup=1, cache_dir=tmp_path)
-    assert [r["sample"] for r in rows] == [0, 1] and all(r["macs_ratio"] < 1 for r in rows)
+    assert [r["sample"] for r in rows] == [0, 1] and all(r["macs_ratio"] < 1 and r["density"] < 1 for r in rows)
     for r in rows:
         assert r["measured_ratio"] > 0 and 0 < r["predicted_ratio"] < 1.5
         error = abs(r["predicted_ratio"] - r["measured_ratio"]) / r["measured_ratio"]
         assert r["relative_error"] == pytest.approx(error)
+
+
+def test_random_widths_rounded_to_a_multiple_keep_every_pruned_width_on_it():
+    from spa.bench.latency_model import random_widths
+    from spa.bench.nets import NetSpec, dense_model
+    dense = dense_model(NetSpec("test", "test_resnet", size=32), torch.device("cpu")).eval()
+    before = {n: m.weight.shape[0] for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)}
+    model, density = random_widths(dense, (32, 32), 0.5, seed=0, round_to=8)
+    after = {n: m.weight.shape[0] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    changed = [n for n in after if after[n] != before[n]]
+    assert changed and density < 0.75 and all(after[n] % 8 == 0 for n in changed)
