@@ -19,7 +19,7 @@ import torch.nn as nn
 
 from spa.adapters import adapter_layers, apply_adapter, fuse
 from spa.adapters.convert import DEFAULT_EXCLUDE
-from spa.bench.deployment import onnx_runner
+from spa.bench.deployment import onnx_session
 from spa.metrics import count_parameters
 from spa.models.heads import head_names
 from spa.pruning.importance import CRITERIA
@@ -141,14 +141,6 @@ def prune_step(model: nn.Module, size: int, criterion: str, batch: tuple[torch.T
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
-
-
-def onnx_session(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[], Any]:
-    """``model`` exported as scripts/export.py does and loaded in onnxruntime (CPU); a call runs ``x``."""
-    run = onnx_runner(model, x.detach(), workdir)
-    if run is None:
-        raise ModuleNotFoundError("onnxruntime is not installed: pip install onnxruntime (make install does)")
-    return run
 
 
 def check_model(name: str, family: str, adapter: str, workdir: Path, repeats: int = 10,

@@ -33,6 +33,14 @@ def onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[]
     return lambda: run(feed)
 
 
+def onnx_session(model: nn.Module, x: torch.Tensor, workdir: Path) -> Callable[[], Any]:
+    """:func:`onnx_runner`, or ModuleNotFoundError naming the fix where onnxruntime is not installed."""
+    run = onnx_runner(model, x.detach(), workdir)
+    if run is None:
+        raise ModuleNotFoundError("onnxruntime is not installed: pip install onnxruntime (make install does)")
+    return run
+
+
 def deploy_latency(spec: NetSpec, batch: int, device: torch.device, repeats: int, warmup: int, workdir: Path,
                    densities=DEPLOY_DENSITIES, compile_model: bool = True) -> list[dict[str, Any]]:
     """Latency of ``spec`` pruned (channels removed, data-free weight criterion) at each density in

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from spa.bench.deployment import onnx_runner
+from spa.bench.deployment import onnx_session
 from spa.bench.nets import NetSpec, bench_input, dense_model
 from spa.bench.timing import eval_forward
 from spa.pruning.importance import RandomImportance
@@ -28,10 +28,7 @@ def network_runner(runtime: str, model: nn.Module, x: torch.Tensor, workdir: Pat
     """One forward pass of ``model`` on ``x``: eager PyTorch, or onnxruntime (CPU) on its ONNX export."""
     if runtime == "torch":
         return eval_forward(model, x, False)
-    run = onnx_runner(model.eval(), x, workdir)
-    if run is None:
-        raise ModuleNotFoundError("onnxruntime is not installed: pip install onnxruntime (make install does)")
-    return run
+    return onnx_session(model.eval(), x, workdir)
 
 
 def random_widths(dense: nn.Module, size: tuple[int, int], density: float, seed: int,

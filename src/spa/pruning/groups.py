@@ -97,22 +97,26 @@ DEPTHWISE_ADAPTER_PRUNER = DepthwiseAdapterPruner()
 PRUNERS = {t: DEPTHWISE_ADAPTER_PRUNER if t in DEPTHWISE_ADAPTER_TYPES else ADAPTER_PRUNER for t in ADAPTER_TYPES}
 
 
-def prune_rows(layer: nn.Module, idxs: Sequence[int]) -> None:
-    """Remove output channels ``idxs`` of one conv / linear layer, adapted or not (no coupling followed)."""
+def _prune_layer(layer: nn.Module, idxs: Sequence[int], out: bool) -> None:
+    """Remove output (``out``) or input channels ``idxs`` of one conv / linear layer, adapted or not."""
     if type(layer) in PRUNERS:
-        PRUNERS[type(layer)].prune_out_channels(layer, list(idxs))
+        pruner = PRUNERS[type(layer)]
+        prune = pruner.prune_out_channels if out else pruner.prune_in_channels
+    elif isinstance(layer, nn.Linear):
+        prune = tp.prune_linear_out_channels if out else tp.prune_linear_in_channels
     else:
-        prune = tp.prune_linear_out_channels if isinstance(layer, nn.Linear) else tp.prune_conv_out_channels
-        prune(layer, list(idxs))
+        prune = tp.prune_conv_out_channels if out else tp.prune_conv_in_channels
+    prune(layer, list(idxs))
+
+
+def prune_rows(layer: nn.Module, idxs: Sequence[int]) -> None:
+    """Remove output channels ``idxs`` of one layer (no coupling followed)."""
+    _prune_layer(layer, idxs, out=True)
 
 
 def prune_cols(layer: nn.Module, idxs: Sequence[int]) -> None:
-    """Remove input channels ``idxs`` of one conv / linear layer, adapted or not (no coupling followed)."""
-    if type(layer) in PRUNERS:
-        PRUNERS[type(layer)].prune_in_channels(layer, list(idxs))
-    else:
-        prune = tp.prune_linear_in_channels if isinstance(layer, nn.Linear) else tp.prune_conv_in_channels
-        prune(layer, list(idxs))
+    """Remove input channels ``idxs`` of one layer (no coupling followed)."""
+    _prune_layer(layer, idxs, out=False)
 
 
 @contextmanager
