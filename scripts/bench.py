@@ -72,7 +72,8 @@ from spa.pruning.latency import GRID, RUNTIMES
 from spa.pruning.sparse import SPARSE_PRODUCTS
 from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
 
-SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks", "latency_model")
+SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks", "latency_model",
+            "latency_target")
 # the authors' library indexes with a list (deprecated in torch); it still computes the right thing
 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", module="sp_adapters")
 
@@ -183,10 +184,9 @@ def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
     fraction of the dense network's. Its tables are cached in results/latency/ (not committed)."""
     runtimes, lat_batch = args.latency_runtimes.split(","), args.latency_batch
     settings = [(runtime, r) for runtime in runtimes for r in args.latency_round_to]
-    with tempfile.TemporaryDirectory() as workdir:
-        table = pd.DataFrame([row for runtime, r in settings for spec in (RESNET50, LITE0) for row in accuracy_rows(
-            spec, runtime, lat_batch, Path(workdir), samples=args.latency_samples, repeats=args.repeats,
-            warmup=args.warmup, cache_dir=repo_root() / "results" / "latency", round_to=r)])
+    table = pd.DataFrame([row for runtime, r in settings for spec in (RESNET50, LITE0) for row in accuracy_rows(
+        spec, runtime, lat_batch, samples=args.latency_samples, repeats=args.repeats, warmup=args.warmup,
+        cache_dir=repo_root() / "results" / "latency", round_to=r)])
     errors = table.groupby(["runtime", "round_to", "network"], sort=False)
     summary = errors.agg(samples=("sample", "size"), median=("relative_error", "median"),
                          worst=("relative_error", "max"), dense_ms=("dense_ms", "first"),
@@ -210,10 +210,52 @@ def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
             f"network pruned in one step to a random filter density (random scores, ranked globally: uneven "
             f"widths; `round_to` > 1: each kept width rounded to a multiple of it) and timed interleaved with the "
             f"dense one, median of {args.repeats} passes after "
-            f"{args.warmup} warm-up; prediction = the dense network's measured latency - the table's sum over its "
-            f"layers + the table's sum at the pruned widths (spa.pruning.latency; grid {', '.join(map(str, GRID))} "
-            f"of each width, bilinear); torch {package_versions().get('torch')}, onnxruntime "
+            f"{args.warmup} warm-up (onnxruntime sessions without spin-waiting); prediction = (c + the table's sum "
+            f"at the pruned widths) / (c + its sum at full widths), c = the dense network's measured latency - the "
+            f"table's sum where positive, else 0 (spa.pruning.latency.NetworkLatency; grid "
+            f"{', '.join(map(str, GRID))} of each width, bilinear, non-decreasing); torch "
+            f"{package_versions().get('torch')}, onnxruntime "
             f"{package_versions().get('onnxruntime')}\n\n" + _markdown(summary) + "\n\n" + _markdown(shown))
+    return table, text
+
+
+def latency_target(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
+    """Latency-targeted pruning (schedule.target=latency) against density-targeted pruning stopped at
+    the same measured latency: ResNet-50 and EfficientNet-Lite0 at 224 px on onnxruntime (CPU), each
+    batch of --latency-target-batches, each target of --latency-targets."""
+    from spa.bench.latency_target import STEP, target_rows
+    rows = []
+    for b in args.latency_target_batches:
+        repeats = args.latency_target_repeats if b == 1 else max(3, args.latency_target_repeats // 2)
+        for spec in (RESNET50, LITE0):
+            rows += target_rows(spec, "onnxruntime", b, tuple(args.latency_targets), repeats, args.warmup,
+                                repo_root() / "results" / "latency")
+    table = pd.DataFrame(rows)
+    if "not_reached" not in table:
+        table["not_reached"] = False
+    within = (table["measured"] / table["target"] - 1).abs()
+    shown = table.assign(
+        target=table["target"].map("{:.2f}".format), schedule=table["schedule"] + ", round_to " +
+        table["round_to"].astype(str), measured=_ratio(table["measured"]), predicted=_ratio(table["predicted"]),
+        ms=table["measured_ms"].map("{:.1f}".format), macs=_ratio(table["macs_ratio"]),
+        density=table["density"].map("{:.1%}".format), steps=table["step"].astype(str),
+        off=[f"{100 * w:+.1f} %" if s == "latency" else "" for w, s in zip(
+            table["measured"] / table["target"] - 1, table["schedule"])])
+    shown.loc[table["not_reached"].fillna(False).astype(bool), "measured"] += " (not reached)"
+    shown = shown[["network", "batch", "target", "schedule", "steps", "measured", "off", "predicted", "ms", "macs",
+                   "density"]].rename(columns={
+        "measured": "latency, measured (of dense)", "off": "off the target", "predicted": "latency, predicted",
+        "ms": "latency (ms)", "macs": "MACs ratio", "density": "filter density"})
+    worst = within[table["schedule"] == "latency"].max()
+    text = (f"{device_description(torch.device('cpu'))}; onnxruntime {package_versions().get('onnxruntime')}, "
+            f"{torch.get_num_threads()} threads, CPU; networks with seeded random weights pruned without training (the "
+            f"data-free weight criterion: only widths matter to latency). `latency`: schedule.target=latency, steps "
+            f"of {STEP:.0%} of the dense latency, widths rounded to the runtime's preferred multiple, stopped at the "
+            f"first step measured at or below the target. `density`: today's schedule, {STEP:.0%} of the filters a "
+            f"step, stopped at the first step measured at or below the latency-targeted network's measured latency. "
+            f"Latency measured interleaved with the dense network, median of {args.latency_target_repeats} passes "
+            f"(batch 1; half that at larger batches) after {args.warmup} warm-up. Largest distance of a "
+            f"latency-targeted network from its target: {100 * worst:.1f} %.\n\n" + _markdown(shown))
     return table, text
 
 
@@ -321,6 +363,11 @@ def main() -> int:
     parser.add_argument("--latency-round-to", type=int, nargs="+", default=[1, 16],
                         help="latency_model: kept widths rounded to multiples of each (1 = not rounded)")
     parser.add_argument("--latency-samples", type=int, default=20, help="latency_model: random pruned networks each")
+    parser.add_argument("--latency-targets", type=float, nargs="+", default=[0.5, 0.3],
+                        help="latency_target: fractions of the dense latency")
+    parser.add_argument("--latency-target-batches", type=int, nargs="+", default=[1, 32], help="latency_target")
+    parser.add_argument("--latency-target-repeats", type=int, default=10,
+                        help="latency_target: timed passes per measurement at batch 1 (half at larger batches)")
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
     parser.add_argument("--out", default=None, help="default: results/benchmarks")
     parser.add_argument("--no-compile", action="store_true", help="deploy: leave torch.compile out (slow to compile)")

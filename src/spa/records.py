@@ -41,7 +41,8 @@ NEUTRAL_DEFAULTS = {"pruning.round_to": 1, "train.compile": False, "dataset.skip
                     "schedule.recovery_lr_scale": 1.0, "schedule.density": "filters", "pruning.scope": "global",
                     "backbone.frozen": [], "backbone.torchvision_weights": None, "dataset.test_split": "test",
                     "base.dataset.test_split": "test", "pruning.normalization": None,
-                    "pruning.max_group_pruning": None, "pruning.ignore": []}
+                    "pruning.max_group_pruning": None, "pruning.ignore": [], "schedule.target": "density",
+                    "schedule.target_latency": 0.5, "schedule.runtime": None, "schedule.latency_batch": 1}
 CONFIG, LOG, EPOCHS, SUMMARY, MODEL, TASK, LOCK = ("config.yaml", "run.log", "epochs.jsonl", "summary.json", "model.pt",
                                                     "task.pt", ".lock")
 STEPS, CHECKPOINT, HISTORY, WIDTHS = "steps.csv", "checkpoint.pt", "pruning.json", "widths.csv"

@@ -3,17 +3,21 @@ shared unpruned run), then score, prune and recover step by step. Also the runs 
 (``pruning=none``): their initial training is the whole run."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from omegaconf import DictConfig
 
+from spa.pipeline import latency
 from spa.pipeline.configs import setting, training_epochs, unpruned_config
+from spa.pipeline.latency import EXTRA_STEPS, RunLatency
 from spa.pipeline.method import Method
 from spa.pipeline.parts import Parts
 from spa.pipeline.steps import initial_state, save_checkpoint, selection_of, step_row
 from spa.pruning import check_pruning
 from spa.pruning.importance import CRITERIA
+from spa.pruning.latency_target import latency_selector
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import SCOPES, Plan, check_round_to, schedule_plan
 from spa.pruning.session import PruningSession
@@ -22,6 +26,8 @@ from spa.records import is_unpruned
 from spa.settings import SettingError, check_choice, checked
 from spa.training import apply_channels_last, evaluate
 from spa.utils import step_seed
+
+log = logging.getLogger(__name__)
 
 
 def check(cfg: DictConfig) -> None:
@@ -40,6 +46,7 @@ def check(cfg: DictConfig) -> None:
                if "lora" in cfg.adapter.name else "prune it by blocks: pruning=block_movement or block_magnitude")
         raise SettingError(f"adapter={cfg.adapter.name} cannot be channel-pruned (prunable: false); {fix}")
     checked("schedule", Plan, 1, cfg.schedule.step_fraction, cfg.schedule.target_density)
+    latency.check(cfg)
 
 
 def start_config(cfg: DictConfig) -> DictConfig | None:
@@ -54,41 +61,64 @@ def iterative(parts: Parts, status: str, initial_run: str | None) -> tuple[list[
     """Train (or resume, or start from the shared unpruned run), then score, prune and recover step
     by step. Returns the steps.csv rows and the last model selection."""
     cfg, session = parts.cfg, parts.session
-    if session is not None and setting(cfg, "schedule.density") == "filters":   # before any training
-        checked("pruning.max_group_pruning", session.check_reachable, float(cfg.schedule.target_density),
-                setting(cfg, "pruning.max_group_pruning"), list(setting(cfg, "pruning.ignore") or []))
+    guard = setting(cfg, "pruning.max_group_pruning"), list(setting(cfg, "pruning.ignore") or [])
+    timing = RunLatency.of(cfg, parts, session)           # on the unpruned model, before any resume
+    if session is not None and setting(cfg, "schedule.density") == "filters" and \
+            setting(cfg, "schedule.target") == "density":                 # before any training
+        checked("pruning.max_group_pruning", session.check_reachable, float(cfg.schedule.target_density), *guard)
     rows, done_step, selection = initial_state(parts, session, status, initial_run, training_epochs(cfg))
+    if timing is not None and rows[0].get("latency_measured") is None:
+        rows[0].update(timing.columns(parts.model))
+        parts.rundir.write_steps(rows)
     if session is not None:
-        selection = prune_steps(parts, session, rows, done_step) or selection
+        selection = prune_steps(parts, session, rows, done_step, timing) or selection
     return rows, selection
 
-def prune_steps(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], done_step: int) -> dict | None:
-    """Pruning steps after ``done_step``: score, remove, test, recover, record, checkpoint."""
+def prune_steps(parts: Parts, session: PruningSession, rows: list[dict[str, Any]], done_step: int,
+                timing: RunLatency | None = None) -> dict | None:
+    """Pruning steps after ``done_step``: score, remove, test, recover, record, checkpoint. A latency
+    target (``timing.target``) stops at the first step measured at or below it, at most
+    :data:`~spa.pipeline.latency.EXTRA_STEPS` beyond its plan, or where the guard leaves nothing to cut."""
     cfg, model = parts.cfg, parts.model
     sched, t, seed = cfg.schedule, cfg.train, int(cfg.seed)
     by_weights = setting(cfg, "schedule.density") == "weights"
+    by_latency = timing is not None and timing.target is not None
     plan = schedule_plan(session.original_filters, sched.step_fraction, sched.target_density,
                          setting(cfg, "schedule.density"))
+    last = round((1.0 - timing.target) / sched.step_fraction) + EXTRA_STEPS if by_latency else plan.steps
+    round_to = timing.round_to if by_latency else setting(cfg, "pruning.round_to")
     base = rows[0]["params_deployable"] / (rows[0].get("weight_density") or 1.0)
     selection = None
-    for step in range(done_step + 1, plan.steps + 1):
+    for step in range(done_step + 1, last + 1):
         if by_weights and (rows[-1].get("weight_density") or 1.0) <= sched.target_density:
+            break
+        if by_latency and timing.done(rows):
             break
         t0 = time.perf_counter()
         parts.seed_step(step)
         criterion = make_criterion(cfg.pruning.criterion, step_seed(seed, step), parts.mean_std)
-        session.step(step, plan, criterion, parts.train_loader, parts.device, sched.score_batches,
-                     cfg.pruning.group_reduction, setting(cfg, "pruning.round_to"), setting(cfg, "pruning.scope"),
-                     setting(cfg, "pruning.normalization"), setting(cfg, "pruning.max_group_pruning"),
-                     list(setting(cfg, "pruning.ignore") or []))
+        select = latency_selector(timing.net, session, step, float(sched.step_fraction),
+                                  float(rows[-1]["latency_measured"]), timing.target, round_to) if by_latency else None
+        result = session.step(step, None if by_latency else plan, criterion, parts.train_loader, parts.device,
+                              sched.score_batches, cfg.pruning.group_reduction, round_to,
+                              setting(cfg, "pruning.scope"), setting(cfg, "pruning.normalization"),
+                              setting(cfg, "pruning.max_group_pruning"), list(setting(cfg, "pruning.ignore") or []),
+                              select=select)
+        if by_latency and result.removed_filters == 0:
+            log.warning("latency step %d: the guard leaves nothing to remove that saves predicted latency; the run "
+                        "stops at %.3f of the dense latency measured (target %.3f)", step,
+                        float(rows[-1]["latency_measured"]), timing.target)
+            session.history.pop()
+            break
         if parts.channels_last:     # pruned layers get new (contiguous) weights
             apply_channels_last(model, parts.device)
         before = evaluate(model, parts.test_loader, parts.device, bool(t.amp), parts.channels_last)
         result, final = parts.train(int(sched.recovery_epochs), "recover", step,
                                     lr_scale=float(setting(cfg, "schedule.recovery_lr_scale")))
         widths = session_widths(session)
-        rows.append(parts.with_health(step_row(step, model, session, before["top1"], final, parts.size,
-                                               time.perf_counter() - t0, base_deployable=base), widths))
+        row = step_row(step, model, session, before["top1"], final, parts.size, time.perf_counter() - t0,
+                       base_deployable=base)
+        rows.append(parts.with_health({**row, **(timing.columns(model) if timing is not None else {})}, widths))
         selection = selection_of(result)
         parts.record_step(rows, widths)
         save_checkpoint(parts.rundir, model, session, step, selection)

@@ -300,6 +300,24 @@ def prune_group(model: nn.Module, graph: tp.DependencyGraph, root: str, idxs: Se
     group.prune()
 
 
+def group_layers(model: nn.Module, graph: tp.DependencyGraph, root: str) -> set[tuple[str, str]]:
+    """The (module name, "in" | "out") widths that removing a channel of the group rooted at ``root``
+    shrinks: its producers' outputs, its consumers' inputs, both for a depthwise conv in it. Read from
+    the group Torch-Pruning would prune (nothing is removed)."""
+    names = {module: name for name, module in model.named_modules()}
+    module = model.get_submodule(root)
+    group = graph.get_pruning_group(module, _out_fn(module), idxs=[0])
+    dims = set()
+    for item in group.items:
+        target, handler = item.dep.target.module, getattr(item.dep.handler, "__name__", "")
+        if target in names and isinstance(target, PRODUCER_TYPES) and handler in ("prune_out_channels",
+                                                                                  "prune_in_channels"):
+            depthwise = getattr(target, "groups", 1) > 1 and not grouped(target)
+            for dim in (("in", "out") if depthwise else ("out",) if handler == "prune_out_channels" else ("in",)):
+                dims.add((names[target], dim))
+    return dims
+
+
 def producer_filters(groups: list[ChannelGroup]) -> int:
     """Filters (output channels of producers) over all groups: the count density refers to."""
     return sum(g.filters for g in groups)

@@ -12,7 +12,9 @@ library versions.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
+import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -24,10 +26,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from spa.adapters import fuse
 from spa.adapters.base import AdapterLayer
 from spa.utils import atomic_write_text, package_versions, timed
 
 RUNTIMES = ("torch", "onnxruntime")
+CPU = torch.device("cpu")
+TABLE_METHOD = 2       # how tables are timed (2: onnxruntime without spin-waiting); part of the cache key
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)       # kept fractions of a layer's original width, per dimension
 
 
@@ -124,6 +129,17 @@ def _runner(runtime: str, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any
     return _onnx_layer(layer, x)
 
 
+def ort_options(threads: int | None = None):
+    """onnxruntime session options for timing sessions side by side: torch's thread count, and no
+    spin-waiting of idle intra-op threads (on by default: a session's threads keep spinning after its
+    run, taking the cores from the next session timed, so interleaved timings would favour the first)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def _onnx_layer(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     """``layer`` as a one-node ONNX graph (Conv, or MatMul + Add) in an onnxruntime CPU session with
     torch's thread count: built with ``onnx.helper``, no exporter run per grid point."""
@@ -143,9 +159,7 @@ def _onnx_layer(layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     graph = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), ort_options(), providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return lambda: session.run(None, feed)
 
@@ -201,6 +215,14 @@ def _bracket(f: float) -> tuple[float, float, float]:
     return 1.0, 1.0, 0.0
 
 
+def monotone(points: dict[str, float]) -> dict[str, float]:
+    """A grid made non-decreasing in both widths: each point takes the largest time measured at
+    widths no larger in either dimension. More channels never cost less; where a timing says so it
+    is noise (a tiny layer's time is mostly the call's overhead), and a latency target would chase it."""
+    parsed = [(tuple(float(f) for f in k.split(",")), k) for k in points]
+    return {k: max(points[q] for (qi, qo), q in parsed if qi <= fi and qo <= fo) for (fi, fo), k in parsed}
+
+
 @dataclass
 class LatencyModel:
     """Per-shape grids of one runtime, batch and thread count, and the network's constant."""
@@ -209,6 +231,9 @@ class LatencyModel:
     threads: int
     grids: dict[str, dict[str, float]]        # LayerShape.key() -> {"fi,fo": seconds}
     versions: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.grids = {key: monotone(points) for key, points in self.grids.items()}
 
     def layer(self, shape: LayerShape, kept_in: int, kept_out: int) -> float:
         return _interpolate(self.grids[shape.key()], shape, kept_in / shape.in_ch, kept_out / shape.out_ch)
@@ -220,7 +245,8 @@ class LatencyModel:
 
 def cache_key(runtime: str, batch: int, threads: int) -> tuple[str, dict[str, Any]]:
     versions = package_versions(("torch", "onnxruntime", "onnx"))
-    blob = json.dumps({"runtime": runtime, "batch": batch, "threads": threads, **versions}, sort_keys=True)
+    blob = json.dumps({"runtime": runtime, "batch": batch, "threads": threads, "method": TABLE_METHOD, **versions},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16], versions
 
 
@@ -240,3 +266,95 @@ def latency_model(shapes: dict[str, LayerShape], runtime: str, batch: int, cache
         atomic_write_text(path, json.dumps({"runtime": runtime, "batch": batch, "threads": threads,
                                             "versions": versions, "grids": grids}, indent=1, sort_keys=True))
     return LatencyModel(runtime, batch, threads, grids, versions)
+
+
+def check_runtime(runtime: object, key: str = "schedule.runtime") -> None:
+    """``runtime`` is one of :data:`RUNTIMES` and installed; else an error naming the fix."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"{key}={runtime!r}: use torch (eager PyTorch) or onnxruntime (its ONNX export, CPU)")
+    missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(m) is None] \
+        if runtime == "onnxruntime" else []
+    if missing:
+        raise ModuleNotFoundError(f"{key}=onnxruntime needs {', '.join(missing)}, not installed here: pip install "
+                                  f"{' '.join(missing)} (make install does), or measure eager PyTorch ({key}=torch)")
+
+
+def network_runner(runtime: str, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """One forward pass of ``model`` (eval, CPU) on ``x``: eager PyTorch, or an onnxruntime CPU session
+    (torch's thread count) of the ONNX export ``scripts/export.py`` writes (dynamo exporter, dynamic
+    batch), exported in memory."""
+    model.eval()
+    if runtime == "torch":
+        def run():
+            with torch.no_grad():
+                model(x)
+        return run
+    check_runtime(runtime)
+    import onnxruntime as ort
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(model, (torch.zeros(2, *x.shape[1:]),), None, dynamo=True, input_names=["image"],
+                                output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+    session = ort.InferenceSession(program.model_proto.SerializeToString(), ort_options(),
+                                   providers=["CPUExecutionProvider"])
+    feed = {"image": x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """What is deployed and timed: a fused (adapters folded in), float32, eval-mode CPU copy."""
+    return fuse(copy.deepcopy(model)).float().to(CPU).eval()
+
+
+class NetworkLatency:
+    """A network's latency on one runtime as it is pruned, against its dense start: predicted by the
+    per-layer table (:class:`LatencyModel`) and measured by running the network interleaved with the
+    dense one (medians; the ratio cancels the machine's drift). Build it on the unpruned model."""
+
+    def __init__(self, dense: nn.Module, size: tuple[int, int], runtime: str, batch: int = 1,
+                 cache_dir: Path | None = None, repeats: int = 20, warmup: int = 3):
+        check_runtime(runtime)
+        self.runtime, self.batch, self.repeats, self.warmup = runtime, batch, repeats, warmup
+        self.dense = deployable(dense)
+        self.shapes = layer_shapes(self.dense, size)
+        self.table = latency_model(self.shapes, runtime, batch, cache_dir)
+        self.x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
+        self._dense_run = network_runner(runtime, self.dense, self.x)
+        self.dense_s = timed({"dense": self._dense_run}, CPU, repeats, warmup)["dense"]
+        # what the table's layers leave out (activations, pooling, ...), where it is positive; a runtime that
+        # fuses layers runs the network faster than its layers one by one, and the table is then read as ratios
+        self.base = self.seconds(self.widths(self.dense))
+        self.constant = max(0.0, self.dense_s - self.base)
+
+    def widths(self, model: nn.Module) -> dict[str, tuple[int, int]]:
+        """(in, out) widths now of the table's layers in ``model`` (same names; adapted or fused)."""
+        out = {}
+        for name in self.shapes:
+            weight = model.get_submodule(name).weight
+            groups = int(getattr(model.get_submodule(name), "groups", 1)) if weight.dim() == 4 else 1
+            out[name] = (int(weight.shape[1]) * groups, int(weight.shape[0]))
+        return out
+
+    def layer(self, name: str, kept_in: int, kept_out: int) -> float:
+        """Seconds the table gives layer ``name`` at these widths."""
+        return self.table.layer(self.shapes[name], kept_in, kept_out)
+
+    def seconds(self, widths: dict[str, tuple[int, int]]) -> float:
+        """Σ of the table's layers at ``widths`` (without the constant)."""
+        return sum(self.layer(name, *widths[name]) for name in self.shapes)
+
+    def predict(self, model: nn.Module) -> float:
+        """Predicted latency of ``model`` as a fraction of the dense network's: (constant + Σ layers now)
+        / (constant + Σ layers dense)."""
+        return (self.constant + self.seconds(self.widths(model))) / (self.constant + self.base)
+
+    def table_seconds(self, fraction: float) -> float:
+        """``fraction`` of the dense network's latency in the table's seconds (what :meth:`layer` sums to)."""
+        return fraction * (self.constant + self.base)
+
+    def measure(self, model: nn.Module) -> tuple[float, float]:
+        """(milliseconds, fraction of dense) of ``model`` deployed on the runtime, timed interleaved
+        with the dense network."""
+        run = network_runner(self.runtime, deployable(model), self.x)
+        seconds = timed({"dense": self._dense_run, "pruned": run}, CPU, self.repeats, self.warmup)
+        return 1e3 * seconds["pruned"], seconds["pruned"] / seconds["dense"]
+

@@ -13,7 +13,9 @@ budget; the schedule counts what is left, so the next step corrects the differen
 """
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -149,3 +151,81 @@ def _rounded(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], remove
 def removed_filters(groups: list[ChannelGroup], selection: dict[str, list[int]]) -> int:
     costs = {g.root: g.costs() for g in groups}
     return sum(costs[root][int(c)] for root, idxs in selection.items() for c in idxs)
+
+
+class _Cuts:
+    """The state of :func:`select_latency`: each group's channels in score order, how many are cut,
+    and the widths of the layers after the cuts so far."""
+
+    def __init__(self, groups, scores, widths, layers, cost, floors, round_to):
+        self.groups, self.scores, self.layers, self.cost, self.floors = groups, scores, layers, cost, floors
+        self.round_to, self.widths = round_to, {name: list(w) for name, w in widths.items()}
+        self.order = {g.root: sorted(range(g.size), key=lambda c: (float(scores[g.root][c]), c)) for g in groups}
+        self.taken = {g.root: 0 for g in groups}
+
+    def size(self, g: ChannelGroup) -> int:
+        """Channels the group's next cut removes (down to the next multiple of ``round_to``); 0: none left."""
+        kept = g.size - self.taken[g.root]
+        target = kept - 1 if self.round_to == 1 else (kept - 1) // self.round_to * self.round_to
+        return kept - target if target >= max(1, self.round_to, self.floors.get(g.root, 0)) else 0
+
+    def saved(self, g: ChannelGroup, n: int) -> float:
+        total = 0.0
+        for name, dim in self.layers.get(g.root, ()):
+            if name in self.widths:
+                kin, kout = self.widths[name]
+                total += self.cost(name, kin, kout) - self.cost(name, *((kin - n, kout) if dim == "in" else
+                                                                        (kin, kout - n)))
+        return total
+
+    def key(self, g: ChannelGroup) -> float | None:
+        """Summed score of the next cut over the seconds it saves; None: no cut, or one saving nothing."""
+        n = self.size(g)
+        gain = self.saved(g, n) if n else 0.0
+        if gain <= 0:
+            return None
+        chosen = self.order[g.root][self.taken[g.root]:self.taken[g.root] + n]
+        return sum(float(self.scores[g.root][c]) for c in chosen) / gain
+
+    def cut(self, g: ChannelGroup) -> float:
+        """Make the group's next cut; the seconds it saves."""
+        n = self.size(g)
+        gain = self.saved(g, n)
+        for name, dim in self.layers.get(g.root, ()):
+            if name in self.widths:
+                self.widths[name][0 if dim == "in" else 1] -= n
+        self.taken[g.root] += n
+        return gain
+
+
+def select_latency(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], widths: dict[str, tuple[int, int]],
+                   layers: dict[str, set[tuple[str, str]]], cost: Callable[[str, int, int], float], saving: float,
+                   floors: dict[str, int] | None = None, round_to: int = 1) -> dict[str, list[int]]:
+    """The step of a latency target (``schedule.target=latency``, docs/method.md §9): greedily remove
+    the channels of lowest importance per second of predicted latency saved until the removals save
+    ``saving`` seconds.
+
+    A group's next cut is its lowest-scored channel, or with ``round_to`` > 1 its lowest-scored
+    channels down to the next multiple of ``round_to`` (never below it): its key is their summed score
+    over the seconds they save, ``cost(layer, in, out)`` summed over the (layer, "in" | "out") widths
+    they shrink (``layers[group root]``) at today's ``widths``. The smallest key goes first; keys of
+    groups sharing a layer with one just cut are recomputed when they come up (lazy greedy). A group
+    keeps ``floors[root]`` channels (the guard) and one at least; a cut the table says saves nothing
+    is never made. Returns ``{group root: [channel indices]}`` (current indices)."""
+    check_round_to(round_to)
+    cuts = _Cuts(groups, scores, widths, layers, cost, floors or {}, round_to)
+    heap = [(k, gi) for gi, g in enumerate(groups) if not g.whole and (k := cuts.key(g)) is not None]
+    heapq.heapify(heap)
+    left = saving
+    while left > 0 and heap:
+        _, gi = heapq.heappop(heap)
+        now = cuts.key(groups[gi])
+        if now is None:
+            continue
+        if heap and now > heap[0][0] * (1 + 1e-9) + 1e-30:     # stale: a neighbour's cut moved it
+            heapq.heappush(heap, (now, gi))
+            continue
+        left -= cuts.cut(groups[gi])
+        if (k := cuts.key(groups[gi])) is not None:
+            heapq.heappush(heap, (k, gi))
+    return {g.root: sorted(cuts.order[g.root][:cuts.taken[g.root]]) for g in groups if cuts.taken[g.root]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from spa.pruning.groups import producer_filters
+from spa.pruning.groups import group_layers, producer_filters
 from spa.pruning.importance import Importance, group_scores
 from spa.pruning.schedule import SCOPES, Plan, removed_filters, select_channels, select_local
 from spa.pruning.structures import structure_for
@@ -79,10 +79,11 @@ class PruningSession:
         self.history.append({"step": step, "removed": {k: list(map(int, v)) for k, v in selection.items()}})
         return StepResult(step, removed, self.kept_filters, self.density, selection)
 
-    def step(self, step: int, plan: Plan, criterion: Importance, loader: Iterable | None,
+    def step(self, step: int, plan: Plan | None, criterion: Importance, loader: Iterable | None,
              device: torch.device, max_batches: int | None = None, reduction: str = "mean",
              round_to: int = 1, scope: str = "global", normalization: str | None = None,
-             max_group_pruning: float | None = None, ignore: Sequence[str] = ()) -> StepResult:
+             max_group_pruning: float | None = None, ignore: Sequence[str] = (),
+             select: Callable[[list, dict, dict[str, int]], dict[str, list[int]]] | None = None) -> StepResult:
         """Score, select the step's budget of filters (``scope``: ``global``, ranked across the groups,
         kept widths rounded to multiples of ``round_to``; ``local``, the same fraction of every group:
         :func:`~spa.pruning.schedule.select_local`), remove them. ``normalization``: how each layer's
@@ -90,13 +91,19 @@ class PruningSession:
         criterion's own, the paper's). The guard (global scope): ``max_group_pruning``, the fraction of a
         group's original channels that may ever go (None: the paper's rule, a group keeps one), and
         ``ignore``, globs of module names whose groups are kept whole; a step the floors leave short of
-        its budget stops with an error naming the density they allow."""
+        its budget stops with an error naming the density they allow. ``select(groups, ranked scores,
+        floors)`` replaces the plan's filter budget where given (a latency target: ``plan`` is None)."""
         if scope not in SCOPES:
             raise ValueError(f"pruning.scope={scope!r}: use global (ranked across layers) or local (every layer alike)")
         scores = criterion.score(self.model, self.groups, loader, device, max_batches)
         ranked = group_scores(self.groups, scores, normalization or criterion.normalization, reduction)
-        budget = plan.budget(step, self.kept_filters)
         floors = self.floors(max_group_pruning, ignore)
+        if select is not None:
+            result = self.apply(step, select(self.groups, ranked, floors))
+            log.info("pruning step %d: removed %d filters, density %.3f (%d / %d filters)", step,
+                     result.removed_filters, result.density, result.kept_filters, self.original_filters)
+            return result
+        budget = plan.budget(step, self.kept_filters)
         selection = select_channels(self.groups, ranked, budget, round_to=round_to, keep_at_least=floors) \
             if scope == "global" else select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
         if (max_group_pruning is not None or ignore) and scope == "global":
@@ -113,6 +120,14 @@ class PruningSession:
         log.info("pruning step %d: removed %d filters (budget %d), density %.3f (%d / %d filters)", step,
                  result.removed_filters, budget, result.density, result.kept_filters, self.original_filters)
         return result
+
+    def group_layers(self) -> dict[str, set[tuple[str, str]]]:
+        """{group root: the (layer, "in" | "out") widths its channels are} for every prunable group
+        (:func:`~spa.pruning.groups.group_layers`): what a latency target needs; CNN channels only."""
+        if self.structure.name != "channels":
+            raise ValueError(f"schedule.target=latency prunes the channels of CNNs; this model is pruned by its "
+                             f"{self.structure.name} structure: use schedule.target=density")
+        return {g.root: group_layers(self.model, self.context, g.root) for g in self.groups if not g.whole}
 
     def room(self, floors: dict[str, int]) -> int:
         """Filters the groups can still give under ``floors`` (every group keeps one at least)."""

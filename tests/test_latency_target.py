@@ -1,0 +1,109 @@
+"""Pruning to a latency target (schedule.target=latency, docs/method.md §9): the greedy selection by
+importance per predicted latency saved, the settings' errors before anything is written, and a run
+that records its latency every step and stops at the first step at or below the target."""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from spa import pipeline
+from spa.pipeline import latency as run_latency
+from spa.pruning import latency
+from spa.pruning.groups import ChannelGroup
+from spa.pruning.latency import NetworkLatency, monotone
+from spa.pruning.schedule import select_latency
+from spa.records import RunDir
+from spa.settings import SettingError
+
+LATENCY = ["pruning=weight", "schedule.step_fraction=0.1", "schedule.recovery_epochs=1", "train.epochs=1",
+           "train.max_steps_per_epoch=2", "schedule.target=latency", "schedule.runtime=torch", "pruning.round_to=2"]
+
+
+def two_groups(floors=None, round_to=1, saving=10.0):
+    """Group a (8 channels, each saving 1 s, scored 1) and group b (8 channels, each saving 4 s,
+    scored 2): per second saved, b's channels are the cheaper ones (0.5 against 1)."""
+    groups = [ChannelGroup("a", ["a"], 8), ChannelGroup("b", ["b"], 8)]
+    scores = {"a": torch.ones(8), "b": torch.tensor([2.0, 2.1, 2.2, 2.3, 2.4, 2.5, 2.6, 1.9])}
+    widths = {"a": (3, 8), "b": (8, 8)}
+    layers = {"a": {("a", "out")}, "b": {("b", "out")}}
+
+    def cost(name, kept_in, kept_out):
+        return kept_out * (1.0 if name == "a" else 4.0)
+    return select_latency(groups, scores, widths, layers, cost, saving, floors, round_to)
+
+
+def test_the_channels_of_least_importance_per_second_saved_go_first_until_the_saving_is_reached():
+    assert two_groups() == {"b": [0, 1, 7]}                          # 3 x 4 s >= 10 s, lowest scores first
+    assert two_groups(saving=3.5) == {"b": [7]}
+    # b may lose two channels (the guard's floor of 6): the rest of the saving comes from a, by its scores
+    assert two_groups(floors={"b": 6}) == {"a": [0, 1], "b": [0, 7]}
+    assert two_groups(saving=1e9) == {"a": list(range(7)), "b": [0, 1, 2, 3, 4, 5, 7]}   # one channel each kept
+
+
+def test_rounded_cuts_take_whole_multiples_and_never_go_below_one():
+    # round_to 4: b goes from 8 to 4 in one cut (16 s); its four lowest-scored channels
+    assert two_groups(round_to=4) == {"b": [0, 1, 2, 7]}
+    assert two_groups(round_to=4, saving=1e9) == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 7]}
+
+
+def test_a_table_is_made_non_decreasing_in_both_widths():
+    points = {"0.5,0.5": 2.0, "0.5,1.0": 1.0, "1.0,0.5": 3.0, "1.0,1.0": 2.5}
+    assert monotone(points) == {"0.5,0.5": 2.0, "0.5,1.0": 2.0, "1.0,0.5": 3.0, "1.0,1.0": 3.0}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("schedule.target_latency=1.5", "schedule.target_latency=1.5"),
+    ("schedule.target_latency=0", "schedule.target_latency=0"),
+    ("schedule.runtime=null", "set schedule.runtime=onnxruntime"),
+    ("schedule.runtime=tensorrt", "schedule.runtime='tensorrt'"),
+    ("pruning.scope=local", "pruning.scope=global"),
+])
+def test_bad_latency_settings_stop_before_anything_is_written(compose_cfg, tmp_path, override, message):
+    with pytest.raises(SettingError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        pipeline.run(compose_cfg(*LATENCY, override))
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_a_runtime_that_is_not_installed_names_the_fix(compose_cfg, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match="pip install onnxruntime"):
+        pipeline.run(compose_cfg(*LATENCY, "schedule.runtime=onnxruntime"))
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_a_target_the_guard_makes_unreachable_stops_before_any_training(compose_cfg, tmp_path, monkeypatch):
+    seen = {}
+
+    def floor(model, size, runtime, batch, max_group_pruning, ignore, round_to):
+        seen.update(size=size, guard=max_group_pruning, round_to=round_to)
+        return 0.7
+    monkeypatch.setattr(run_latency, "floor_latency", floor)
+    with pytest.raises(SettingError, match=r"down to 0\.700 .* raise the target to 0\.74"):
+        pipeline.run(compose_cfg(*LATENCY, "schedule.target_latency=0.5", "pruning.max_group_pruning=0.5"))
+    assert seen == {"size": (32, 32), "guard": 0.5, "round_to": 2}
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_a_latency_run_records_every_step_and_stops_at_the_first_step_at_or_below_its_target(compose_cfg,
+                                                                                            monkeypatch):
+    """A MACs-like table and its prediction as the measured latency (a tiny network's timings are
+    noise): the schedule must step towards the target and stop at the first step at or below it."""
+    monkeypatch.setattr(run_latency, "floor_latency", lambda *args: 0.2)
+    monkeypatch.setattr(latency, "measure_shape", lambda shape, runtime, batch, repeats=15: {
+        f"{fi},{fo}": 1e-9 * math.prod(shape.spatial or (1,)) * shape.in_ch * fi * (shape.out_ch * fo if shape.kind
+                                                                                    != "depthwise" else 9)
+        for fi, fo in latency.grid_points(shape)})                  # MACs-like: every channel saves time
+    monkeypatch.setattr(NetworkLatency, "measure", lambda self, model: (1e3 * self.dense_s * self.predict(model),
+                                                                        self.predict(model)))
+    summary = pipeline.run(compose_cfg(*LATENCY, "schedule.target_latency=0.75"))
+    rows = RunDir(summary["run_dir"]).read_steps()
+    assert rows[0]["latency_measured"] == pytest.approx(1.0) and rows[0]["latency_runtime"] == "torch"
+    measured = [r["latency_measured"] for r in rows]
+    assert measured[-1] <= 0.75 and all(m > 0.75 for m in measured[:-1])
+    assert all(b < a for a, b in zip(measured, measured[1:])) and len(rows) >= 3     # steps of about 10 %
+    assert all(r["latency_pred"] == r["latency_measured"] for r in rows)
+    assert rows[-1]["density"] < 1.0 and all(r["latency_measured_ms"] > 0 for r in rows)
