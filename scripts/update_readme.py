@@ -14,10 +14,10 @@ TABLES = {name: f"results/tables/{name}.md" for name in (
     "demo", "probe", "params", "table1_mini", "table1_mini_claims", "table1_mini_cost", "table1_cost",
     "table1_imagenet_mini", "table1_imagenet_mini_claims", "table1_imagenet_mini_cost", "table1_imagenet_mini_lr",
     "block_spa_mini", "pear_mini", "vit_iclr_mini", "vit_iclr_mini_claims", "vit_iclr_cost",
-    "vit_iclr_params", "imagenet_mini_budget", "block_spa_mini_budget", "evidence", "timm_compat")}
+    "vit_iclr_params", "imagenet_mini_budget", "block_spa_mini_budget", "evidence", "timm_compat", "latency_mini")}
 TABLES.update({f"bench_{section}_cpu": f"results/benchmarks/{section}_cpu.md"
                for section in ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks",
-                               "latency_model", "checks")})
+                               "latency_model", "latency_target", "checks")})
 
 
 def embed(readme: str, name: str, table: str) -> str:

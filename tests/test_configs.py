@@ -99,10 +99,11 @@ def test_data_dir_follows_the_environment(monkeypatch, tmp_path):
 # Experiments that compare methods sweep three seeds (the paper's 1, 2, 3). Laptop-scale ones sweep
 # fewer, and say so here: the demo runs one seed to stay within minutes on 2 CPU cores, table1_mini,
 # table1_imagenet_mini and block_spa_mini two (issues 5, 12 and 14: each whole grid must fit in 90 minutes
-# there), and the learning-rate selection and budget study of table1_imagenet_mini one (they pick settings, they
-# report no result).
+# there), the learning-rate selection and budget study of table1_imagenet_mini one (they pick settings, they
+# report no result), and latency_mini one (issue 30 asks a short real-data comparison of one seed).
 FEWER_SEEDS = {"demo": [1], "table1_mini": [1, 2], "table1_imagenet_mini": [1, 2], "table1_imagenet_mini_lr": [1],
-               "imagenet_mini_budget": [1], "block_spa_mini": [1, 2], "block_spa_mini_budget": [1]}
+               "imagenet_mini_budget": [1], "block_spa_mini": [1, 2], "block_spa_mini_budget": [1],
+               "latency_mini": [1]}
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -4,10 +4,14 @@ that records its latency every step and stops at the first step at or below the 
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+from scripts_path import load_script
 
 from spa import pipeline
 from spa.pipeline import latency as run_latency
@@ -16,6 +20,7 @@ from spa.pruning.groups import ChannelGroup
 from spa.pruning.latency import NetworkLatency, monotone
 from spa.pruning.schedule import select_latency
 from spa.records import RunDir
+from spa.reporting.latency import comparison
 from spa.settings import SettingError
 
 LATENCY = ["pruning=weight", "schedule.step_fraction=0.1", "schedule.recovery_epochs=1", "train.epochs=1",
@@ -36,16 +41,20 @@ def two_groups(floors=None, round_to=1, saving=10.0):
 
 
 def test_the_channels_of_least_importance_per_second_saved_go_first_until_the_saving_is_reached():
-    assert two_groups() == {"b": [0, 1, 7]}                          # 3 x 4 s >= 10 s, lowest scores first
-    assert two_groups(saving=3.5) == {"b": [7]}
-    # b may lose two channels (the guard's floor of 6): the rest of the saving comes from a, by its scores
-    assert two_groups(floors={"b": 6}) == {"a": [0, 1], "b": [0, 7]}
+    # b's channels first (lowest scores first); its third would overshoot the 10 s (12), so a fills the rest
+    assert two_groups() == {"a": [0, 1], "b": [0, 7]}
+    assert two_groups(saving=8.0) == {"b": [0, 7]}
+    assert two_groups(saving=3.5) == {"a": [0, 1, 2]}                 # b's 4 s would overshoot
+    assert two_groups(saving=0.5) == {"a": [0]}                       # nothing fits: the smallest cut
+    # b may lose one channel (the guard's floor of 7): the rest of the saving comes from a, by its scores
+    assert two_groups(floors={"b": 7}) == {"a": [0, 1, 2, 3, 4, 5], "b": [7]}
     assert two_groups(saving=1e9) == {"a": list(range(7)), "b": [0, 1, 2, 3, 4, 5, 7]}   # one channel each kept
 
 
 def test_rounded_cuts_take_whole_multiples_and_never_go_below_one():
-    # round_to 4: b goes from 8 to 4 in one cut (16 s); its four lowest-scored channels
-    assert two_groups(round_to=4) == {"b": [0, 1, 2, 7]}
+    # round_to 4: b's cut from 8 to 4 (its four lowest-scored channels, 16 s) fits in 20 s, and a's 4 s after it
+    assert two_groups(round_to=4, saving=20.0) == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 7]}
+    assert two_groups(round_to=4) == {"a": [0, 1, 2, 3]}              # b's 16 s would overshoot 10 s
     assert two_groups(round_to=4, saving=1e9) == {"a": [0, 1, 2, 3], "b": [0, 1, 2, 7]}
 
 
@@ -107,3 +116,45 @@ def test_a_latency_run_records_every_step_and_stops_at_the_first_step_at_or_belo
     assert all(b < a for a, b in zip(measured, measured[1:])) and len(rows) >= 3     # steps of about 10 %
     assert all(r["latency_pred"] == r["latency_measured"] for r in rows)
     assert rows[-1]["density"] < 1.0 and all(r["latency_measured_ms"] > 0 for r in rows)
+
+
+def _steps_run(run, rows):
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    pd.DataFrame(rows).to_csv(run / "steps.csv", index=False)
+
+
+def test_the_comparison_sets_each_latency_run_beside_the_density_run_at_the_same_measured_latency(tmp_path):
+    exp = tmp_path / "latency_mini" / "cifar10" / "efficientnet_lite0"
+    step = {"macs": 100, "collapsed": False, "latency_pred": 1.0, "latency_measured_ms": 1.0}
+    _steps_run(exp / "weight_latency" / "finetune" / "seed_1", [
+        {**step, "step": 0, "top1": 70.0, "density": 1.0, "latency_measured": 1.0},
+        {**step, "step": 1, "top1": 66.0, "density": 0.8, "macs": 50, "latency_measured": 0.49}])
+    _steps_run(exp / "weight" / "finetune" / "seed_1", [
+        {**step, "step": i, "top1": 70.0 - 3 * i, "density": 1 - 0.1 * i, "latency_measured": m}
+        for i, m in enumerate((1.0, 0.8, 0.6, 0.45, 0.4))])
+    _steps_run(exp / "weight_latency" / "splora_r8" / "seed_1", [
+        {**step, "step": 0, "top1": 60.0, "density": 1.0, "latency_measured": 1.0},
+        {**step, "step": 1, "top1": 50.0, "density": 0.5, "latency_measured": 0.3}])
+    _steps_run(exp / "weight" / "splora_r8" / "seed_1", [
+        {**step, "step": 0, "top1": 60.0, "density": 1.0, "latency_measured": 1.0},
+        {**step, "step": 1, "top1": 55.0, "density": 0.1, "latency_measured": 0.7}])
+    table = comparison(tmp_path / "latency_mini")
+    got = table[["learner", "schedule", "step", "latency_measured", "top1", "top1_unpruned", "macs_ratio"]]
+    assert got.values.tolist() == [["finetune", "latency", 1, 0.49, 66.0, 70.0, 0.5],
+                                   ["finetune", "density", 3, 0.45, 61.0, 70.0, 1.0],
+                                   ["splora_r8", "latency", 1, 0.3, 50.0, 60.0, 1.0],
+                                   ["splora_r8", "density (not reached)", 1, 0.7, 55.0, 60.0, 1.0]]
+    with pytest.raises(FileNotFoundError, match="make latency-mini"):
+        comparison(tmp_path / "nothing")
+
+
+def test_a_finished_run_is_re_measured_from_its_onnx_export_against_its_dense_backbone(compose_cfg, capsys):
+    pytest.importorskip("onnxruntime")
+    summary = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1"))
+    assert load_script("latency").main([summary["run_dir"], "--repeats", "3", "--warmup", "1"]) == 0
+    result = json.loads((Path(summary["run_dir"]) / "latency.json").read_text())
+    assert (Path(summary["run_dir"]) / "model.onnx").is_file() and result["batch"] == 1
+    assert result["dense_ms"] > 0 and result["pruned_ms"] > 0 and 0.3 < result["ratio"] < 3.0   # unpruned: about 1
+    assert "ratio" in capsys.readouterr().out
+    assert load_script("latency").main([str(Path(summary["run_dir"]).parent / "missing")]) == 2

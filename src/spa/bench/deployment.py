@@ -2,6 +2,7 @@
 onnxruntime, against its MACs."""
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,32 @@ def deploy_latency(spec: NetSpec, batch: int, device: torch.device, repeats: int
         r["latency_over_macs_ratio"] = r["latency_ratio"] / r["macs_ratio"]
         r["ratio_to_same_runtime_dense"] = r["latency_s"] / dense[r["runtime"]]    # what pruning buys in it
     return rows
+
+
+def exported_latency(run_dir: Path, onnx_file: Path, batch: int = 1, repeats: int = 50,
+                     warmup: int = 5) -> dict[str, Any]:
+    """The exported network of finished run ``run_dir`` (``onnx_file``, from scripts/export.py) against
+    its backbone unpruned (same architecture and head, exported alike), in onnxruntime on CPU, timed
+    interleaved (median of ``repeats`` at ``batch``, sessions without spin-waiting): ms and ratio."""
+    import onnxruntime as ort
+
+    from spa.deploy import load_run
+    from spa.export import write_onnx
+    from spa.models import create_backbone, load_model_file
+    from spa.pruning.latency import ort_options
+    run = load_run(run_dir)
+    spec = load_model_file(Path(run_dir) / "model.pt", mmap=True)["backbone"]
+    dense, _ = create_backbone(spec["timm_name"], len(run.classes), cifar_stem=spec["cifar_stem"],
+                               kwargs=spec["kwargs"])
+    x = torch.randn(batch, 3, run.image_size, run.image_size, generator=torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_file = Path(tmp) / "dense.onnx"
+        write_onnx(dense.eval(), torch.zeros(2, *x.shape[1:]), dense_file, {})
+        sessions = {name: ort.InferenceSession(str(path), ort_options(), providers=["CPUExecutionProvider"])
+                    for name, path in (("dense", dense_file), ("pruned", Path(onnx_file)))}
+        feeds = {name: {s.get_inputs()[0].name: x.numpy()} for name, s in sessions.items()}
+        seconds = timed({name: (lambda s=s, f=feeds[name]: s.run(None, f)) for name, s in sessions.items()},
+                        torch.device("cpu"), repeats, warmup)
+    return {"run_dir": str(run_dir), "file": str(onnx_file), "runtime": "onnxruntime", "batch": batch,
+            "threads": torch.get_num_threads(), "repeats": repeats, "dense_ms": 1e3 * seconds["dense"],
+            "pruned_ms": 1e3 * seconds["pruned"], "ratio": seconds["pruned"] / seconds["dense"]}

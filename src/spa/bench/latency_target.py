@@ -31,19 +31,20 @@ def _state(session: PruningSession, net: NetworkLatency, size: tuple[int, int], 
             "density": session.density, "macs_ratio": count_macs(session.model, size) / dense_macs}
 
 
-def latency_path(dense, net: NetworkLatency, size, dense_macs: int, lowest: float, round_to: int) -> list[dict]:
-    """Every step of latency-targeted pruning of a copy of ``dense`` down to ``lowest`` measured."""
+def latency_path(dense, net: NetworkLatency, size, dense_macs: int, target: float, round_to: int) -> list[dict]:
+    """Every step of latency-targeted pruning of a copy of ``dense`` to ``target`` (as a run does: it
+    stops at the first step measured at or below it)."""
     model = copy.deepcopy(dense)
     session = PruningSession(model, example_input(model, size))
     ms, measured = net.measure(model)
     path = [_state(session, net, size, dense_macs, 0, measured, ms)]
-    for step in range(1, round((1 - lowest) / STEP) + EXTRA_STEPS + 1):
-        select = latency_selector(net, session, step, STEP, measured, lowest, round_to)
+    for step in range(1, round((1 - target) / STEP) + EXTRA_STEPS + 1):
+        select = latency_selector(net, session, step, STEP, measured, target, round_to)
         if session.step(step, None, CRITERIA["weight"](), None, CPU, select=select).removed_filters == 0:
             break
         ms, measured = net.measure(model)
         path.append(_state(session, net, size, dense_macs, step, measured, ms))
-        if measured <= lowest:
+        if measured <= target:
             break
     return path
 
@@ -80,9 +81,10 @@ def target_rows(spec: NetSpec, runtime: str, batch: int, targets: tuple[float, .
     net = NetworkLatency(dense, size, runtime, batch, cache_dir, repeats, warmup)
     dense_macs = count_macs(dense, size)
     multiple = preferred_round_to(runtime)
-    lowest = min(targets)
-    by_latency = latency_path(dense, net, size, dense_macs, lowest, multiple)
-    reached = [first_at(by_latency, t) or by_latency[-1] for t in targets]
+    reached = []
+    for target in targets:          # a path of its own per target: its last step aims at the target itself
+        path = latency_path(dense, net, size, dense_macs, target, multiple)
+        reached.append({**path[-1], "not_reached": path[-1]["measured"] > target})
     floor = min(s["measured"] for s in reached)
     density_paths = {1: density_path(dense, net, size, dense_macs, floor, 1),
                      multiple: density_path(dense, net, size, dense_macs, floor, multiple)}

@@ -23,7 +23,6 @@ from spa.settings import SettingError, checked
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("density", "latency")
 EXTRA_STEPS = 5       # steps a latency target may take beyond its plan, where the measured latency lags
 
 

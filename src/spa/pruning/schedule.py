@@ -209,14 +209,16 @@ def select_latency(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], 
     channels down to the next multiple of ``round_to`` (never below it): its key is their summed score
     over the seconds they save, ``cost(layer, in, out)`` summed over the (layer, "in" | "out") widths
     they shrink (``layers[group root]``) at today's ``widths``. The smallest key goes first; keys of
-    groups sharing a layer with one just cut are recomputed when they come up (lazy greedy). A group
-    keeps ``floors[root]`` channels (the guard) and one at least; a cut the table says saves nothing
-    is never made. Returns ``{group root: [channel indices]}`` (current indices)."""
+    groups sharing a layer with one just cut are recomputed when they come up (lazy greedy). A cut that
+    would save more than is left is skipped (the next may fit), as :func:`select_channels` skips a
+    channel that would overshoot its budget; a step nothing fits makes its smallest cut. A group keeps
+    ``floors[root]`` channels (the guard) and one at least; a cut the table says saves nothing is never
+    made. Returns ``{group root: [channel indices]}`` (current indices)."""
     check_round_to(round_to)
     cuts = _Cuts(groups, scores, widths, layers, cost, floors or {}, round_to)
     heap = [(k, gi) for gi, g in enumerate(groups) if not g.whole and (k := cuts.key(g)) is not None]
     heapq.heapify(heap)
-    left = saving
+    left, too_big = saving, []
     while left > 0 and heap:
         _, gi = heapq.heappop(heap)
         now = cuts.key(groups[gi])
@@ -225,7 +227,12 @@ def select_latency(groups: list[ChannelGroup], scores: dict[str, torch.Tensor], 
         if heap and now > heap[0][0] * (1 + 1e-9) + 1e-30:     # stale: a neighbour's cut moved it
             heapq.heappush(heap, (now, gi))
             continue
+        if cuts.saved(groups[gi], cuts.size(groups[gi])) > left:      # would overshoot: the next one may fit
+            too_big.append(gi)
+            continue
         left -= cuts.cut(groups[gi])
         if (k := cuts.key(groups[gi])) is not None:
             heapq.heappush(heap, (k, gi))
+    if left > 0 and too_big and not any(cuts.taken.values()):     # nothing fits: the smallest cut, so a step moves
+        cuts.cut(groups[min(too_big, key=lambda gi: cuts.saved(groups[gi], cuts.size(groups[gi])))])
     return {g.root: sorted(cuts.order[g.root][:cuts.taken[g.root]]) for g in groups if cuts.taken[g.root]}
