@@ -3,6 +3,7 @@ one-node onnxruntime layers it times, interpolation on its grid, its cache, and 
 of spa.bench.latency_model (plumbing, on a tiny network)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from importlib.metadata import version
 
@@ -108,3 +109,18 @@ def test_random_widths_rounded_to_a_multiple_keep_every_pruned_width_on_it():
     after = {n: m.weight.shape[0] for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     changed = [n for n in after if after[n] != before[n]]
     assert changed and density < 0.75 and all(after[n] % 8 == 0 for n in changed)
+
+
+def test_a_conv_that_pads_in_its_forward_is_tabled_with_the_padding_it_applies():
+    """timm's Conv2dSame (TF "same" padding) has padding 0 and pads in forward: the table's one-node conv
+    must get the padding that gives the layer's own output size, or a small input fails in onnxruntime."""
+    from timm.layers import Conv2dSame
+    model = nn.Sequential(Conv2dSame(3, 4, 5, stride=2), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 4, 4))
+    model.pretrained_cfg = {"classifier": "2"}
+    shape = layer_shapes(model, (4, 4))["0"]
+    assert shape.padding == (2, 2) and shape.spatial == (4, 4)
+    points = latency.measure_shape(shape, "torch", 1, repeats=1, warmup=0)
+    assert len(points) == len(GRID) ** 2 and all(v > 0 for v in points.values())
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert len(latency.measure_shape(shape, "onnxruntime", 1, repeats=1, warmup=0)) == len(GRID) ** 2

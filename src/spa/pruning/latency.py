@@ -52,7 +52,7 @@ class LayerShape:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def _shape_of(module: nn.Module, x: torch.Tensor) -> LayerShape | None:
+def _shape_of(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> LayerShape | None:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         return None
@@ -62,12 +62,23 @@ def _shape_of(module: nn.Module, x: torch.Tensor) -> LayerShape | None:
         kind = "depthwise" if groups > 1 and groups == in_ch == out_ch else "conv" if groups == 1 else None
         if kind is None:            # grouped convs keep their widths (spa.pruning.groups.grouped)
             kind = f"grouped{groups}"
-        return LayerShape(kind, in_ch, out_ch, tuple(weight.shape[2:]), _pair(module.stride), _pair(module.padding),
-                          _pair(module.dilation), tuple(int(s) for s in x.shape[2:]))
+        kernel, stride, dilation = tuple(weight.shape[2:]), _pair(module.stride), _pair(module.dilation)
+        spatial = tuple(int(s) for s in x.shape[2:])
+        padding = tuple(_padding(spatial[d], int(y.shape[2 + d]), kernel[d], stride[d], dilation[d]) for d in range(2))
+        return LayerShape(kind, in_ch, out_ch, kernel, stride, padding, dilation, spatial)
     if weight.dim() == 2:
         tokens = int(math.prod(x.shape[1:-1]))
         return LayerShape("linear", int(weight.shape[1]), int(weight.shape[0]), spatial=(tokens,) if tokens > 1 else ())
     return None
+
+
+def _padding(size: int, out: int, kernel: int, stride: int, dilation: int) -> int:
+    """The symmetric padding that gives a conv's observed output size: the layer's own, or what a conv that
+    pads in its forward (timm's Conv2dSame, TF "same" padding) adds, rounded up to both sides."""
+    pad = 0
+    while (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1 < out and pad <= dilation * kernel:
+        pad += 1
+    return pad
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -82,7 +93,7 @@ def layer_shapes(model: nn.Module, input_size: tuple[int, int]) -> dict[str, Lay
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear, AdapterLayer)):
             def hook(mod, inputs, output, name=name):
-                shape = _shape_of(mod, inputs[0])
+                shape = _shape_of(mod, inputs[0], output)
                 if shape is not None and name not in shapes:
                     shapes[name] = shape
             handles.append(module.register_forward_hook(hook))
