@@ -12,12 +12,15 @@ library versions.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
+import io
 import json
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -290,6 +293,22 @@ def check_runtime(runtime: object, key: str = "schedule.runtime") -> None:
                                   f"{' '.join(missing)} (make install does), or measure eager PyTorch ({key}=torch)")
 
 
+@contextlib.contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """The ONNX exporter without its progress lines (printed, and logged at INFO by onnxscript / onnx_ir):
+    a run exports its network at every step, and its log would be mostly those lines."""
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def network_runner(runtime: str, model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     """One forward pass of ``model`` (eval, CPU) on ``x``: eager PyTorch, or an onnxruntime CPU session
     (torch's thread count) of the ONNX export ``scripts/export.py`` writes (dynamo exporter, dynamic
@@ -303,8 +322,9 @@ def network_runner(runtime: str, model: nn.Module, x: torch.Tensor) -> Callable[
     check_runtime(runtime)
     import onnxruntime as ort
     batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (torch.zeros(2, *x.shape[1:]),), None, dynamo=True, input_names=["image"],
-                                output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+    with quiet_exporter():
+        program = torch.onnx.export(model, (torch.zeros(2, *x.shape[1:]),), None, dynamo=True, input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
     session = ort.InferenceSession(program.model_proto.SerializeToString(), ort_options(),
                                    providers=["CPUExecutionProvider"])
     feed = {"image": x.numpy()}

@@ -107,10 +107,11 @@ class PruningSession:
         selection = select_channels(self.groups, ranked, budget, round_to=round_to, keep_at_least=floors) \
             if scope == "global" else select_local(self.groups, ranked, plan.density_after(step), self.original_sizes)
         if (max_group_pruning is not None or ignore) and scope == "global":
-            # short of the budget by the guard's doing: the same step without it gets further
-            removed = removed_filters(self.groups, selection)
+            # short of the budget by the guard's doing: the same step without it gets further (both unrounded:
+            # rounding alone leaves a step a little off its budget, with or without the guard)
+            removed = removed_filters(self.groups, select_channels(self.groups, ranked, budget, keep_at_least=floors))
             if removed < budget and removed < removed_filters(self.groups, select_channels(
-                    self.groups, ranked, budget, round_to=round_to, keep_at_least=self.whole())):
+                    self.groups, ranked, budget, keep_at_least=self.whole())):
                 room, reachable = self.room(floors), self.lowest_density(floors)
                 raise ValueError(f"pruning step {step} needs {budget} filters but pruning.max_group_pruning="
                                  f"{max_group_pruning} and pruning.ignore={list(ignore)} leave {room}: the lowest "
