@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from spa.deploy import load_run, read_images
+from spa.pruning.latency import onnx_program
 from spa.utils import atomic_write_text
 
 FORMATS = {"onnx": ".onnx", "exported": ".pt2", "torchscript": ".ts"}
@@ -95,10 +96,7 @@ def export_model(model: torch.nn.Module, fmt: str, out: Path, meta: dict[str, An
 def write_onnx(model, example, out: Path, meta: dict) -> None:
     """``model`` as ONNX at ``out`` (dynamic batch, input ``image``, output ``logits``), ``meta`` in its properties."""
     import onnx
-    batch = torch.export.Dim("batch", min=1)
-    program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["image"], output_names=["logits"],
-                                dynamic_shapes={"x": {0: batch}}, verbose=False)
-    proto = program.model_proto
+    proto = onnx_program(model, example).model_proto
     onnx.helper.set_model_props(proto, {"spa": json.dumps(meta)})
     tmp = out.with_suffix(out.suffix + ".tmp")
     onnx.save(proto, str(tmp))

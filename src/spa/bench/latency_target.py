@@ -15,14 +15,13 @@ import torch
 from spa.bench.nets import NetSpec, dense_model
 from spa.pruning.importance import CRITERIA
 from spa.pruning.latency import NetworkLatency
-from spa.pruning.latency_target import latency_selector, preferred_round_to
+from spa.pruning.latency_target import EXTRA_STEPS, latency_selector, preferred_round_to
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs, example_input
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
 STEP = 0.1           # of the dense latency (latency target) or of the filters (density target) per step
-EXTRA_STEPS = 5
 
 
 def _state(session: PruningSession, net: NetworkLatency, size: tuple[int, int], dense_macs: int, step: int,

@@ -11,13 +11,13 @@ from omegaconf import DictConfig
 
 from spa.pipeline import latency
 from spa.pipeline.configs import setting, training_epochs, unpruned_config
-from spa.pipeline.latency import EXTRA_STEPS, RunLatency
+from spa.pipeline.latency import RunLatency
 from spa.pipeline.method import Method
 from spa.pipeline.parts import Parts
 from spa.pipeline.steps import initial_state, save_checkpoint, selection_of, step_row
 from spa.pruning import check_pruning
 from spa.pruning.importance import CRITERIA
-from spa.pruning.latency_target import latency_selector
+from spa.pruning.latency_target import EXTRA_STEPS, latency_selector
 from spa.pruning.lrp import input_bounds
 from spa.pruning.schedule import SCOPES, Plan, check_round_to, schedule_plan
 from spa.pruning.session import PruningSession
@@ -78,7 +78,7 @@ def prune_steps(parts: Parts, session: PruningSession, rows: list[dict[str, Any]
                 timing: RunLatency | None = None) -> dict | None:
     """Pruning steps after ``done_step``: score, remove, test, recover, record, checkpoint. A latency
     target (``timing.target``) stops at the first step measured at or below it, at most
-    :data:`~spa.pipeline.latency.EXTRA_STEPS` beyond its plan, or where the guard leaves nothing to cut."""
+    :data:`~spa.pruning.latency_target.EXTRA_STEPS` beyond its plan, or where the guard leaves nothing to cut."""
     cfg, model = parts.cfg, parts.model
     sched, t, seed = cfg.schedule, cfg.train, int(cfg.seed)
     by_weights = setting(cfg, "schedule.density") == "weights"

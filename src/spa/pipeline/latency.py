@@ -23,9 +23,6 @@ from spa.settings import SettingError, checked
 
 log = logging.getLogger(__name__)
 
-EXTRA_STEPS = 5       # steps a latency target may take beyond its plan, where the measured latency lags
-
-
 def check(cfg: DictConfig) -> None:
     """``schedule.target``, ``schedule.runtime``: a latency target needs an installed runtime, the
     global scope and filter density (its stop is the measured latency). Before anything is built."""
@@ -49,7 +46,7 @@ def check(cfg: DictConfig) -> None:
 
 def round_to(cfg: DictConfig) -> int:
     """The width multiple a run's steps round to: ``pruning.round_to``; with a latency target, 1 (the
-    default) means the runtime's preferred multiple (:func:`~spa.pruning.latency.preferred_round_to`)."""
+    default) means the runtime's preferred multiple (:func:`~spa.pruning.latency_target.preferred_round_to`)."""
     value = int(setting(cfg, "pruning.round_to"))
     if setting(cfg, "schedule.target") == "latency" and value == 1:
         return preferred_round_to(str(setting(cfg, "schedule.runtime")))

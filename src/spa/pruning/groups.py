@@ -300,11 +300,11 @@ def prune_group(model: nn.Module, graph: tp.DependencyGraph, root: str, idxs: Se
     group.prune()
 
 
-def group_layers(model: nn.Module, graph: tp.DependencyGraph, root: str) -> set[tuple[str, str]]:
+def group_layers(model: nn.Module, graph: tp.DependencyGraph, root: str,
+                 names: dict[nn.Module, str]) -> set[tuple[str, str]]:
     """The (module name, "in" | "out") widths that removing a channel of the group rooted at ``root``
     shrinks: its producers' outputs, its consumers' inputs, both for a depthwise conv in it. Read from
-    the group Torch-Pruning would prune (nothing is removed)."""
-    names = {module: name for name, module in model.named_modules()}
+    the group Torch-Pruning would prune (nothing is removed); ``names``: module -> name of ``model``."""
     module = model.get_submodule(root)
     group = graph.get_pruning_group(module, _out_fn(module), idxs=[0])
     dims = set()

@@ -132,15 +132,18 @@ def _input(shape: LayerShape, kept_in: int, batch: int) -> torch.Tensor:
         torch.randn(batch, *shape.spatial, kept_in)
 
 
+def _eager(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """One call of ``module`` on ``x`` in eager PyTorch, without autograd."""
+    def run():
+        with torch.no_grad():
+            module(x)
+    return run
+
+
 def _runner(runtime: str, layer: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     """One call of ``layer`` on ``x`` in ``runtime`` (eager PyTorch, or onnxruntime on CPU)."""
     layer.eval()
-    if runtime == "torch":
-        def run():
-            with torch.no_grad():
-                layer(x)
-        return run
-    return _onnx_layer(layer, x)
+    return _eager(layer, x) if runtime == "torch" else _onnx_layer(layer, x)
 
 
 def ort_options(threads: int | None = None):
@@ -293,6 +296,14 @@ def check_runtime(runtime: object, key: str = "schedule.runtime") -> None:
                                   f"{' '.join(missing)} (make install does), or measure eager PyTorch ({key}=torch)")
 
 
+def onnx_program(model: nn.Module, example: torch.Tensor):
+    """``model`` exported to ONNX as every export here is (the dynamo exporter; input ``image``, output
+    ``logits``, dynamic batch): the ``torch.onnx.ONNXProgram``, its ``model_proto`` to save or run."""
+    batch = torch.export.Dim("batch", min=1)
+    return torch.onnx.export(model, (example,), None, dynamo=True, input_names=["image"], output_names=["logits"],
+                             dynamic_shapes=({0: batch},), verbose=False)
+
+
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
     """The ONNX exporter without its progress lines (printed, and logged at INFO by onnxscript / onnx_ir):
@@ -315,16 +326,11 @@ def network_runner(runtime: str, model: nn.Module, x: torch.Tensor) -> Callable[
     batch), exported in memory."""
     model.eval()
     if runtime == "torch":
-        def run():
-            with torch.no_grad():
-                model(x)
-        return run
+        return _eager(model, x)
     check_runtime(runtime)
     import onnxruntime as ort
-    batch = torch.export.Dim("batch", min=1)
     with quiet_exporter():
-        program = torch.onnx.export(model, (torch.zeros(2, *x.shape[1:]),), None, dynamo=True, input_names=["image"],
-                                    output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+        program = onnx_program(model, torch.zeros(2, *x.shape[1:]))
     session = ort.InferenceSession(program.model_proto.SerializeToString(), ort_options(),
                                    providers=["CPUExecutionProvider"])
     feed = {"image": x.numpy()}

@@ -16,6 +16,7 @@ from spa.pruning.session import PruningSession, example_input
 from spa.utils import timed
 
 log = logging.getLogger(__name__)
+EXTRA_STEPS = 5       # steps a latency target may take beyond its plan, where the measured latency lags
 
 
 def preferred_round_to(runtime: str, device: torch.device = CPU) -> int:

@@ -128,7 +128,8 @@ class PruningSession:
         if self.structure.name != "channels":
             raise ValueError(f"schedule.target=latency prunes the channels of CNNs; this model is pruned by its "
                              f"{self.structure.name} structure: use schedule.target=density")
-        return {g.root: group_layers(self.model, self.context, g.root) for g in self.groups if not g.whole}
+        names = {module: name for name, module in self.model.named_modules()}
+        return {g.root: group_layers(self.model, self.context, g.root, names) for g in self.groups if not g.whole}
 
     def room(self, floors: dict[str, int]) -> int:
         """Filters the groups can still give under ``floors`` (every group keeps one at least)."""
