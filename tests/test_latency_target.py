@@ -10,15 +10,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import timm
 import torch
 from scripts_path import load_script
 
 from spa import pipeline
+from spa.adapters import apply_adapter
 from spa.pipeline import latency as run_latency
-from spa.pruning import latency
+from spa.pruning import latency, latency_target
 from spa.pruning.groups import ChannelGroup
+from spa.pruning.importance import CRITERIA
 from spa.pruning.latency import NetworkLatency, monotone
 from spa.pruning.schedule import select_latency
+from spa.pruning.session import PruningSession, example_input
 from spa.records import RunDir
 from spa.reporting.latency import comparison
 from spa.settings import SettingError
@@ -159,3 +163,66 @@ def test_a_finished_run_is_re_measured_from_its_onnx_export_against_its_dense_ba
     assert result["dense_ms"] > 0 and result["pruned_ms"] > 0 and 0.3 < result["ratio"] < 3.0   # unpruned: about 1
     assert "ratio" in capsys.readouterr().out
     assert load_script("latency").main([str(Path(summary["run_dir"]).parent / "missing")]) == 2
+
+
+def land(measure, saving=10.0, measured_now=0.6, target=0.5):
+    """The last step of a latency run with a cut of ``int(saving)`` channels of one group and a
+    measured latency ``measure(channels cut)``: the cuts tried and the one taken."""
+    tried = []
+
+    def select(groups, scores, floors, saving):
+        return {"a": list(range(int(saving)))}
+
+    def measured(cut):
+        tried.append(len(cut["a"]))
+        return measure(len(cut["a"]))
+    cut = latency_target._land([], {}, {}, select=select, measure=measured, saving=saving,
+                               measured_now=measured_now, target=target)
+    return tried, len(cut["a"])
+
+
+def test_the_last_step_measures_its_cut_and_rescales_it_into_the_window_below_the_target():
+    # 0.02 a channel: 10 channels overshoot to 0.40; the secant aims at 0.4875, 10 x 0.1125 / 0.2 = 5.6 -> 5
+    assert land(lambda n: 0.6 - 0.02 * n) == ([10, 5], 5)
+    assert land(lambda n: 0.6 - 0.0105 * n) == ([10], 10)                 # 0.495: inside [0.475, 0.5]
+    assert land(lambda n: 0.6 - 0.0095 * n) == ([10, 11], 11)             # 0.505 is above: 11.8 -> 11, 0.4955
+    # too small a cut (0.55): the secant takes a larger one, 10 x 0.1125 / 0.05 = 22.5 -> 22 (0.49)
+    assert land(lambda n: 0.6 - 0.005 * n) == ([10, 22], 22)
+
+
+def test_without_a_cut_in_the_window_the_last_step_takes_the_closest_below_the_target_and_the_smallest():
+    # a step change: 6 channels or more measure 0.44, fewer 0.52 (never in the window)
+    assert land(lambda n: 0.44 if n >= 6 else 0.52) == ([10, 7, 4], 7)
+    assert land(lambda n: 0.52) == ([10, 14, 19], 10)                  # never below: the lowest, smallest
+    assert land(lambda n: 0.3 if n >= 10 else 0.7) == ([10, 3], 10)    # 0.7 saves nothing: stop, take 0.3
+    assert land(lambda n: 0.44) == ([10, 7, 4], 4)
+
+
+def adapted_resnet():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=3, layers=[1, 1, 1, 1], channels=[16, 16, 32, 32])
+    return apply_adapter(model, "splora", rank=2, init_range=0.05)
+
+
+def test_a_cut_is_measured_on_a_copy_as_it_would_be_on_the_network_itself():
+    model = adapted_resnet()
+    session = PruningSession(model, example_input(model, (16, 16)))
+
+    class Params:       # a latency that is the network's parameter count (deterministic)
+        x = torch.zeros(1, 3, 16, 16)
+
+        def measure(self, net):
+            return 0.0, float(sum(p.numel() for p in net.parameters()))
+    cut = {g.root: [0, 1] for g in session.groups if not g.whole}
+    before = [p.shape for p in model.parameters()]
+    measured = latency_target.measure_cut(session, Params(), cut)
+    assert [p.shape for p in model.parameters()] == before and session.history == []
+    session.apply(1, cut)
+    assert measured == Params().measure(model)[1] < sum(math.prod(s) for s in before)
+
+
+def test_a_selection_with_nothing_to_cut_is_no_step():
+    model = adapted_resnet()
+    session = PruningSession(model, example_input(model, (16, 16)))
+    result = session.step(1, None, CRITERIA["weight"](), None, torch.device("cpu"), select=lambda *args: {})
+    assert result.removed_filters == 0 and session.history == [] and result.density == 1.0

@@ -108,7 +108,6 @@ def prune_steps(parts: Parts, session: PruningSession, rows: list[dict[str, Any]
             log.warning("latency step %d: the guard leaves nothing to remove that saves predicted latency; the run "
                         "stops at %.3f of the dense latency measured (target %.3f)", step,
                         float(rows[-1]["latency_measured"]), timing.target)
-            session.history.pop()
             break
         if parts.channels_last:     # pruned layers get new (contiguous) weights
             apply_channels_last(model, parts.device)

@@ -17,6 +17,8 @@ from spa.utils import timed
 
 log = logging.getLogger(__name__)
 EXTRA_STEPS = 5       # steps a latency target may take beyond its plan, where the measured latency lags
+LANDING = 0.05        # the last step lands within [1 - LANDING, 1] x the target, measured, where it can
+TRIALS = 3            # cuts the last step measures at most to land there
 
 
 def preferred_round_to(runtime: str, device: torch.device = CPU) -> int:
@@ -33,18 +35,64 @@ def latency_selector(net: NetworkLatency, session, step: int, step_fraction: flo
     """The selection of latency step ``step`` (for ``PruningSession.step(select=...)``): down to
     max(target, min(1 - step · step_fraction, measured now - step_fraction)) of the dense latency,
     measured; turned into a predicted saving by the table's own ratio now (predicted / measured), so a
-    prediction off by a constant factor still steps right."""
+    prediction off by a constant factor still steps right. The step that aims at the target itself
+    lands by measuring (:func:`_land`)."""
     goal = max(target, min(1.0 - step * step_fraction, measured_now - step_fraction))
     predicted_now = net.predict(session.model)
     saving = net.table_seconds(predicted_now - predicted_now * goal / measured_now)
     log.info("latency step %d: %.3f of dense measured, %.3f predicted; aiming at %.3f measured", step,
              measured_now, predicted_now, goal)
-    return functools.partial(_select, widths=net.widths(session.model), layers=session.group_layers(),
-                             cost=net.layer, saving=saving, round_to=round_to)
+    select = functools.partial(_select, widths=net.widths(session.model), layers=session.group_layers(),
+                               cost=net.layer, round_to=round_to)
+    if goal > target:
+        return functools.partial(select, saving=saving)
+    return functools.partial(_land, select=select, measure=functools.partial(measure_cut, session, net),
+                             saving=saving, measured_now=measured_now, target=target)
 
 
 def _select(groups, scores, floors, *, widths, layers, cost, saving, round_to):
     return select_latency(groups, scores, widths, layers, cost, saving, floors, round_to)
+
+
+def _land(groups, scores, floors, *, select, measure, saving: float, measured_now: float, target: float):
+    """The last step's cut, landed by measuring: a cut measured inside [1 - LANDING, 1] × target is
+    taken; else the saving is rescaled by the secant through (0, measured now) and the cut's measured
+    latency, aiming at the window's middle, up to ``TRIALS`` cuts. Without a cut in the window: the
+    highest measured at or below the target (the smallest cut among equals), else the lowest."""
+    tried: list[tuple[float, dict]] = []
+    for trial in range(1, TRIALS + 1):
+        cut = select(groups, scores, floors, saving=saving)
+        if any(cut == c for _, c in tried):
+            break
+        measured = measure(cut)
+        tried.append((measured, cut))
+        log.info("landing trial %d: a cut of %d channels measures %.3f of dense (target %.3f)", trial,
+                 _size(cut), measured if measured is not None else float("nan"), target)
+        if measured is None or target * (1 - LANDING) <= measured <= target:
+            return cut
+        if measured >= measured_now:        # it saves nothing measurable: no secant to follow
+            break
+        saving *= (measured_now - target * (1 - LANDING / 2)) / (measured_now - measured)
+    below = [t for t in tried if t[0] <= target]        # the fewest channels among equals
+    best = max(below, key=lambda t: (t[0], -_size(t[1]))) if below else min(tried, key=lambda t: (t[0], _size(t[1])))
+    return best[1]
+
+
+def _size(cut: dict[str, list[int]]) -> int:
+    return sum(map(len, cut.values()))
+
+
+def measure_cut(session: PruningSession, net: NetworkLatency, cut: dict[str, list[int]]) -> float | None:
+    """Measured latency (fraction of dense) of ``session``'s model with ``cut`` removed, on a copy;
+    None where the copy's channel groups do not match the session's (the cut is then taken unmeasured)."""
+    model = copy.deepcopy(session.model)
+    trial = PruningSession(model, example_input(model, tuple(net.x.shape[-2:])))
+    sizes = {g.root: g.size for g in trial.groups}
+    if any(sizes.get(g.root) != g.size for g in session.groups if g.root in cut):
+        log.warning("landing: a copy of the model traces other channel groups; the last step is not measured first")
+        return None
+    trial.apply(0, cut)
+    return net.measure(model)[1]
 
 
 def floor_latency(model: nn.Module, size: tuple[int, int], runtime: str, batch: int,

@@ -92,14 +92,18 @@ class PruningSession:
         group's original channels that may ever go (None: the paper's rule, a group keeps one), and
         ``ignore``, globs of module names whose groups are kept whole; a step the floors leave short of
         its budget stops with an error naming the density they allow. ``select(groups, ranked scores,
-        floors)`` replaces the plan's filter budget where given (a latency target: ``plan`` is None)."""
+        floors)`` replaces the plan's filter budget where given (a latency target: ``plan`` is None); an
+        empty selection removes nothing and leaves the history as it was."""
         if scope not in SCOPES:
             raise ValueError(f"pruning.scope={scope!r}: use global (ranked across layers) or local (every layer alike)")
         scores = criterion.score(self.model, self.groups, loader, device, max_batches)
         ranked = group_scores(self.groups, scores, normalization or criterion.normalization, reduction)
         floors = self.floors(max_group_pruning, ignore)
         if select is not None:
-            result = self.apply(step, select(self.groups, ranked, floors))
+            chosen = select(self.groups, ranked, floors)
+            if not chosen:             # nothing left to cut: no step (and none in the history)
+                return StepResult(step, 0, self.kept_filters, self.density, {})
+            result = self.apply(step, chosen)
             log.info("pruning step %d: removed %d filters, density %.3f (%d / %d filters)", step,
                      result.removed_filters, result.density, result.kept_filters, self.original_filters)
             return result
