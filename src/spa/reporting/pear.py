@@ -157,7 +157,7 @@ def composition_table(combo: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame, fx: pd.DataFrame, combo: pd.DataFrame, versions: list[str]) -> str:
-    lines = ["Pear (reconstructed, see reference/pear.md): test top-1 (%) mean ± std (seeds); after step: top-1 "
+    lines = ["Pear (reconstructed, docs/method.md §7): test top-1 (%) mean ± std (seeds); after step: top-1 "
              "right after Pear's step, before the remaining training; learned (K): unique trainable tensors by "
              "identity (adapters, norms, biases, head); stored (K): learned + the folded residuals; donors: pruned "
              "positions that received one (mean over seeds).", "", versions_line(versions), ""]
