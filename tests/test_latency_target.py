@@ -165,7 +165,7 @@ def test_a_finished_run_is_re_measured_from_its_onnx_export_against_its_dense_ba
     assert load_script("latency").main([str(Path(summary["run_dir"]).parent / "missing")]) == 2
 
 
-def land(measure, saving=10.0, measured_now=0.6, target=0.5):
+def land(measure, saving=10.0, measured_now=0.6, target=0.5, last=True):
     """The last step of a latency run with a cut of ``int(saving)`` channels of one group and a
     measured latency ``measure(channels cut)``: the cuts tried and the one taken."""
     tried = []
@@ -177,7 +177,7 @@ def land(measure, saving=10.0, measured_now=0.6, target=0.5):
         tried.append(len(cut["a"]))
         return measure(len(cut["a"]))
     cut = latency_target._land([], {}, {}, select=select, measure=measured, saving=saving,
-                               measured_now=measured_now, target=target)
+                               measured_now=measured_now, target=target, last=last)
     return tried, len(cut["a"])
 
 
@@ -188,6 +188,12 @@ def test_the_last_step_measures_its_cut_and_rescales_it_into_the_window_below_th
     assert land(lambda n: 0.6 - 0.0095 * n) == ([10, 11], 11)             # 0.505 is above: 11.8 -> 11, 0.4955
     # too small a cut (0.55): the secant takes a larger one, 10 x 0.1125 / 0.05 = 22.5 -> 22 (0.49)
     assert land(lambda n: 0.6 - 0.005 * n) == ([10, 22], 22)
+
+
+def test_a_step_before_the_last_takes_its_cut_unless_it_would_overshoot_the_target():
+    assert land(lambda n: 0.6 - 0.005 * n, last=False) == ([10], 10)      # 0.55: above the target, one measure
+    assert land(lambda n: 0.6 - 0.0105 * n, last=False) == ([10], 10)     # 0.495: in the window, the run stops
+    assert land(lambda n: 0.6 - 0.02 * n, last=False) == ([10, 5], 5)     # 0.40 would overshoot: landed
 
 
 def test_without_a_cut_in_the_window_the_last_step_takes_the_closest_below_the_target_and_the_smallest():
@@ -226,3 +232,12 @@ def test_a_selection_with_nothing_to_cut_is_no_step():
     session = PruningSession(model, example_input(model, (16, 16)))
     result = session.step(1, None, CRITERIA["weight"](), None, torch.device("cpu"), select=lambda *args: {})
     assert result.removed_filters == 0 and session.history == [] and result.density == 1.0
+
+
+def test_what_is_timed_is_the_deployed_network_in_the_default_memory_format():
+    model = adapted_resnet().to(memory_format=torch.channels_last)
+    weight = model.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    deployed = latency.deployable(model)
+    assert all(p.is_contiguous() for p in deployed.parameters())
+    assert type(deployed.conv1) is torch.nn.Conv2d and type(model.conv1) is not torch.nn.Conv2d   # fused, on a copy

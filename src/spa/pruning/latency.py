@@ -338,8 +338,9 @@ def network_runner(runtime: str, model: nn.Module, x: torch.Tensor) -> Callable[
 
 
 def deployable(model: nn.Module) -> nn.Module:
-    """What is deployed and timed: a fused (adapters folded in), float32, eval-mode CPU copy."""
-    return fuse(copy.deepcopy(model)).float().to(CPU).eval()
+    """What is deployed and timed: a fused (adapters folded in), float32, eval-mode CPU copy with its
+    weights in the default memory format (a run that trains channels-last exports and deploys them so)."""
+    return fuse(copy.deepcopy(model)).float().to(CPU, memory_format=torch.contiguous_format).eval()
 
 
 class NetworkLatency:

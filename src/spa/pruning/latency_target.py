@@ -35,8 +35,8 @@ def latency_selector(net: NetworkLatency, session, step: int, step_fraction: flo
     """The selection of latency step ``step`` (for ``PruningSession.step(select=...)``): down to
     max(target, min(1 - step · step_fraction, measured now - step_fraction)) of the dense latency,
     measured; turned into a predicted saving by the table's own ratio now (predicted / measured), so a
-    prediction off by a constant factor still steps right. The step that aims at the target itself
-    lands by measuring (:func:`_land`)."""
+    prediction off by a constant factor still steps right. Its cut is measured before it is made, and
+    the step that aims at the target, or would overshoot it, lands by measuring (:func:`_land`)."""
     goal = max(target, min(1.0 - step * step_fraction, measured_now - step_fraction))
     predicted_now = net.predict(session.model)
     saving = net.table_seconds(predicted_now - predicted_now * goal / measured_now)
@@ -44,18 +44,19 @@ def latency_selector(net: NetworkLatency, session, step: int, step_fraction: flo
              measured_now, predicted_now, goal)
     select = functools.partial(_select, widths=net.widths(session.model), layers=session.group_layers(),
                                cost=net.layer, round_to=round_to)
-    if goal > target:
-        return functools.partial(select, saving=saving)
     return functools.partial(_land, select=select, measure=functools.partial(measure_cut, session, net),
-                             saving=saving, measured_now=measured_now, target=target)
+                             saving=saving, measured_now=measured_now, target=target, last=goal <= target)
 
 
 def _select(groups, scores, floors, *, widths, layers, cost, saving, round_to):
     return select_latency(groups, scores, widths, layers, cost, saving, floors, round_to)
 
 
-def _land(groups, scores, floors, *, select, measure, saving: float, measured_now: float, target: float):
-    """The last step's cut, landed by measuring: a cut measured inside [1 - LANDING, 1] × target is
+def _land(groups, scores, floors, *, select, measure, saving: float, measured_now: float, target: float,
+          last: bool = True):
+    """A step's cut, measured on a copy before it is made. A step before the last (``last`` False) takes
+    its cut unless it measures below the window [1 - LANDING, 1] × target (it would overshoot the
+    target). The last step, and one that would overshoot, lands: a cut measured inside the window is
     taken; else the saving is rescaled by the secant through (0, measured now) and the cut's measured
     latency, aiming at the window's middle, up to ``TRIALS`` cuts. Without a cut in the window: the
     highest measured at or below the target (the smallest cut among equals), else the lowest."""
@@ -66,9 +67,9 @@ def _land(groups, scores, floors, *, select, measure, saving: float, measured_no
             break
         measured = measure(cut)
         tried.append((measured, cut))
-        log.info("landing trial %d: a cut of %d channels measures %.3f of dense (target %.3f)", trial,
+        log.info("cut %d of the step: %d channels measure %.3f of dense (target %.3f)", trial,
                  _size(cut), measured if measured is not None else float("nan"), target)
-        if measured is None or target * (1 - LANDING) <= measured <= target:
+        if measured is None or target * (1 - LANDING) <= measured <= target or (not last and measured > target):
             return cut
         if measured >= measured_now:        # it saves nothing measurable: no secant to follow
             break
