@@ -17,8 +17,8 @@ from spa.utils import timed
 
 log = logging.getLogger(__name__)
 EXTRA_STEPS = 5       # steps a latency target may take beyond its plan, where the measured latency lags
-LANDING = 0.05        # the last step lands within [1 - LANDING, 1] x the target, measured, where it can
-TRIALS = 3            # cuts the last step measures at most to land there
+LANDING = 0.05        # a step that reaches the target lands within [1 - LANDING, 1] x it, measured, where it can
+TRIALS = 3            # cuts such a step measures at most to land there
 
 
 def preferred_round_to(runtime: str, device: torch.device = CPU) -> int:
@@ -90,7 +90,7 @@ def measure_cut(session: PruningSession, net: NetworkLatency, cut: dict[str, lis
     trial = PruningSession(model, example_input(model, tuple(net.x.shape[-2:])))
     sizes = {g.root: g.size for g in trial.groups}
     if any(sizes.get(g.root) != g.size for g in session.groups if g.root in cut):
-        log.warning("landing: a copy of the model traces other channel groups; the last step is not measured first")
+        log.warning("a copy of the model traces other channel groups: this step's cut is made unmeasured")
         return None
     trial.apply(0, cut)
     return net.measure(model)[1]
