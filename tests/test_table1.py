@@ -10,6 +10,7 @@ import sys
 import matplotlib.image
 import pandas as pd
 import pytest
+import yaml
 from helpers import RUNS, iclr_tree, run_tree
 from scripts_path import load_script
 
@@ -205,3 +206,28 @@ def test_a_paper_rule_row_is_shown_beside_its_criterion_and_stays_out_of_the_cla
     assert paths["claims"].read_text() == clean["claims"].read_text()     # same claims, still evidence
     curves = pd.read_csv(paths["curves"])
     assert set(curves["pruning"]) == {"taylor", "taylor_paper_rule"}
+
+
+def test_a_summary_table_names_the_pruning_budget_of_its_runs(tmp_path):
+    """``report: true`` tables (the demo's) say which pruning budget made them: one line per distinct setting
+    of the pruned runs' configs (criterion, normalisation, guard, steps, recovery, scoring); none without."""
+    results = tmp_path / "results"
+    exp_dir = iclr_tree(results / "runs" / "demo")
+    md = experiment_report(exp_dir, results, "demo")["table"]
+    assert md.read_text().startswith("torch 2.14.1\n\n| data ")          # no run config: no budget line
+    pruned = sorted(p.parent for p in exp_dir.rglob("summary.json") if "/taylor/" in str(p))
+    assert len(pruned) >= 2
+    budget = {"step_fraction": 0.175, "target_density": 0.3, "recovery_epochs": 1, "score_batches": 10}
+    for i, run in enumerate(pruned):
+        guard = 0.95 if i == 0 else None
+        (run / "config.yaml").write_text(yaml.safe_dump({
+            "pruning": {"name": "taylor", "criterion": "taylor", "normalization": None, "max_group_pruning": guard,
+                        "ignore": ["conv_stem"] if i == 0 else []},
+            "schedule": budget}))
+    lines = [line for line in experiment_report(exp_dir, results, "demo")["table"].read_text().splitlines()
+             if line.startswith("Budget")]
+    assert lines == [
+        "Budget (taylor): steps of 17.5% of the filters down to 30% density, 1 recovery epoch(s) per step, scores "
+        "from 10 batches, normalisation l2, guard max_group_pruning=0.95, ignore ['conv_stem'].",
+        "Budget (taylor): steps of 17.5% of the filters down to 30% density, 1 recovery epoch(s) per step, scores "
+        "from 10 batches, normalisation l2, no guard (a layer keeps one channel)."]

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 
 from spa import config_dir
 from spa.metrics.collapse import MARK
+from spa.pruning.importance import CRITERIA
 from spa.reporting.collect import (
     any_collapsed,
     collapse_legend,
@@ -107,6 +108,31 @@ def markdown_table(summary: pd.DataFrame) -> str:
     return rows.to_markdown(index=False, disable_numparse=True) + "\n" + collapse_legend(summary["collapsed"])
 
 
+def budget_lines(runs: pd.DataFrame) -> list[str]:
+    """One line per distinct pruning budget among the pruned runs (read from their ``config.yaml``): the
+    criterion, its normalisation, the guard, step size, target, recovery epochs and scoring batches, so a
+    table says which setting made it. Channel pruning only (a block run's stages are described elsewhere)."""
+    lines: dict[str, None] = {}
+    for run_dir in runs.loc[runs["pruning"] != "none", "run_dir"]:
+        path = Path(run_dir) / "config.yaml"
+        if not path.is_file():
+            continue
+        cfg = OmegaConf.load(path)
+        pr, sc = cfg.get("pruning", {}), cfg.get("schedule", {})
+        if sc.get("step_fraction") is None or "criterion" not in pr:
+            continue
+        guard, criterion = pr.get("max_group_pruning"), CRITERIA.get(str(pr.criterion))
+        norm = pr.get("normalization") or (criterion.normalization if criterion else "the criterion's")
+        ignore = list(pr.get("ignore") or [])
+        lines[(f"Budget ({pr.name}): steps of {sc.step_fraction:.1%} of the filters down to "
+               f"{sc.get('target_density', 0):.0%} density, {sc.get('recovery_epochs')} recovery epoch(s) per "
+               f"step, scores from {sc.get('score_batches') or 'a full epoch of'} batches, normalisation "
+               f"{norm}, "
+               + (f"guard max_group_pruning={guard}" if guard is not None else "no guard (a layer keeps one channel)")
+               + (f", ignore {ignore}" if ignore else "") + ".")] = None
+    return list(lines)
+
+
 def learning_curves(epochs: pd.DataFrame, path_stem: Path) -> list[Path]:
     """Test top-1 per epoch of the initial training of unpruned runs (pruned runs start from them),
     one line per run, one panel per dataset; PNG and PDF."""
@@ -160,7 +186,8 @@ def experiment_report(exp_dir: str | Path, results_dir: str | Path, name: str,
     else:
         summary, versions = summarise(runs), torch_versions(runs)
         atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False, float_format="%.4f"))
-        atomic_write_text(tables / f"{name}.md", f"{versions_line(versions)}\n\n" + markdown_table(summary))
+        head = "\n".join([versions_line(versions), *budget_lines(runs)])
+        atomic_write_text(tables / f"{name}.md", f"{head}\n\n" + markdown_table(summary))
         write_versions(tables / f"{name}_versions.json", versions, run_machines(exp_dir))
         outputs = {"table": tables / f"{name}.md"}
     outputs["figure"] = learning_curves(collect_epochs(exp_dir), results_dir / "figures" / f"{name}_curves")[0]
