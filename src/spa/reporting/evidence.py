@@ -47,6 +47,26 @@ def budget_health(tables: Path, study: str = "imagenet_mini_budget", gates: tupl
     return False, f"budget study: the chosen setting fails gate(s) {', '.join(failed)}"
 
 
+def datasets_passing(tables: Path, study: str = "imagenet_mini_budget", gates: tuple[str, ...] = GATES) -> set[str]:
+    """The data sets on which the budget study's chosen setting passes every one of ``gates``."""
+    table = _read(tables, f"{study}.csv")
+    if table is None or "chosen" not in table:
+        return set()
+    chosen = table[table["chosen"]]
+    return {r.dataset for r in chosen.itertuples() if all(bool(getattr(r, g)) for g in gates)}
+
+
+def healthy_part(tables: Path, curves: pd.DataFrame, learner: str, density: float, ours: Any, theirs: Any) -> str:
+    """Where a Table 1 claim is unhealthy as a whole: the sentence for the data sets on which it is healthy
+    (every gate passed there, no collapsed cell of the claim there), or "" where none is."""
+    good = [d for d in ours.per_dataset if d in datasets_passing(tables)
+            and table1_evidence(curves[curves["dataset"] == d], learner, density) == "yes"]
+    return "".join(
+        f" Healthy on {label(d)} alone: " + sentence(f"{label(learner)} against fine-pruning there",
+                                                     ours.per_dataset[d], theirs.per_dataset.get(d, math.nan), True)
+        for d in good)
+
+
 def at_chosen_budget(tables: Path, runs: Path, study: str, exp: str) -> bool | None:
     """Whether the committed runs of ``exp`` (their records under ``runs``) were made at the budget study's
     chosen setting: every pruned run's config holds the chosen overrides (None: no study or no records)."""
@@ -109,10 +129,11 @@ def table1_rows(tables: Path, name: str, paper: pd.DataFrame, runs: Path) -> lis
             health = f"{gates_text}; {marks if marks != 'yes' else 'no collapsed cell'}"
         else:     # runs from before the marks are from before the budget study's choice too
             healthy, health = None, "the table predates the collapse marks and the budget study's choice"
+        reading = sentence(f"{label(learner)} against fine-pruning", _num(ours.mean), _num(theirs.mean), healthy)
+        if healthy is False and gates_ok is not None:
+            reading += healthy_part(tables, curves, learner, density, ours, theirs)
         rows.append({"paper": "SPA Table 1", "claim": what, "ours": _num(ours.mean), "paper_value": _num(theirs.mean),
-                     "healthy": healthy, "health": health,
-                     "reading": sentence(f"{label(learner)} against fine-pruning", _num(ours.mean),
-                                         _num(theirs.mean), healthy)})
+                     "healthy": healthy, "health": health, "reading": reading})
     return rows
 
 
