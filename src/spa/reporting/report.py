@@ -126,7 +126,8 @@ def budget_lines(runs: pd.DataFrame) -> list[str]:
         ignore = list(pr.get("ignore") or [])
         lines[(f"Budget ({pr.name}): steps of {sc.step_fraction:.1%} of the filters down to "
                f"{sc.get('target_density', 0):.0%} density, {sc.get('recovery_epochs')} recovery epoch(s) per "
-               f"step, scores from {sc.get('score_batches') or 'a full epoch of'} batches, normalisation "
+               f"step, scores from {f'{sc.score_batches} batches' if sc.get('score_batches') else 'a full epoch'}, "
+               f"normalisation "
                f"{norm}, "
                + (f"guard max_group_pruning={guard}" if guard is not None else "no guard (a layer keeps one channel)")
                + (f", ignore {ignore}" if ignore else "") + ".")] = None
