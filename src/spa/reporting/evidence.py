@@ -33,13 +33,20 @@ def _read(tables: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def _chosen(tables: Path, study: str) -> pd.DataFrame | None:
+    """The budget study's chosen rows (one per data set), None where the study has no choice recorded."""
+    table = _read(tables, f"{study}.csv")
+    if table is None or "chosen" not in table or not table["chosen"].any():
+        return None
+    return table[table["chosen"]]
+
+
 def budget_health(tables: Path, study: str = "imagenet_mini_budget", gates: tuple[str, ...] = GATES
                   ) -> tuple[bool | None, str]:
     """Whether the budget study's chosen setting passed ``gates``, and how to say so."""
-    table = _read(tables, f"{study}.csv")
-    if table is None or "chosen" not in table or not table["chosen"].any():
+    chosen = _chosen(tables, study)
+    if chosen is None:
         return None, "no budget study"
-    chosen = table[table["chosen"]]
     failed = [f"{g[-1]} on {label(r.dataset)}" for r in chosen.itertuples() for g in gates if not bool(getattr(r, g))]
     names = ", ".join(f"({g[-1]})" for g in gates)
     if not failed:
@@ -49,17 +56,17 @@ def budget_health(tables: Path, study: str = "imagenet_mini_budget", gates: tupl
 
 def datasets_passing(tables: Path, study: str = "imagenet_mini_budget", gates: tuple[str, ...] = GATES) -> set[str]:
     """The data sets on which the budget study's chosen setting passes every one of ``gates``."""
-    table = _read(tables, f"{study}.csv")
-    if table is None or "chosen" not in table:
-        return set()
-    chosen = table[table["chosen"]]
-    return {r.dataset for r in chosen.itertuples() if all(bool(getattr(r, g)) for g in gates)}
+    chosen = _chosen(tables, study)
+    return set() if chosen is None else {r.dataset for r in chosen.itertuples()
+                                         if all(bool(getattr(r, g)) for g in gates)}
 
 
-def healthy_part(tables: Path, curves: pd.DataFrame, learner: str, density: float, ours: Any, theirs: Any) -> str:
+def healthy_part(passing: set[str], curves: pd.DataFrame, learner: str, density: float, ours: Any,
+                 theirs: Any) -> str:
     """Where a Table 1 claim is unhealthy as a whole: the sentence for the data sets on which it is healthy
-    (every gate passed there, no collapsed cell of the claim there), or "" where none is."""
-    good = [d for d in ours.per_dataset if d in datasets_passing(tables)
+    (in ``passing``, those where the chosen budget passes every gate, and no collapsed cell of the claim
+    there), or "" where none is."""
+    good = [d for d in ours.per_dataset if d in passing
             and table1_evidence(curves[curves["dataset"] == d], learner, density) == "yes"]
     return "".join(
         f" Healthy on {label(d)} alone: " + sentence(f"{label(learner)} against fine-pruning there",
@@ -70,11 +77,11 @@ def healthy_part(tables: Path, curves: pd.DataFrame, learner: str, density: floa
 def at_chosen_budget(tables: Path, runs: Path, study: str, exp: str) -> bool | None:
     """Whether the committed runs of ``exp`` (their records under ``runs``) were made at the budget study's
     chosen setting: every pruned run's config holds the chosen overrides (None: no study or no records)."""
-    table = _read(tables, f"{study}.csv")
-    if table is None or "overrides" not in table or not table["chosen"].any():
+    chosen = _chosen(tables, study)
+    if chosen is None or "overrides" not in chosen:
         return None
     wanted = {}
-    for item in str(table.loc[table["chosen"], "overrides"].iloc[0]).split(";"):
+    for item in str(chosen["overrides"].iloc[0]).split(";"):
         if "=" in item:
             key, value = item.split("=", 1)
             wanted[key] = yaml.safe_load(value)
@@ -116,6 +123,7 @@ def table1_rows(tables: Path, name: str, paper: pd.DataFrame, runs: Path) -> lis
     curves = curves.assign(density=curves["density"].round(4))
     paper_long = paper.assign(density=paper["density"].round(4))
     gates_ok, gates_text = budget_health(tables)
+    passing = datasets_passing(tables)
     if gates_ok is not None and not at_chosen_budget(tables, runs, "imagenet_mini_budget", name):
         gates_ok, gates_text = None, STALE
     rows = []
@@ -131,7 +139,7 @@ def table1_rows(tables: Path, name: str, paper: pd.DataFrame, runs: Path) -> lis
             healthy, health = None, "the table predates the collapse marks and the budget study's choice"
         reading = sentence(f"{label(learner)} against fine-pruning", _num(ours.mean), _num(theirs.mean), healthy)
         if healthy is False and gates_ok is not None:
-            reading += healthy_part(tables, curves, learner, density, ours, theirs)
+            reading += healthy_part(passing, curves, learner, density, ours, theirs)
         rows.append({"paper": "SPA Table 1", "claim": what, "ours": _num(ours.mean), "paper_value": _num(theirs.mean),
                      "healthy": healthy, "health": health, "reading": reading})
     return rows

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from spa import config_dir
 from spa.metrics.collapse import MARK
 from spa.pruning.importance import CRITERIA
+from spa.records import RunDir
 from spa.reporting.collect import (
     any_collapsed,
     collapse_legend,
@@ -114,21 +115,17 @@ def budget_lines(runs: pd.DataFrame) -> list[str]:
     table says which setting made it. Channel pruning only (a block run's stages are described elsewhere)."""
     lines: dict[str, None] = {}
     for run_dir in runs.loc[runs["pruning"] != "none", "run_dir"]:
-        path = Path(run_dir) / "config.yaml"
-        if not path.is_file():
-            continue
-        cfg = OmegaConf.load(path)
-        pr, sc = cfg.get("pruning", {}), cfg.get("schedule", {})
+        cfg = RunDir(run_dir).read_config() or {}
+        pr, sc = cfg.get("pruning") or {}, cfg.get("schedule") or {}
         if sc.get("step_fraction") is None or "criterion" not in pr:
             continue
-        guard, criterion = pr.get("max_group_pruning"), CRITERIA.get(str(pr.criterion))
+        guard, criterion = pr.get("max_group_pruning"), CRITERIA.get(str(pr["criterion"]))
         norm = pr.get("normalization") or (criterion.normalization if criterion else "the criterion's")
         ignore = list(pr.get("ignore") or [])
-        lines[(f"Budget ({pr.name}): steps of {sc.step_fraction:.1%} of the filters down to "
+        scoring = f"{sc['score_batches']} batches" if sc.get("score_batches") else "a full epoch"
+        lines[(f"Budget ({pr['name']}): steps of {sc['step_fraction']:.1%} of the filters down to "
                f"{sc.get('target_density', 0):.0%} density, {sc.get('recovery_epochs')} recovery epoch(s) per "
-               f"step, scores from {f'{sc.score_batches} batches' if sc.get('score_batches') else 'a full epoch'}, "
-               f"normalisation "
-               f"{norm}, "
+               f"step, scores from {scoring}, normalisation {norm}, "
                + (f"guard max_group_pruning={guard}" if guard is not None else "no guard (a layer keeps one channel)")
                + (f", ignore {ignore}" if ignore else "") + ".")] = None
     return list(lines)
