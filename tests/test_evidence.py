@@ -103,3 +103,47 @@ def test_the_iclr_claim_is_untested_whatever_our_number(tmp_path):
                  ).to_csv(tmp_path / "vit_iclr_mini_runs.csv", index=False)
     row = evidence_table(tmp_path, load_table1()).iloc[0]
     assert row["ours"] == 10.0 and row["reading"].startswith("Untested here") and "Dsvttr9BUf" in row["reading"]
+
+
+def test_a_block_table_counts_as_healthy_only_when_it_is_remade_from_the_committed_records(tmp_path):
+    """The block claim's budget check reads the run records; a table left from other runs (a rerun under way,
+    its records replaced) must not be judged by them."""
+    from helpers import fake_run
+
+    from spa.reporting.evidence import UNTABLED, block_row, table_from_records
+    tables, runs = tmp_path / "tables", tmp_path / "runs"
+    tables.mkdir()
+    pd.DataFrame([{"dataset": "cifar10", "pruning": "block_magnitude", "adapter": a, "density": 0.5, "delta": d,
+                   "fewer": f, "collapsed": False, "ft_collapsed": False}
+                  for a, d, f in (("splopa_64", -20.0, 8.0), ("splopa_128", -10.0, 6.0))]
+                 ).to_csv(tables / "b_vs_fine_pruning.csv", index=False)
+    pd.DataFrame([{"dataset": "cifar10", "chosen": True, "gate_b": True,
+                   "overrides": "pruning.epochs_per_stage=4"}]).to_csv(tables / "b_budget.csv", index=False)
+    steps = {"finetune": [(1.0, 76.0, 10, 1.0), (0.5, 74.0, 5, 1.0)], "splopa_64": [(1.0, 63.0, 1, 1.0),
+                                                                                    (0.5, 50.0, 1, 1.0)]}
+    for adapter, rows in steps.items():
+        run = runs / "b" / "cifar10" / "mobilenetv2_100" / "block_magnitude" / adapter / "seed_1"
+        fake_run(run, "cifar10", adapter, "block_magnitude", 1, rows, "2.14.1")
+        (run / "config.yaml").write_text(yaml.safe_dump({"pruning": {"name": "block_magnitude",
+                                                                    "epochs_per_stage": 4}}))
+    table = collect_steps_table(runs / "b")
+    table.to_csv(tables / "b_steps.csv", index=False)
+    assert table_from_records(tables, runs, "b")
+    row = block_row(tables, runs, name="b")[0]
+    assert row["healthy"] == True and row["ours"] == -15.0 and "passes (b)" in row["health"]  # noqa: E712
+    # the records move on (a rerun replaced one run) and the table is not remade: not checked, and said so
+    table.loc[table["adapter"] == "splopa_64", "top1"] += 1.5
+    table.to_csv(tables / "b_steps.csv", index=False)
+    assert not table_from_records(tables, runs, "b")
+    row = block_row(tables, runs, name="b")[0]
+    assert row["healthy"] is None and UNTABLED in row["health"] and "not checked" in row["reading"]
+    # a run of the table with no record (removed when its rerun started) is the same case
+    collect_steps_table(runs / "b").iloc[:3].pipe(lambda t: t.to_csv(tables / "b_steps.csv", index=False))
+    assert not table_from_records(tables, runs, "b")
+
+
+def collect_steps_table(root):
+    """A block table generator's per-step rows, as spa.reporting.blocks writes them."""
+    from spa.reporting.collect import collect_steps
+    steps = collect_steps(root)
+    return steps[["dataset", "pruning", "adapter", "seed", "step", "density", "top1"]]

@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 from spa.records import flatten
-from spa.reporting.collect import flagged
+from spa.reporting.collect import collect_steps, flagged
 from spa.reporting.paper import compare
 from spa.reporting.report import label
 from spa.reporting.table1 import PAPER_RULE
@@ -26,6 +26,8 @@ ICLR_NOTE = ("the ICLR version was withdrawn (OpenReview Dsvttr9BUf) and our ViT
 COLUMNS = ["paper", "claim", "ours", "paper_value", "healthy", "health", "reading"]
 GATES = ("gate_a", "gate_b", "gate_c")
 STALE = "the table's runs are not at the budget study's choice (rerun pending)"
+UNTABLED = "the table is not regenerated from its committed run records (rerun under way or tables not remade)"
+STEP_KEYS = ["dataset", "pruning", "adapter", "seed", "step"]
 
 
 def _read(tables: Path, name: str) -> pd.DataFrame | None:
@@ -92,6 +94,21 @@ def at_chosen_budget(tables: Path, runs: Path, study: str, exp: str) -> bool | N
     if not configs:
         return None
     return all(flatten(c).get(key) == value for c in configs for key, value in wanted.items())
+
+
+def table_from_records(tables: Path, runs: Path, name: str) -> bool:
+    """Whether ``<name>_steps.csv`` (a table generator's per-step rows) is what the run records under
+    ``runs / name`` hold now: the same runs and steps with the same top-1. The budget check reads the records,
+    so a table left from other runs (a rerun under way, or tables not remade) must not pass for them."""
+    table = _read(tables, f"{name}_steps.csv")
+    records = collect_steps(runs / name) if (runs / name).is_dir() else pd.DataFrame()
+    if table is None or records.empty or not set(STEP_KEYS + ["top1"]) <= set(records) | set(table):
+        return False
+    records = records[records["pruning"].isin(set(table["pruning"]))]
+
+    def rows(frame: pd.DataFrame) -> set[tuple]:
+        return {(*key, round(float(top1), 2)) for *key, top1 in frame[STEP_KEYS + ["top1"]].itertuples(index=False)}
+    return rows(table) == rows(records)
 
 
 def sentence(what: str, ours: float | None, paper: float | None, healthy: bool | None, unit: str = "points",
@@ -176,6 +193,8 @@ def block_row(tables: Path, runs: Path, name: str = "block_spa_mini", density: f
     gate_ok, gate_text = budget_health(tables, f"{name}_budget", gates=("gate_b",))   # the block gate: (b) at 50 %
     if gate_ok is not None and not at_chosen_budget(tables, runs, f"{name}_budget", name):
         gate_ok, gate_text = None, STALE
+    elif gate_ok is not None and not table_from_records(tables, runs, name):
+        gate_ok, gate_text = None, UNTABLED
     healthy = False if len(broken) else (None if gate_ok is None else gate_ok)
     delta, fewer = float(at["delta"].mean()), float(at["fewer"].mean())
     health = ("collapsed: " + ", ".join(f"{label(r.dataset)} {label(r.adapter)}" for r in broken.itertuples())
