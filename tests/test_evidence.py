@@ -5,8 +5,18 @@ import math
 
 import pandas as pd
 import yaml
+from helpers import fake_run
 
-from spa.reporting.evidence import budget_health, evidence_table, sentence, write_evidence
+from spa.reporting.collect import collect_steps
+from spa.reporting.evidence import (
+    UNTABLED,
+    block_row,
+    budget_health,
+    evidence_table,
+    sentence,
+    table_from_records,
+    write_evidence,
+)
 from spa.reporting.paper import load_table1
 
 
@@ -108,9 +118,6 @@ def test_the_iclr_claim_is_untested_whatever_our_number(tmp_path):
 def test_a_block_table_counts_as_healthy_only_when_it_is_remade_from_the_committed_records(tmp_path):
     """The block claim's budget check reads the run records; a table left from other runs (a rerun under way,
     its records replaced) must not be judged by them."""
-    from helpers import fake_run
-
-    from spa.reporting.evidence import UNTABLED, block_row, table_from_records
     tables, runs = tmp_path / "tables", tmp_path / "runs"
     tables.mkdir()
     pd.DataFrame([{"dataset": "cifar10", "pruning": "block_magnitude", "adapter": a, "density": 0.5, "delta": d,
@@ -144,6 +151,5 @@ def test_a_block_table_counts_as_healthy_only_when_it_is_remade_from_the_committ
 
 def collect_steps_table(root):
     """A block table generator's per-step rows, as spa.reporting.blocks writes them."""
-    from spa.reporting.collect import collect_steps
     steps = collect_steps(root)
     return steps[["dataset", "pruning", "adapter", "seed", "step", "density", "top1"]]

@@ -102,7 +102,8 @@ def table_from_records(tables: Path, runs: Path, name: str) -> bool:
     so a table left from other runs (a rerun under way, or tables not remade) must not pass for them."""
     table = _read(tables, f"{name}_steps.csv")
     records = collect_steps(runs / name) if (runs / name).is_dir() else pd.DataFrame()
-    if table is None or records.empty or not set(STEP_KEYS + ["top1"]) <= set(records) | set(table):
+    needed = set(STEP_KEYS) | {"top1"}
+    if table is None or records.empty or not (needed <= set(table) and needed <= set(records)):
         return False
     records = records[records["pruning"].isin(set(table["pruning"]))]
 
