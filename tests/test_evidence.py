@@ -7,7 +7,7 @@ import pandas as pd
 import yaml
 from helpers import fake_run
 
-from spa.reporting.collect import collect_steps
+from spa.reporting.blocks import block_steps
 from spa.reporting.evidence import (
     UNTABLED,
     block_row,
@@ -133,7 +133,7 @@ def test_a_block_table_counts_as_healthy_only_when_it_is_remade_from_the_committ
         fake_run(run, "cifar10", adapter, "block_magnitude", 1, rows, "2.14.1")
         (run / "config.yaml").write_text(yaml.safe_dump({"pruning": {"name": "block_magnitude",
                                                                     "epochs_per_stage": 4}}))
-    table = collect_steps_table(runs / "b")
+    table = block_steps(runs / "b")
     table.to_csv(tables / "b_steps.csv", index=False)
     assert table_from_records(tables, runs, "b")
     row = block_row(tables, runs, name="b")[0]
@@ -145,11 +145,5 @@ def test_a_block_table_counts_as_healthy_only_when_it_is_remade_from_the_committ
     row = block_row(tables, runs, name="b")[0]
     assert row["healthy"] is None and UNTABLED in row["health"] and "not checked" in row["reading"]
     # a run of the table with no record (removed when its rerun started) is the same case
-    collect_steps_table(runs / "b").iloc[:3].pipe(lambda t: t.to_csv(tables / "b_steps.csv", index=False))
+    block_steps(runs / "b").iloc[:3].pipe(lambda t: t.to_csv(tables / "b_steps.csv", index=False))
     assert not table_from_records(tables, runs, "b")
-
-
-def collect_steps_table(root):
-    """A block table generator's per-step rows, as spa.reporting.blocks writes them."""
-    steps = collect_steps(root)
-    return steps[["dataset", "pruning", "adapter", "seed", "step", "density", "top1"]]
