@@ -70,7 +70,14 @@ from spa.bench import (
 )
 from spa.pruning.latency import GRID, RUNTIMES
 from spa.pruning.sparse import SPARSE_PRODUCTS
-from spa.utils import atomic_write_json, atomic_write_text, device_description, package_versions, resolve_device
+from spa.utils import (
+    Precision,
+    atomic_write_json,
+    atomic_write_text,
+    device_description,
+    package_versions,
+    resolve_device,
+)
 
 SECTIONS = ("inference", "adapters", "training", "layers", "pruning", "blocks", "deploy", "tasks", "latency_model",
             "latency_target")
@@ -185,7 +192,7 @@ def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
     runtimes, lat_batch = args.latency_runtimes.split(","), args.latency_batch
     settings = [(runtime, r) for runtime in runtimes for r in args.latency_round_to]
     table = pd.DataFrame([row for runtime, r in settings for spec in (RESNET50, LITE0) for row in accuracy_rows(
-        spec, runtime, lat_batch, samples=args.latency_samples, repeats=args.repeats, warmup=args.warmup,
+        spec, runtime, lat_batch, samples=args.latency_samples, precision=_precision(args, args.repeats),
         cache_dir=repo_root() / "results" / "latency", round_to=r)])
     errors = table.groupby(["runtime", "round_to", "network"], sort=False)
     summary = errors.agg(samples=("sample", "size"), median=("relative_error", "median"),
@@ -209,8 +216,8 @@ def latency_model(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
     text = (f"{device_description(torch.device('cpu'))}; batch {lat_batch}, {torch.get_num_threads()} threads; each "
             f"network pruned in one step to a random filter density (random scores, ranked globally: uneven "
             f"widths; `round_to` > 1: each kept width rounded to a multiple of it) and timed interleaved with the "
-            f"dense one, median of {args.repeats} passes after "
-            f"{args.warmup} warm-up (onnxruntime sessions without spin-waiting); prediction = (c + the table's sum "
+            f"dense one, {_precision_text(args, args.repeats)} (onnxruntime sessions without spin-waiting); "
+            f"prediction = (c + the table's sum "
             f"at the pruned widths) / (c + its sum at full widths), c = the dense network's measured latency - the "
             f"table's sum where positive, else 0 (spa.pruning.latency.NetworkLatency; grid "
             f"{', '.join(map(str, GRID))} of each width, bilinear, non-decreasing); torch "
@@ -226,10 +233,9 @@ def latency_target(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
     from spa.bench.latency_target import STEP, target_rows
     rows = []
     for b in args.latency_target_batches:
-        repeats = args.latency_target_repeats if b == 1 else max(3, args.latency_target_repeats // 2)
         for spec in (RESNET50, LITE0):
-            rows += target_rows(spec, "onnxruntime", b, tuple(args.latency_targets), repeats, args.warmup,
-                                repo_root() / "results" / "latency")
+            rows += target_rows(spec, "onnxruntime", b, tuple(args.latency_targets),
+                                _precision(args, args.latency_target_repeats), repo_root() / "results" / "latency")
     table = pd.DataFrame(rows)
     if "not_reached" not in table:
         table["not_reached"] = False
@@ -238,13 +244,15 @@ def latency_target(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
         target=table["target"].map("{:.2f}".format), schedule=table["schedule"] + ", round_to " +
         table["round_to"].astype(str), measured=_ratio(table["measured"]), predicted=_ratio(table["predicted"]),
         ms=table["measured_ms"].map("{:.1f}".format), macs=_ratio(table["macs_ratio"]),
+        interval=table["interval"].map(lambda v: f"±{v:.1%}" if v == v and v is not None else ""),
         density=table["density"].map("{:.1%}".format), steps=table["step"].astype(str),
         off=[f"{100 * w:+.1f} %" if s == "latency" else "" for w, s in zip(
             table["measured"] / table["target"] - 1, table["schedule"])])
     shown.loc[table["not_reached"].fillna(False).astype(bool), "measured"] += " (not reached)"
-    shown = shown[["network", "batch", "target", "schedule", "steps", "measured", "off", "predicted", "ms", "macs",
-                   "density"]].rename(columns={
-        "measured": "latency, measured (of dense)", "off": "off the target", "predicted": "latency, predicted",
+    shown = shown[["network", "batch", "target", "schedule", "steps", "measured", "interval", "off", "predicted", "ms",
+                   "macs", "density"]].rename(columns={
+        "measured": "latency, measured (of dense)", "interval": "±", "off": "off the target",
+        "predicted": "latency, predicted",
         "ms": "latency (ms)", "macs": "MACs ratio", "density": "filter density"})
     worst = within[table["schedule"] == "latency"].max()
     text = (f"{device_description(torch.device('cpu'))}; onnxruntime {_ort_version()}, "
@@ -253,10 +261,22 @@ def latency_target(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
             f"of {STEP:.0%} of the dense latency, widths rounded to the runtime's preferred multiple, stopped at the "
             f"first step measured at or below the target. `density`: today's schedule, {STEP:.0%} of the filters a "
             f"step, stopped at the first step measured at or below the latency-targeted network's measured latency. "
-            f"Latency measured interleaved with the dense network, median of {args.latency_target_repeats} passes "
-            f"(batch 1; half that at larger batches) after {args.warmup} warm-up. Largest distance of a "
-            f"latency-targeted network from its target: {100 * worst:.1f} %.\n\n" + _markdown(shown))
+            f"Latency measured interleaved with the dense network, "
+            f"{_precision_text(args, args.latency_target_repeats)}; `±`: that interval at the step shown. Largest "
+            f"distance of a latency-targeted network from its target: {100 * worst:.1f} %.\n\n" + _markdown(shown))
     return table, text
+
+
+def _precision(args, rounds: int) -> Precision:
+    return Precision(rounds=rounds, warmup=args.warmup, tolerance=args.latency_tolerance,
+                     max_seconds=args.latency_max_seconds)
+
+
+def _precision_text(args, rounds: int) -> str:
+    p = _precision(args, rounds)
+    return (f"the median of per-round ratios after {p.warmup} warm-up rounds, over at least {p.rounds} rounds and "
+            f"{p.min_seconds:g} s, then until its 95 % interval is within ±{p.tolerance:.0%} of it or "
+            f"{p.max_seconds:g} s have passed")
 
 
 def _ort_version() -> str | None:
@@ -371,7 +391,11 @@ def main() -> int:
                         help="latency_target: fractions of the dense latency")
     parser.add_argument("--latency-target-batches", type=int, nargs="+", default=[1, 32], help="latency_target")
     parser.add_argument("--latency-target-repeats", type=int, default=10,
-                        help="latency_target: timed passes per measurement at batch 1 (half at larger batches)")
+                        help="latency_target: timed rounds per measurement, at least")
+    parser.add_argument("--latency-tolerance", type=float, default=0.01,
+                        help="latency_model, latency_target: measure until the ratio's 95 %% interval is within it")
+    parser.add_argument("--latency-max-seconds", type=float, default=10.0,
+                        help="latency_model, latency_target: the most seconds one measurement takes")
     parser.add_argument("--density", type=float, default=0.3, help="density of the adapter-overhead models")
     parser.add_argument("--out", default=None, help="default: results/benchmarks")
     parser.add_argument("--no-compile", action="store_true", help="deploy: leave torch.compile out (slow to compile)")

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from numerics import assert_exact
 
+from spa import utils
 from spa.adapters import adapter_layers, apply_adapter
 from spa.bench import (
     NetSpec,
@@ -25,7 +26,7 @@ from spa.bench import (
     saved_activation_bytes,
     training_step,
 )
-from spa.utils import timed
+from spa.utils import Precision, median_interval, timed, timed_ratio
 
 TINY = NetSpec("tiny", "test_resnet", size=32)
 TINY_VIT = NetSpec("tiny vit", "test_vit", size=32)
@@ -78,6 +79,48 @@ def test_timing_is_a_median_after_warmup_interleaved():
     order = []
     timed({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, CPU, repeats=2, warmup=1)
     assert order == ["a", "b", "b", "a", "a", "b"]
+    calls.clear()
+    sleeps[:] = [0.004] * 200
+    timed({"net": lambda: Counting()(torch.zeros(1))}, CPU, repeats=1, warmup=0, min_seconds=0.04)
+    assert 10 <= len(calls) <= 11          # rounds until the timed ones add up to min_seconds
+
+
+def scripted_rounds(monkeypatch, times):
+    """spa.utils' rounds replaced by ``times`` ((fn, reference) seconds a round, in turn); the rounds taken."""
+    taken = []
+
+    def one(fns, device, reverse):
+        taken.append(times[len(taken)])
+        return dict(zip(("fn", "reference"), taken[-1]))
+    monkeypatch.setattr(utils, "_round", one)
+    return taken
+
+
+def test_a_ratio_is_the_median_of_per_round_ratios_measured_until_its_interval_is_tight(monkeypatch):
+    # the machine slows down 3x half-way: both calls of a round move alike, and the per-round ratios stay 0.5
+    steady = [(0.5 * r, r) for r in (1.0, 1.0, 3.0, 3.0)]
+    taken = scripted_rounds(monkeypatch, [(0.0, 0.0)] * 2 + steady * 10)
+    got = timed_ratio(None, None, CPU, Precision(rounds=4, warmup=2, tolerance=0.01, min_seconds=0.0))
+    assert got.ratio == pytest.approx(0.5) and got.interval == 0.0 and got.rounds == 4 and len(taken) == 6
+    assert got.seconds == pytest.approx(1.0) and got.reference_s == pytest.approx(2.0)
+    # noisy rounds: more rounds until the 95 % interval of the median is within 1 % of it
+    noisy = [(r, 1.0) for r in (0.49, 0.5, 0.51, 0.495, 0.505)] * 40        # MAD 0.005: 14 rounds or more
+    taken = scripted_rounds(monkeypatch, noisy)
+    got = timed_ratio(None, None, CPU, Precision(rounds=4, warmup=0, tolerance=0.01, min_seconds=0.0))
+    assert 14 <= got.rounds == len(taken) < 20 and got.interval <= 0.01
+    ratios = [f for f, _ in taken]
+    assert median_interval(ratios[:-1]) / 0.5 > 0.01 and got.interval == median_interval(ratios) / got.ratio
+    # ... or until max_seconds: with none left, the least rounds
+    scripted_rounds(monkeypatch, noisy)
+    got = timed_ratio(None, None, CPU, Precision(rounds=4, warmup=0, tolerance=0.01, min_seconds=0.0, max_seconds=0.0))
+    assert got.rounds == 4 and got.interval > 0.01
+
+
+def test_the_interval_of_a_median_is_normal_theory_from_the_median_absolute_deviation():
+    # median 3, deviations 2 1 0 1 2: MAD 1
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(1.96 * 1.2533 * 1.4826 / 5 ** 0.5)
+    assert median_interval([1.0, 2.0, 3.0, 4.0, 100.0]) == median_interval([1.0, 2.0, 3.0, 4.0, 5.0])   # robust
+    assert median_interval([1.0]) == float("inf")
 
 
 @pytest.mark.numerics

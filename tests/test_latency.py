@@ -15,6 +15,7 @@ import torch.nn as nn
 from spa.adapters import apply_adapter
 from spa.pruning import latency
 from spa.pruning.latency import GRID, LatencyModel, LayerShape, grid_points, layer_shapes
+from spa.utils import Precision
 
 
 class Tiny(nn.Module):
@@ -92,7 +93,8 @@ def test_the_accuracy_report_measures_and_predicts_each_random_pruned_network(tm
     from spa.bench.latency_model import accuracy_rows
     from spa.bench.nets import NetSpec
     spec = NetSpec("test", "test_resnet", size=32)
-    rows = accuracy_rows(spec, "torch", 1, samples=2, repeats=2, warmup=1, cache_dir=tmp_path)
+    rows = accuracy_rows(spec, "torch", 1, samples=2, precision=Precision(rounds=2, warmup=1, max_seconds=0.5),
+                         cache_dir=tmp_path)
     assert [r["sample"] for r in rows] == [0, 1] and all(r["macs_ratio"] < 1 and r["density"] < 1 for r in rows)
     for r in rows:
         assert r["measured_ratio"] > 0 and 0 < r["predicted_ratio"] < 1.5

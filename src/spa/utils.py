@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -13,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -208,16 +210,85 @@ def _sync(device: torch.device) -> None:
 
 
 def timed(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int = 10,
-          warmup: int = 2) -> dict[str, float]:
+          warmup: int = 2, min_seconds: float = 0.0) -> dict[str, float]:
     """Median seconds of each callable, run interleaved: ``warmup`` rounds, then ``repeats`` rounds
-    of one call each, in turn (the order reversed every other round)."""
+    of one call each, in turn (the order reversed every other round), and more rounds until the timed
+    ones add up to ``min_seconds`` (a few passes of a network of a millisecond are mostly noise)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + repeats):
-        for name, fn in (list(fns.items()) if i % 2 == 0 else list(fns.items())[::-1]):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
+    i, spent = 0, 0.0
+    while i < warmup + repeats or spent < min_seconds:
+        for name, seconds in _round(fns, device, reverse=i % 2 == 1).items():
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
+                spent += seconds
+        i += 1
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _round(fns: dict[str, Callable[[], Any]], device: torch.device, reverse: bool) -> dict[str, float]:
+    """Seconds of one call of each callable, in turn (in reverse order if ``reverse``)."""
+    out = {}
+    for name, fn in (list(fns.items())[::-1] if reverse else list(fns.items())):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        out[name] = time.perf_counter() - start
+    return out
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How long a latency ratio is measured (:func:`timed_ratio`): ``warmup`` rounds, then at least
+    ``rounds`` rounds and ``min_seconds``, then until the 95 % interval of the ratio is within
+    ± ``tolerance`` of it, or ``max_seconds`` have passed."""
+    rounds: int = 10
+    warmup: int = 2
+    tolerance: float = 0.01
+    min_seconds: float = 0.2
+    max_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A measured latency ratio: the median of the per-round ratios, the two callables' median
+    seconds, the rounds timed and the 95 % interval's half-width relative to the ratio."""
+    ratio: float
+    seconds: float
+    reference_s: float
+    rounds: int
+    interval: float
+
+
+def median_interval(values: list[float]) -> float:
+    """Half-width of an approximate 95 % interval of the median of ``values``: 1.96 × 1.2533 ×
+    1.4826 × MAD / √n (a normal sample's standard error of the median, with its spread from the median
+    absolute deviation, which the outliers of a busy machine move little)."""
+    if len(values) < 2:
+        return math.inf
+    middle = statistics.median(values)
+    mad = statistics.median(abs(v - middle) for v in values)
+    return 1.96 * 1.2533 * 1.4826 * mad / math.sqrt(len(values))
+
+
+def timed_ratio(fn: Callable[[], Any], reference: Callable[[], Any], device: torch.device,
+                precision: Precision = Precision()) -> Ratio:
+    """``fn``'s time over ``reference``'s, timed in interleaved rounds of one call each (the order
+    swapped every other round): the median of the per-round ratios, so that a drift of the machine,
+    which moves both calls of a round alike, cancels. The rounds go on until ``precision`` is met."""
+    fns = {"fn": fn, "reference": reference}
+    for i in range(precision.warmup):
+        _round(fns, device, reverse=i % 2 == 1)
+    times: list[dict[str, float]] = []
+    start = time.perf_counter()
+    while True:
+        times.append(_round(fns, device, reverse=len(times) % 2 == 1))
+        ratios = [t["fn"] / max(t["reference"], 1e-12) for t in times]
+        spent = time.perf_counter() - start
+        if len(times) < precision.rounds or spent < precision.min_seconds:
+            continue
+        ratio = statistics.median(ratios)
+        interval = median_interval(ratios) / ratio
+        if interval <= precision.tolerance or spent >= precision.max_seconds:
+            return Ratio(ratio, statistics.median(t["fn"] for t in times),
+                         statistics.median(t["reference"] for t in times), len(times), interval)

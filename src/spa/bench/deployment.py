@@ -13,7 +13,7 @@ import torch.nn as nn
 from spa.bench.nets import MOBILENETV2, RESNET50, NetSpec, bench_input, pruned_versions
 from spa.bench.timing import eval_forward
 from spa.pruning.session import count_macs
-from spa.utils import timed
+from spa.utils import Precision, timed, timed_ratio
 
 DEPLOY_NETS = (RESNET50, MOBILENETV2)
 DEPLOY_DENSITIES = (1.0, 0.3, 0.1)
@@ -73,11 +73,16 @@ def deploy_latency(spec: NetSpec, batch: int, device: torch.device, repeats: int
     return rows
 
 
-def exported_latency(run_dir: Path, onnx_file: Path, batch: int = 1, repeats: int = 50,
-                     warmup: int = 5) -> dict[str, Any]:
+# a finished run re-measured (scripts/latency.py): tighter than a run's own measurements, which it checks
+REMEASURE = Precision(rounds=50, warmup=5, tolerance=0.005, max_seconds=30.0)
+
+
+def exported_latency(run_dir: Path, onnx_file: Path, batch: int = 1,
+                     precision: Precision = REMEASURE) -> dict[str, Any]:
     """The exported network of finished run ``run_dir`` (``onnx_file``, from scripts/export.py) against
     its backbone unpruned (same architecture and head, exported alike), in onnxruntime on CPU, timed
-    interleaved (median of ``repeats`` at ``batch``, sessions without spin-waiting): ms and ratio."""
+    interleaved at ``batch`` (sessions without spin-waiting), to ``precision``: ms, and the median of the
+    per-round ratios with its 95 % interval."""
     import onnxruntime as ort
 
     from spa.deploy import load_run
@@ -95,8 +100,8 @@ def exported_latency(run_dir: Path, onnx_file: Path, batch: int = 1, repeats: in
         sessions = {name: ort.InferenceSession(str(path), ort_options(), providers=["CPUExecutionProvider"])
                     for name, path in (("dense", dense_file), ("pruned", Path(onnx_file)))}
         feeds = {name: {s.get_inputs()[0].name: x.numpy()} for name, s in sessions.items()}
-        seconds = timed({name: (lambda s=s, f=feeds[name]: s.run(None, f)) for name, s in sessions.items()},
-                        torch.device("cpu"), repeats, warmup)
+        run = {name: (lambda s=s, f=feeds[name]: s.run(None, f)) for name, s in sessions.items()}
+        measured = timed_ratio(run["pruned"], run["dense"], torch.device("cpu"), precision)
     return {"run_dir": str(run_dir), "file": str(onnx_file), "runtime": "onnxruntime", "batch": batch,
-            "threads": torch.get_num_threads(), "repeats": repeats, "dense_ms": 1e3 * seconds["dense"],
-            "pruned_ms": 1e3 * seconds["pruned"], "ratio": seconds["pruned"] / seconds["dense"]}
+            "threads": torch.get_num_threads(), "rounds": measured.rounds, "dense_ms": 1e3 * measured.reference_s,
+            "pruned_ms": 1e3 * measured.seconds, "ratio": measured.ratio, "interval": measured.interval}

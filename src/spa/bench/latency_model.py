@@ -13,9 +13,11 @@ import torch.nn as nn
 
 from spa.bench.nets import NetSpec, dense_model
 from spa.pruning.importance import RandomImportance
+from spa.pruning.latency import RUN_PRECISION as BENCH
 from spa.pruning.latency import NetworkLatency
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs, example_input
+from spa.utils import Precision
 
 CPU = torch.device("cpu")
 
@@ -32,15 +34,15 @@ def random_widths(dense: nn.Module, size: tuple[int, int], density: float, seed:
     return model.eval(), session.density
 
 
-def accuracy_rows(spec: NetSpec, runtime: str, batch: int, samples: int = 20, repeats: int = 10,
-                  warmup: int = 2, cache_dir: Path | None = None, seed: int = 0,
+def accuracy_rows(spec: NetSpec, runtime: str, batch: int, samples: int = 20, precision: Precision = BENCH,
+                  cache_dir: Path | None = None, seed: int = 0,
                   round_to: int = 1) -> list[dict[str, Any]]:
     """One row per random pruned network (widths rounded to ``round_to``): filter density, MACs ratio,
     measured and predicted latency (fraction of dense: :class:`~spa.pruning.latency.NetworkLatency`,
     what a latency target steps by) and the relative error of the prediction."""
     size = (spec.size, spec.size)
     dense = dense_model(spec, CPU).eval()
-    net = NetworkLatency(dense, size, runtime, batch, cache_dir, repeats, warmup)
+    net = NetworkLatency(dense, size, runtime, batch, cache_dir, precision)
     dense_macs = count_macs(dense, size)
     rng = random.Random(seed)
     rows = []

@@ -14,10 +14,12 @@ import torch
 
 from spa.bench.nets import NetSpec, dense_model
 from spa.pruning.importance import CRITERIA
+from spa.pruning.latency import RUN_PRECISION as BENCH
 from spa.pruning.latency import NetworkLatency
 from spa.pruning.latency_target import EXTRA_STEPS, latency_selector, preferred_round_to
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs, example_input
+from spa.utils import Precision
 
 log = logging.getLogger(__name__)
 CPU = torch.device("cpu")
@@ -26,7 +28,8 @@ STEP = 0.1           # of the dense latency (latency target) or of the filters (
 
 def _state(session: PruningSession, net: NetworkLatency, size: tuple[int, int], dense_macs: int, step: int,
            measured: float, ms: float) -> dict[str, Any]:
-    return {"step": step, "measured": measured, "measured_ms": ms, "predicted": net.predict(session.model),
+    return {"step": step, "measured": measured, "measured_ms": ms, "interval": net.last.interval if net.last else None,
+            "predicted": net.predict(session.model),
             "density": session.density, "macs_ratio": count_macs(session.model, size) / dense_macs}
 
 
@@ -70,14 +73,14 @@ def first_at(path: list[dict], latency: float) -> dict | None:
     return next((s for s in path if s["measured"] <= latency), None)
 
 
-def target_rows(spec: NetSpec, runtime: str, batch: int, targets: tuple[float, ...], repeats: int, warmup: int,
-                cache_dir: Path | None = None) -> list[dict[str, Any]]:
+def target_rows(spec: NetSpec, runtime: str, batch: int, targets: tuple[float, ...],
+                precision: Precision = BENCH, cache_dir: Path | None = None) -> list[dict[str, Any]]:
     """Per target: the latency-targeted network's first step at or below it, and each density-targeted
     path's first step at or below that network's measured latency (unrounded, and rounded to the
     runtime's preferred multiple as the latency target is)."""
     size = (spec.size, spec.size)
     dense = dense_model(spec, CPU).eval()
-    net = NetworkLatency(dense, size, runtime, batch, cache_dir, repeats, warmup)
+    net = NetworkLatency(dense, size, runtime, batch, cache_dir, precision)
     dense_macs = count_macs(dense, size)
     multiple = preferred_round_to(runtime)
     reached = []

@@ -31,12 +31,13 @@ import torch.nn as nn
 
 from spa.adapters import fuse
 from spa.adapters.base import AdapterLayer
-from spa.utils import atomic_write_text, package_versions, timed
+from spa.utils import Precision, Ratio, atomic_write_text, package_versions, timed, timed_ratio
 
 RUNTIMES = ("torch", "onnxruntime")
 CPU = torch.device("cpu")
 TABLE_METHOD = 2       # how tables are timed (2: onnxruntime without spin-waiting); part of the cache key
 GRID = (0.125, 0.25, 0.5, 0.75, 1.0)       # kept fractions of a layer's original width, per dimension
+RUN_PRECISION = Precision(rounds=20, warmup=3)     # how a run measures its network (and the bench's default)
 
 
 @dataclass(frozen=True)
@@ -346,18 +347,20 @@ def deployable(model: nn.Module) -> nn.Module:
 class NetworkLatency:
     """A network's latency on one runtime as it is pruned, against its dense start: predicted by the
     per-layer table (:class:`LatencyModel`) and measured by running the network interleaved with the
-    dense one (medians; the ratio cancels the machine's drift). Build it on the unpruned model."""
+    dense one (the median of per-round ratios, to ``precision``). Build it on the unpruned model."""
 
     def __init__(self, dense: nn.Module, size: tuple[int, int], runtime: str, batch: int = 1,
-                 cache_dir: Path | None = None, repeats: int = 20, warmup: int = 3):
+                 cache_dir: Path | None = None, precision: Precision = RUN_PRECISION):
         check_runtime(runtime)
-        self.runtime, self.batch, self.repeats, self.warmup = runtime, batch, repeats, warmup
+        self.runtime, self.batch, self.precision = runtime, batch, precision
         self.dense = deployable(dense)
         self.shapes = layer_shapes(self.dense, size)
         self.table = latency_model(self.shapes, runtime, batch, cache_dir)
         self.x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
         self._dense_run = network_runner(runtime, self.dense, self.x)
-        self.dense_s = timed({"dense": self._dense_run}, CPU, repeats, warmup)["dense"]
+        self.dense_s = timed({"dense": self._dense_run}, CPU, precision.rounds, precision.warmup,
+                             precision.min_seconds)["dense"]
+        self.last: Ratio | None = None        # the last measurement, with its rounds and interval
         # what the table's layers leave out (activations, pooling, ...), where it is positive; a runtime that
         # fuses layers runs the network faster than its layers one by one, and the table is then read as ratios
         self.base = self.seconds(self.widths(self.dense))
@@ -391,8 +394,7 @@ class NetworkLatency:
 
     def measure(self, model: nn.Module) -> tuple[float, float]:
         """(milliseconds, fraction of dense) of ``model`` deployed on the runtime, timed interleaved
-        with the dense network."""
-        run = network_runner(self.runtime, deployable(model), self.x)
-        seconds = timed({"dense": self._dense_run, "pruned": run}, CPU, self.repeats, self.warmup)
-        return 1e3 * seconds["pruned"], seconds["pruned"] / seconds["dense"]
-
+        with the dense network: the median of the per-round ratios, measured to ``self.precision``."""
+        self.last = timed_ratio(network_runner(self.runtime, deployable(model), self.x), self._dense_run, CPU,
+                                self.precision)
+        return 1e3 * self.last.seconds, self.last.ratio
