@@ -121,7 +121,7 @@ export: install ## a finished run's deployable network for other runtimes: make 
 sweep-cost: install ## epochs and hours of a sweep: make sweep-cost T1=table1 ARGS="--epoch-seconds cifar10=20 ..." (or --from-runs DIR; T1=vit_iclr: its stated times)
 	$(BIN)/python scripts/sweep_cost.py $(T1) $(ARGS)
 
-bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost, block-sparse / SPLoPA forms (DeiT-S shapes), deployment runtimes, task switching, the latency model against measurement, latency-targeted pruning -> results/benchmarks/ (CPU: ~60 min, of which latency_model ~16 and latency_target ~26)
+bench: install ## speed on this machine: inference vs density, adapter overhead, training steps (vs the authors' library), pruning cost, block-sparse / SPLoPA forms (DeiT-S shapes), deployment runtimes, task switching, the latency model against measurement, latency-targeted pruning -> results/benchmarks/ (CPU: ~85 min, of which latency_model ~25 and latency_target ~49)
 	$(BIN)/python scripts/bench.py $(ARGS)
 
 compat: install ## the timm compatibility matrix: every stage from adapter insertion to onnxruntime parity per model (results/tables/timm_compat.*; ARGS="--models A,B --adapters splora_r8,sppara")
