@@ -10,10 +10,10 @@ import logging
 import torch
 import torch.nn as nn
 
-from spa.pruning.latency import CPU, NetworkLatency, check_runtime, deployable, network_runner
+from spa.pruning.latency import CPU, RUN_PRECISION, NetworkLatency, check_runtime, deployable, network_runner
 from spa.pruning.schedule import select_latency
 from spa.pruning.session import PruningSession, example_input
-from spa.utils import Precision, timed_ratio
+from spa.utils import timed_ratio
 
 log = logging.getLogger(__name__)
 EXTRA_STEPS = 5       # steps a latency target may take beyond its plan, where the measured latency lags
@@ -113,4 +113,4 @@ def floor_latency(model: nn.Module, size: tuple[int, int], runtime: str, batch: 
         if not g.whole and g.size > keep:
             cut[g.root] = list(range(g.size - keep))
     session.apply(1, cut)
-    return timed_ratio(network_runner(runtime, model, x), dense, CPU, Precision(rounds=20, warmup=3)).ratio
+    return timed_ratio(network_runner(runtime, model, x), dense, CPU, RUN_PRECISION).ratio
