@@ -157,8 +157,10 @@ def test_the_comparison_sets_each_latency_run_beside_the_density_run_at_the_same
 def test_a_finished_run_is_re_measured_from_its_onnx_export_against_its_dense_backbone(compose_cfg, capsys):
     pytest.importorskip("onnxruntime")
     summary = pipeline.run(compose_cfg("train.epochs=1", "train.max_steps_per_epoch=1"))
-    assert load_script("latency").main([summary["run_dir"], "--repeats", "3", "--warmup", "1"]) == 0
+    args = ["--repeats", "3", "--warmup", "1", "--max-seconds", "1"]
+    assert load_script("latency").main([summary["run_dir"], *args]) == 0
     result = json.loads((Path(summary["run_dir"]) / "latency.json").read_text())
+    assert result["rounds"] >= 3 and result["interval"] >= 0
     assert (Path(summary["run_dir"]) / "model.onnx").is_file() and result["batch"] == 1
     assert result["dense_ms"] > 0 and result["pruned_ms"] > 0 and 0.3 < result["ratio"] < 3.0   # unpruned: about 1
     assert "ratio" in capsys.readouterr().out
