@@ -244,7 +244,7 @@ def latency_target(args, device, batch, cuda) -> tuple[pd.DataFrame, str]:
         target=table["target"].map("{:.2f}".format), schedule=table["schedule"] + ", round_to " +
         table["round_to"].astype(str), measured=_ratio(table["measured"]), predicted=_ratio(table["predicted"]),
         ms=table["measured_ms"].map("{:.1f}".format), macs=_ratio(table["macs_ratio"]),
-        interval=table["interval"].map(lambda v: f"±{v:.1%}" if v == v and v is not None else ""),
+        interval=table["interval"].map(lambda v: f"±{v:.1%}" if pd.notna(v) else ""),
         density=table["density"].map("{:.1%}".format), steps=table["step"].astype(str),
         off=[f"{100 * w:+.1f} %" if s == "latency" else "" for w, s in zip(
             table["measured"] / table["target"] - 1, table["schedule"])])

@@ -280,10 +280,11 @@ def timed_ratio(fn: Callable[[], Any], reference: Callable[[], Any], device: tor
     for i in range(precision.warmup):
         _round(fns, device, reverse=i % 2 == 1)
     times: list[dict[str, float]] = []
+    ratios: list[float] = []
     start = time.perf_counter()
     while True:
         times.append(_round(fns, device, reverse=len(times) % 2 == 1))
-        ratios = [t["fn"] / max(t["reference"], 1e-12) for t in times]
+        ratios.append(times[-1]["fn"] / max(times[-1]["reference"], 1e-12))
         spent = time.perf_counter() - start
         if len(times) < precision.rounds or spent < precision.min_seconds:
             continue

@@ -13,8 +13,7 @@ import torch.nn as nn
 
 from spa.bench.nets import NetSpec, dense_model
 from spa.pruning.importance import RandomImportance
-from spa.pruning.latency import RUN_PRECISION as BENCH
-from spa.pruning.latency import NetworkLatency
+from spa.pruning.latency import RUN_PRECISION, NetworkLatency
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs, example_input
 from spa.utils import Precision
@@ -34,7 +33,7 @@ def random_widths(dense: nn.Module, size: tuple[int, int], density: float, seed:
     return model.eval(), session.density
 
 
-def accuracy_rows(spec: NetSpec, runtime: str, batch: int, samples: int = 20, precision: Precision = BENCH,
+def accuracy_rows(spec: NetSpec, runtime: str, batch: int, samples: int = 20, precision: Precision = RUN_PRECISION,
                   cache_dir: Path | None = None, seed: int = 0,
                   round_to: int = 1) -> list[dict[str, Any]]:
     """One row per random pruned network (widths rounded to ``round_to``): filter density, MACs ratio,

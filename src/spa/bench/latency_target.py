@@ -14,8 +14,7 @@ import torch
 
 from spa.bench.nets import NetSpec, dense_model
 from spa.pruning.importance import CRITERIA
-from spa.pruning.latency import RUN_PRECISION as BENCH
-from spa.pruning.latency import NetworkLatency
+from spa.pruning.latency import RUN_PRECISION, NetworkLatency
 from spa.pruning.latency_target import EXTRA_STEPS, latency_selector, preferred_round_to
 from spa.pruning.schedule import Plan
 from spa.pruning.session import PruningSession, count_macs, example_input
@@ -74,7 +73,7 @@ def first_at(path: list[dict], latency: float) -> dict | None:
 
 
 def target_rows(spec: NetSpec, runtime: str, batch: int, targets: tuple[float, ...],
-                precision: Precision = BENCH, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+                precision: Precision = RUN_PRECISION, cache_dir: Path | None = None) -> list[dict[str, Any]]:
     """Per target: the latency-targeted network's first step at or below it, and each density-targeted
     path's first step at or below that network's measured latency (unrounded, and rounded to the
     runtime's preferred multiple as the latency target is)."""
